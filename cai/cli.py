@@ -1,0 +1,506 @@
+"""The `cai` command line: a thin layer over the library; each command's docstring is its help."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cai import __version__
+from cai.errors import CaiError, ConfigError
+
+__all__ = ["cli", "main"]
+
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Group(click.Group):
+    """Turns a `CaiError` into one line on stderr and exit code 2; `--debug` shows the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CaiError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code if e.exit_code != 1 else 2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="cai")
+@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+def cli(debug: bool) -> None:
+    """Generate Constitutional AI preference data: sample, critique, revise, export for DPO.
+
+    \b
+    Quick start (offline, on the bundled SmolLM2-135M model):
+      cai generate --constitution constitutions/harmless.md --prompts examples/red_team_prompts.jsonl --limit 3
+      cai export outputs/<run> --format dpo
+    """
+
+
+def main() -> None:
+    cli(prog_name="cai")
+
+
+# -- constitution -------------------------------------------------------------------------
+
+
+@cli.group()
+def constitution() -> None:
+    """Check and show constitution files."""
+
+
+@constitution.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def constitution_check(paths: tuple[Path, ...]) -> None:
+    """Check constitution files: one line per problem; exit 0 when all are valid, 2 if not."""
+    from cai.constitution import load_constitution
+    from cai.errors import ConstitutionError, InputError
+
+    bad = False
+    for path in paths:
+        try:
+            parsed = load_constitution(path)
+        except ConstitutionError as e:
+            bad = True
+            for problem in e.problems:
+                click.echo(str(problem))
+        except InputError as e:
+            bad = True
+            click.echo(str(e))
+        else:
+            click.echo(
+                f"{path}: ok - '{parsed.name}', {len(parsed.principles)} principles, "
+                f"{len(parsed.examples)} examples"
+            )
+    if bad:
+        sys.exit(2)
+
+
+@constitution.command("show")
+@click.argument("path", type=click.Path(path_type=Path))
+def constitution_show(path: Path) -> None:
+    """Show a constitution's principles as a table."""
+    from cai.constitution import load_constitution
+
+    parsed = load_constitution(path)
+    click.echo(f"{parsed.name}" + (f" (version {parsed.version})" if parsed.version else ""))
+    if parsed.description:
+        click.echo(parsed.description)
+    click.echo(f"sha256 {parsed.sha256}")
+    total = sum(parsed.weights)
+    rows = [("PRINCIPLE", "WEIGHT", "P(ROUND)", "CRITIQUE REQUEST")]
+    for p in parsed.principles:
+        critique = " ".join(p.critique.split())
+        rows.append(
+            (
+                p.name,
+                f"{p.weight:g}",
+                f"{p.weight / total:.0%}",
+                critique[:70] + ("…" if len(critique) > 70 else ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    click.echo()
+    for row in rows:
+        click.echo(
+            "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
+        )
+    click.echo()
+    system = "yes" if parsed.system else "no"
+    click.echo(f"{len(parsed.examples)} few-shot examples; system prompt: {system}")
+
+
+# -- generate -----------------------------------------------------------------------------
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard takes K/N such as 1/4, not '{value}'") from None
+    return k, n
+
+
+def _default_run_dir(
+    constitution_name: str, settings: dict[str, Any], source: str, shard: Any
+) -> Path:
+    """The run to resume for the same command, or a new timestamped directory."""
+    outputs = Path("outputs")
+    for manifest_path in sorted(outputs.glob(f"{constitution_name}-*/manifest.json"), reverse=True):
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (
+            manifest.get("settings") == settings
+            and manifest.get("prompts", {}).get("source") == source
+            and manifest.get("config", {}).get("shard") == (list(shard) if shard else None)
+        ):
+            return manifest_path.parent
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return outputs / f"{constitution_name}-{stamp}"
+
+
+@cli.command()
+@click.option(
+    "--constitution",
+    "constitution_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Constitution Markdown file.",
+)
+@click.option(
+    "--prompts",
+    "prompts_spec",
+    required=True,
+    help="Prompts: .jsonl, .txt, .csv, .parquet, a datasets directory, or hf:NAME[:SPLIT].",
+)
+@click.option(
+    "--prompt-field",
+    default=None,
+    help="Field or column holding the prompt (default: 'messages', else 'prompt').",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory (default: outputs/<constitution>-<timestamp>, or the unfinished run of the same command).",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start a new run directory instead of resuming the same command's run.",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["local", "anthropic", "openai"]),
+    default="local",
+    show_default=True,
+    help="Model backend.",
+)
+@click.option("--model", default=None, help="Model name (default per provider).")
+@click.option(
+    "--model-path",
+    default=None,
+    help="GGUF file for --provider local (default: the bundled SmolLM2-135M-Instruct).",
+)
+@click.option(
+    "--base-url",
+    default=None,
+    help="API base URL, e.g. an OpenAI-compatible server (vLLM, Ollama, llama.cpp).",
+)
+@click.option(
+    "--rounds",
+    default=2,
+    show_default=True,
+    type=int,
+    help="Critique-and-revision rounds per prompt.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Seed for principle and model sampling."
+)
+@click.option("--limit", default=None, type=int, help="Use only the first N prompts.")
+@click.option(
+    "--temperature", default=0.7, show_default=True, type=float, help="Sampling temperature."
+)
+@click.option(
+    "--max-tokens", default=512, show_default=True, type=int, help="Most tokens per reply."
+)
+@click.option(
+    "--concurrency", default=32, show_default=True, type=int, help="Most calls in flight at once."
+)
+@click.option(
+    "--max-retries",
+    default=6,
+    show_default=True,
+    type=int,
+    help="Retries per call on rate limits, overload, timeouts, dropped connections.",
+)
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=float,
+    help="Seconds before a call times out.",
+)
+@click.option(
+    "--shard", default=None, help="K/N: take the K-th of N deterministic shards of the prompts."
+)
+@click.option(
+    "--skip-bad-lines",
+    is_flag=True,
+    help="Skip and count malformed prompt lines instead of stopping.",
+)
+@click.option(
+    "--no-retry-failed",
+    is_flag=True,
+    help="On resume, keep prompts that failed before as they are.",
+)
+def generate(
+    constitution_path: Path,
+    prompts_spec: str,
+    prompt_field: str | None,
+    out: Path | None,
+    fresh: bool,
+    provider: str,
+    model: str | None,
+    model_path: str | None,
+    base_url: str | None,
+    rounds: int,
+    seed: int,
+    limit: int | None,
+    temperature: float,
+    max_tokens: int,
+    concurrency: int,
+    max_retries: int,
+    timeout: float,
+    shard: str | None,
+    skip_bad_lines: bool,
+    no_retry_failed: bool,
+) -> None:
+    """Answer each prompt, critique and revise the answer against the constitution, save records.
+
+    Each prompt gets an initial response, then --rounds rounds: a principle is drawn by weight
+    (seeded by --seed and the prompt), the model critiques its latest answer against it and
+    revises it. Records go to RUN_DIR/records.jsonl as each prompt finishes. Running the same
+    command again resumes: finished prompts are skipped and failed ones retried.
+
+    Exit codes: 0 done, 2 bad input, 3 some prompts failed (rerun to retry them), 130 interrupted.
+    """
+    from cai.constitution import load_constitution
+    from cai.pipeline import GenerateConfig, run_settings
+    from cai.providers import create_provider
+    from cai.records import RunStore
+    from cai.sources import PromptSource
+
+    config = GenerateConfig(
+        rounds=rounds,
+        seed=seed,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        concurrency=concurrency,
+        max_retries=max_retries,
+        limit=limit,
+        shard=_parse_shard(shard),
+        retry_failed=not no_retry_failed,
+    )
+    parsed = load_constitution(constitution_path)
+    source = PromptSource(prompts_spec, prompt_field=prompt_field, skip_bad_lines=skip_bad_lines)
+    total = _check_prompts(source)
+    backend = create_provider(
+        provider, model=model, base_url=base_url, model_path=model_path, timeout=timeout
+    )
+    settings = run_settings(config, parsed, backend)
+    run_dir = out or _default_run_dir(parsed.name, settings, prompts_spec, config.shard)
+    if fresh and out is None:
+        run_dir = Path("outputs") / f"{parsed.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    store = RunStore(run_dir)
+    manifest = {
+        "cai_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "constitution": {
+            "name": parsed.name,
+            "path": str(constitution_path),
+            "sha256": parsed.sha256,
+        },
+        "prompts": {
+            "source": prompts_spec,
+            "field": prompt_field,
+            "count": total,
+            "skipped_bad_lines": len(source.skipped),
+        },
+        "config": {
+            **{k: v for k, v in vars(config).items() if k != "shard"},
+            "shard": list(config.shard) if config.shard else None,
+            "provider": provider,
+            "model": backend.model,
+            "base_url": base_url,
+            "timeout": timeout,
+        },
+        "versions": _versions(provider),
+    }
+    if config.limit is not None and total is not None:
+        total = min(total, config.limit)
+    click.echo(f"Run directory: {run_dir}", err=True)
+    stats = _run_with_progress(source, parsed, backend, config, store, manifest, total)
+    _print_summary(stats, run_dir, source)
+    if stats.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    if stats.failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+def _check_prompts(source: Any) -> int | None:
+    """Read every prompt once before any call, so bad input stops the run before it costs anything."""
+    if source.spec.startswith("hf:"):
+        return None
+    return sum(1 for _ in source)
+
+
+def _versions(provider: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = {"local": "llama-cpp-python", "anthropic": "anthropic", "openai": "openai"}
+    result = {"python": sys.version.split()[0], "cai": __version__}
+    with contextlib.suppress(PackageNotFoundError):
+        result[names[provider]] = version(names[provider])
+    return result
+
+
+def _run_with_progress(
+    source: Any,
+    parsed: Any,
+    backend: Any,
+    config: Any,
+    store: Any,
+    manifest: dict[str, Any],
+    total: int | None,
+) -> Any:
+    """Run the job under a progress bar; the first Ctrl-C stops taking prompts, the second quits."""
+    from tqdm import tqdm
+
+    from cai.pipeline import RunStats, run_generation
+
+    stats = RunStats(total=total)
+    bar = tqdm(total=total, unit="prompt", desc="generate", file=sys.stderr, dynamic_ncols=True)
+
+    def on_event(kind: str, data: Any) -> None:
+        if kind in ("record", "skip"):
+            bar.update(1)
+        elapsed = max(time.monotonic() - stats.started, 1e-6)
+        bar.set_postfix(
+            calls=stats.calls,
+            failed=stats.failed,
+            retries=stats.retries,
+            tok_s=f"{stats.usage.output_tokens / elapsed:.0f}",
+            refresh=False,
+        )
+
+    async def run() -> Any:
+        stop = asyncio.Event()
+        presses = 0
+
+        def on_sigint() -> None:
+            nonlocal presses
+            presses += 1
+            if presses > 1:
+                raise SystemExit(EXIT_INTERRUPTED)
+            stop.set()
+            bar.write(
+                "Stopping: finishing calls in flight. Press Ctrl-C again to quit now.",
+                file=sys.stderr,
+            )
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            return await run_generation(
+                source,
+                parsed,
+                backend,
+                config,
+                store,
+                manifest=manifest,
+                on_event=on_event,
+                stop=stop,
+                stats=stats,
+            )
+        finally:
+            closer = getattr(backend, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        bar.close()
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+
+
+def _print_summary(stats: Any, run_dir: Path, source: Any) -> None:
+    u = stats.usage
+    lines = [
+        "",
+        f"{'Interrupted' if stats.interrupted else 'Done'} in {time.monotonic() - stats.started:.1f}s: "
+        f"{stats.done} records written, {stats.failed} failed, {stats.already_done} already done"
+        + (f", {stats.duplicates} duplicate prompts skipped" if stats.duplicates else "")
+        + (f", {len(source.skipped)} bad lines skipped" if source.skipped else ""),
+        f"Calls: {stats.calls} ({stats.journal_hits} reused from the journal), retries: {stats.retries}"
+        + (
+            f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.retries_by_kind.items()))})"
+            if stats.retries
+            else ""
+        ),
+        f"Tokens: {u.input_tokens} in, {u.output_tokens} out"
+        + (
+            f", {u.cache_read_input_tokens} cache read, {u.cache_creation_input_tokens} cache write"
+            if u.cache_read_input_tokens or u.cache_creation_input_tokens
+            else ""
+        ),
+        f"Rounds: {stats.revised} records revised, {stats.skipped_rounds} rounds found nothing to change, "
+        f"{stats.problem_rounds} rounds cut off or refused",
+        f"Records: {run_dir / 'records.jsonl'}",
+    ]
+    if stats.interrupted or stats.failed:
+        lines.append(
+            "Run the same command again to resume"
+            + (" and retry the failed prompts." if stats.failed else ".")
+        )
+    lines.append(f"Next: cai export {run_dir} --format dpo")
+    click.echo("\n".join(lines), err=True)
+
+
+# -- export -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["dpo", "sft"]),
+    default="dpo",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--style",
+    type=click.Choice(["conversational", "standard"]),
+    default="conversational",
+    show_default=True,
+    help="Message lists (conversational) or plain strings (standard).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output file (default: RUN_DIR/<format>.jsonl).",
+)
+def export(run_dir: Path, fmt: str, style: str, out: Path | None) -> None:
+    """Export a run as training data: `dpo` preference rows for TRL, or `sft` conversations."""
+    from cai.export import iter_rows, write_jsonl
+    from cai.records import RECORDS_FILE, read_records
+
+    if not (run_dir / RECORDS_FILE).exists():
+        raise ConfigError(
+            f"{run_dir}: no {RECORDS_FILE} here; pass a directory made by cai generate"
+        )
+    out = out or run_dir / f"{fmt}.jsonl"
+    count = write_jsonl(iter_rows(read_records(run_dir), fmt, style=style), out)
+    click.echo(f"Wrote {count} {fmt} rows to {out}", err=True)
+    click.echo(f'Load it: datasets.load_dataset("json", data_files="{out}")', err=True)

@@ -1,0 +1,152 @@
+"""Errors meant for users: each message says what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIConnectionError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BadResponseError",
+    "CaiError",
+    "ConfigError",
+    "ConstitutionError",
+    "InputError",
+    "MissingKeyError",
+    "OverloadedError",
+    "Problem",
+    "ProviderError",
+    "RateLimitError",
+    "RunMismatchError",
+    "ServerError",
+]
+
+from dataclasses import dataclass
+
+
+class CaiError(Exception):
+    """Base class of every error `cai` reports to a user; the CLI shows its message, exit 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a file, at a line (1-based) where there is one."""
+
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message}"
+
+
+class InputError(CaiError):
+    """A file the user gave cannot be used; names the file and line."""
+
+    def __init__(self, path: str, line: int | None, message: str) -> None:
+        self.problem = Problem(str(path), line, message)
+        super().__init__(str(self.problem))
+
+    @property
+    def path(self) -> str:
+        return self.problem.path
+
+    @property
+    def line(self) -> int | None:
+        return self.problem.line
+
+
+class ConstitutionError(InputError):
+    """A constitution file is invalid; `problems` lists every problem found, first one first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        first = problems[0]
+        super().__init__(first.path, first.line, first.message)
+        if len(problems) > 1:
+            self.args = (f"{first} (and {len(problems) - 1} more problem(s))",)
+
+
+class ConfigError(CaiError):
+    """An option or combination of options is invalid."""
+
+
+class MissingKeyError(ConfigError):
+    """An API key is missing from the environment."""
+
+
+class RunMismatchError(CaiError):
+    """An existing run was made with other settings than the ones asked for now."""
+
+
+class ProviderError(CaiError):
+    """A model call failed; `kind` names the failure, `retryable` says whether to try again."""
+
+    kind = "provider_error"
+    retryable = False
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "message": str(self),
+            "status": self.status,
+            "request_id": self.request_id,
+        }
+
+
+class RateLimitError(ProviderError):
+    kind = "rate_limit"
+    retryable = True
+
+
+class OverloadedError(ProviderError):
+    kind = "overloaded"
+    retryable = True
+
+
+class ServerError(ProviderError):
+    kind = "server_error"
+    retryable = True
+
+
+class APITimeoutError(ProviderError):
+    kind = "timeout"
+    retryable = True
+
+
+class APIConnectionError(ProviderError):
+    kind = "connection"
+    retryable = True
+
+
+class BadResponseError(ProviderError):
+    """The server answered with something that is not a valid completion (e.g. malformed JSON)."""
+
+    kind = "bad_response"
+    retryable = True
+
+
+class AuthenticationError(ProviderError):
+    kind = "authentication"
+    exit_code = 2
+
+
+class BadRequestError(ProviderError):
+    kind = "bad_request"

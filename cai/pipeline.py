@@ -1,0 +1,409 @@
+"""The generation job: for each prompt, an initial answer, then rounds of critique and revision.
+
+Every prompt's chain runs on its own; at most `concurrency` calls are in flight and a slow
+prompt never holds the others back. Each reply goes to the call journal the moment it
+arrives, and each record is appended as its chain ends, so a crash loses only calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from cai.constitution import Constitution, Principle
+from cai.errors import ConfigError, ProviderError, RunMismatchError
+from cai.prompts import (
+    build_critique_messages,
+    build_initial_messages,
+    build_revision_messages,
+    critique_request,
+    is_no_change,
+    revision_request,
+)
+from cai.providers.base import Completion, Provider, Sampling, Usage
+from cai.records import Record, Round, RunStore
+from cai.retry import call_with_retries
+from cai.sources import PromptItem
+
+__all__ = [
+    "GenerateConfig",
+    "RunStats",
+    "pick_principles",
+    "run_chain",
+    "run_generation",
+    "run_settings",
+]
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of a generation job; the CLI's options map one to one onto these fields."""
+
+    rounds: int = field(default=2, metadata={"help": "Critique-and-revision rounds per prompt."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed for principle sampling and model sampling."}
+    )
+    temperature: float = field(
+        default=0.7, metadata={"help": "Sampling temperature for every call."}
+    )
+    max_tokens: int = field(default=512, metadata={"help": "Most tokens a single reply may have."})
+    top_p: float | None = field(
+        default=None, metadata={"help": "Nucleus sampling; provider default if unset."}
+    )
+    concurrency: int = field(default=32, metadata={"help": "Most model calls in flight at once."})
+    max_retries: int = field(
+        default=6, metadata={"help": "Retries of a call that failed for a passing reason."}
+    )
+    limit: int | None = field(
+        default=None, metadata={"help": "Use only the first N prompts of the source."}
+    )
+    shard: tuple[int, int] | None = field(
+        default=None, metadata={"help": "(K, N): take the K-th of N shards."}
+    )
+    retry_failed: bool = field(
+        default=True, metadata={"help": "On resume, retry prompts that failed before."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"rounds must be 0 or more, got {self.rounds}")
+        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 2):
+            raise ConfigError(f"temperature must be between 0 and 2, got {self.temperature}")
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be 0 or more, got {self.max_retries}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be at least 1, got {self.limit}")
+        if self.shard is not None:
+            k, n = self.shard
+            if not 1 <= k <= n:
+                raise ConfigError(f"shard must be K/N with 1 <= K <= N, got {k}/{n}")
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.max_tokens, self.top_p)
+
+
+def run_settings(
+    config: GenerateConfig, constitution: Constitution, provider: Provider
+) -> dict[str, Any]:
+    """The settings that change outputs: a run may only be resumed with the same ones."""
+    return {
+        "constitution": constitution.name,
+        "constitution_sha256": constitution.sha256,
+        "provider": provider.name,
+        "model": provider.model,
+        "rounds": config.rounds,
+        "seed": config.seed,
+        "sampling": config.sampling.to_dict(),
+    }
+
+
+def _stable_int(*parts: object) -> int:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def pick_principles(
+    constitution: Constitution, rounds: int, seed: int, record_id: str
+) -> list[Principle]:
+    """The principles for each round, by weight, from an RNG seeded by the seed and the prompt.
+
+    All rounds are drawn up front so that a skipped round never shifts the later draws.
+    """
+    rng = random.Random(_stable_int(seed, record_id))
+    return rng.choices(constitution.principles, weights=constitution.weights, k=rounds)
+
+
+@dataclass
+class RunStats:
+    """Counts kept while a run goes; the CLI's progress bar and summary read them."""
+
+    total: int | None = None
+    done: int = 0
+    failed: int = 0
+    already_done: int = 0
+    duplicates: int = 0
+    calls: int = 0
+    journal_hits: int = 0
+    retries: int = 0
+    retries_by_kind: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    revised: int = 0
+    skipped_rounds: int = 0
+    problem_rounds: int = 0
+    started: float = field(default_factory=time.monotonic)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("usage", "started")
+        }
+        data["usage"] = self.usage.to_dict()
+        data["seconds"] = round(time.monotonic() - self.started, 3)
+        return data
+
+
+class _Caller:
+    """Makes one chain's calls: journal first, then the provider under the semaphore, with retries."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        config: GenerateConfig,
+        store: RunStore | None,
+        journal: dict[tuple[str, str], dict[str, Any]],
+        semaphore: asyncio.Semaphore,
+        stats: RunStats,
+        on_event: Callable[[str, Any], None],
+    ) -> None:
+        self.provider = provider
+        self.config = config
+        self.store = store
+        self.journal = journal
+        self.semaphore = semaphore
+        self.stats = stats
+        self.on_event = on_event
+
+    async def __call__(
+        self, record_id: str, step: str, messages: list[dict[str, str]], usage: Usage
+    ) -> Completion:
+        cached = self.journal.pop((record_id, step), None)
+        if cached is not None:
+            self.stats.journal_hits += 1
+            completion = Completion.from_dict(cached)
+            usage.add(completion.usage)
+            return completion
+        seed = _stable_int(self.config.seed, record_id, step)
+
+        async def attempt() -> Completion:
+            async with self.semaphore:
+                return await self.provider.complete(messages, self.config.sampling, seed=seed)
+
+        def on_retry(error: ProviderError, delay: float) -> None:
+            self.stats.retries += 1
+            self.stats.retries_by_kind[error.kind] = (
+                self.stats.retries_by_kind.get(error.kind, 0) + 1
+            )
+            self.on_event("retry", error)
+
+        completion = await call_with_retries(
+            attempt, max_retries=self.config.max_retries, on_retry=on_retry
+        )
+        # On disk before anything else: this reply has been paid for.
+        if self.store is not None:
+            self.store.append_call(record_id, step, completion.to_dict())
+        self.stats.calls += 1
+        self.stats.usage.add(completion.usage)
+        usage.add(completion.usage)
+        self.on_event("call", completion)
+        return completion
+
+
+async def run_chain(
+    item: PromptItem,
+    constitution: Constitution,
+    config: GenerateConfig,
+    call: Callable[..., Any],
+    provider: Provider,
+) -> Record:
+    """Answer one prompt, then critique and revise the answer for `config.rounds` rounds."""
+    started = time.time()
+    usage = Usage()
+    record = Record(
+        id=item.id,
+        prompt=item.messages,
+        provider=provider.name,
+        model=provider.model,
+        sampling=config.sampling.to_dict(),
+        seed=config.seed,
+        constitution={"name": constitution.name, "sha256": constitution.sha256},
+        source_line=item.line,
+    )
+    try:
+        initial = await call(
+            item.id, "initial", build_initial_messages(constitution, item.messages), usage
+        )
+        record.initial_response = response = initial.text
+        record.initial_finish_reason = initial.problem or "stop"
+        for index, principle in enumerate(
+            pick_principles(constitution, config.rounds, config.seed, item.id), 1
+        ):
+            record.rounds.append(
+                await _run_round(item, constitution, principle, index, response, call, usage)
+            )
+            latest = record.rounds[-1]
+            if latest.revision is not None and latest.problem is None:
+                response = latest.revision
+        record.final_response = response
+    except ProviderError as e:
+        record.status = "failed"
+        record.error = e.to_dict()
+    record.usage = usage.to_dict()
+    record.timings = {"started_at": round(started, 3), "seconds": round(time.time() - started, 3)}
+    return record
+
+
+async def _run_round(
+    item: PromptItem,
+    constitution: Constitution,
+    principle: Principle,
+    index: int,
+    response: str,
+    call: Callable[..., Any],
+    usage: Usage,
+) -> Round:
+    critique = await call(
+        item.id,
+        f"round{index}.critique",
+        build_critique_messages(constitution, item.messages, response, principle),
+        usage,
+    )
+    round_ = Round(
+        index=index,
+        principle=principle.name,
+        critique_request=critique_request(principle),
+        critique=critique.text,
+        critique_finish_reason=critique.problem or "stop",
+    )
+    if critique.problem is not None:
+        # A cut-off or refused critique is no basis for a revision.
+        round_.problem, round_.skipped = critique.problem, True
+        return round_
+    if is_no_change(critique.text):
+        round_.skipped = True
+        return round_
+    revision = await call(
+        item.id,
+        f"round{index}.revision",
+        build_revision_messages(constitution, item.messages, response, principle, critique.text),
+        usage,
+    )
+    round_.revision_request = revision_request(principle)
+    round_.revision = revision.text
+    round_.revision_finish_reason = revision.problem or "stop"
+    round_.problem = revision.problem
+    return round_
+
+
+def _in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
+    return shard is None or int(record_id, 16) % shard[1] == shard[0] - 1
+
+
+async def run_generation(
+    prompts: Any,
+    constitution: Constitution,
+    provider: Provider,
+    config: GenerateConfig,
+    store: RunStore,
+    *,
+    manifest: dict[str, Any] | None = None,
+    on_event: Callable[[str, Any], None] = lambda kind, data: None,
+    stop: asyncio.Event | None = None,
+    stats: RunStats | None = None,
+) -> RunStats:
+    """Run (or resume) a job into `store`; returns the counts. `prompts` is an iterable of `PromptItem`.
+
+    Raises `RunMismatchError` when the store holds a run made with other settings.
+    """
+    settings = run_settings(config, constitution, provider)
+    previous = store.read_manifest()
+    if previous is not None:
+        check_settings(previous.get("settings", {}), settings, store.dir)
+    stats = stats or RunStats()
+    store.repair()
+    if config.retry_failed:
+        store.drop_failed()
+    done = set(store.finished())
+    journal = store.journal(done)
+    manifest = dict(manifest or {}, settings=settings, status="running")
+    store.write_manifest(manifest)
+    stop = stop or asyncio.Event()
+    semaphore = asyncio.Semaphore(config.concurrency)
+    caller = _Caller(provider, config, store, journal, semaphore, stats, on_event)
+    queue: asyncio.Queue[PromptItem | None] = asyncio.Queue(maxsize=config.concurrency * 2)
+
+    async def produce() -> None:
+        seen: set[str] = set()
+        taken = 0
+        for item in prompts:
+            if stop.is_set() or (config.limit is not None and taken >= config.limit):
+                break
+            if not _in_shard(item.id, config.shard):
+                continue
+            if item.id in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(item.id)
+            taken += 1
+            if item.id in done:
+                stats.already_done += 1
+                on_event("skip", item)
+                continue
+            await queue.put(item)
+        for _ in range(workers):
+            await queue.put(None)
+
+    async def work() -> None:
+        while (item := await queue.get()) is not None:
+            if stop.is_set():
+                continue
+            record = await run_chain(item, constitution, config, caller, provider)
+            store.append_record(record)
+            if record.status == "failed":
+                stats.failed += 1
+            else:
+                stats.done += 1
+                stats.revised += any(
+                    r.revision is not None and r.problem is None for r in record.rounds
+                )
+                stats.skipped_rounds += sum(r.skipped for r in record.rounds)
+                stats.problem_rounds += sum(r.problem is not None for r in record.rounds)
+            on_event("record", record)
+
+    workers = config.concurrency
+    store.open()
+    try:
+        await asyncio.gather(produce(), *(work() for _ in range(workers)))
+    finally:
+        store.close()
+        stats.interrupted = stop.is_set()
+        status = "interrupted" if stats.interrupted else "partial" if stats.failed else "complete"
+        manifest.update(status=status, stats=stats.to_dict(), counts=count_records(store))
+        store.write_manifest(manifest)
+    return stats
+
+
+def count_records(store: RunStore) -> dict[str, int]:
+    counts: dict[str, int] = {"records": 0}
+    for status in store.finished().values():
+        counts["records"] += 1
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def check_settings(previous: dict[str, Any], current: dict[str, Any], run_dir: Any) -> None:
+    """Refuse to mix records made with different settings into one run."""
+    differ = [
+        f"{key} was {previous.get(key)!r}, now {current.get(key)!r}"
+        for key in sorted(set(previous) | set(current))
+        if previous.get(key) != current.get(key)
+    ]
+    if differ:
+        raise RunMismatchError(
+            f"{run_dir} was made with other settings ({'; '.join(differ)}); "
+            "to start a new run, pass --out with a new directory"
+        )

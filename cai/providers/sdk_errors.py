@@ -1,0 +1,53 @@
+"""Turn an exception of the official `openai` or `anthropic` SDK into a `cai.errors` kind.
+
+Both SDKs are generated from the same template, so their exception classes share names.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from cai import errors
+
+__all__ = ["parse_retry_after", "translate_sdk_error"]
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait, from `retry-after-ms` or `retry-after` (seconds form), if present."""
+    for name in ("retry-after-ms", "retry-after"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            continue
+        return seconds / 1000 if name.endswith("-ms") else seconds
+    return None
+
+
+def translate_sdk_error(e: Exception, sdk: ModuleType, key_variable: str) -> errors.ProviderError:
+    status = getattr(e, "status_code", None)
+    request_id = getattr(e, "request_id", None)
+    response = getattr(e, "response", None)
+    retry_after = parse_retry_after(response.headers) if response is not None else None
+    message = f"{type(e).__name__}: {getattr(e, 'message', e)}"
+    if isinstance(e, sdk.APITimeoutError):
+        cls: type[errors.ProviderError] = errors.APITimeoutError
+    elif isinstance(e, sdk.APIConnectionError):
+        cls = errors.APIConnectionError
+    elif isinstance(e, sdk.RateLimitError):
+        cls = errors.RateLimitError
+    elif isinstance(e, sdk.AuthenticationError | sdk.PermissionDeniedError):
+        cls = errors.AuthenticationError
+        message = f"the server refused the key ({status}) - check {key_variable}"
+    elif status == 529:
+        cls = errors.OverloadedError
+    elif status is not None and status >= 500:
+        cls = errors.ServerError
+    elif isinstance(e, sdk.APIResponseValidationError) or status is None:
+        cls = errors.BadResponseError
+    else:
+        cls = errors.BadRequestError
+    return cls(message, status=status, request_id=request_id, retry_after=retry_after)

@@ -1,0 +1,256 @@
+"""Prompt sources: JSONL, text, CSV, Parquet, `datasets` directories and the Hugging Face Hub.
+
+Every source is read as a stream of `PromptItem`s, so a million-prompt file is never held in
+memory. Each item carries where it came from, so a bad row is reported by file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cai.errors import InputError
+
+__all__ = [
+    "PromptItem",
+    "PromptSource",
+    "normalize_prompt",
+    "prompt_id",
+]
+
+ROLES = ("system", "user", "assistant")
+_TRANSCRIPT = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt: the chat turns to answer, its stable id, and where it was read."""
+
+    id: str
+    messages: list[dict[str, str]]
+    line: int
+
+
+def prompt_id(messages: list[dict[str, str]]) -> str:
+    """A stable id from the prompt's content alone, so reruns and shards agree on it."""
+    canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _parse_transcript(text: str) -> list[dict[str, str]] | None:
+    """Split an hh-rlhf style 'Human: ... Assistant: ...' transcript into turns, or None."""
+    if not re.match(r"\s*Human:", text):
+        return None
+    parts = _TRANSCRIPT.split(text.strip())
+    turns = []
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=False):
+        role = "user" if speaker.lower() == "human" else "assistant"
+        turns.append({"role": role, "content": content.strip()})
+    while turns and turns[-1]["role"] == "assistant":
+        turns.pop()  # a trailing answer is what we are here to generate
+    return turns or None
+
+
+def normalize_prompt(value: Any) -> list[dict[str, str]]:
+    """Turn a prompt string or a list of {role, content} messages into checked chat turns.
+
+    Raises ValueError with a message fit for the user; the caller adds file and line.
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("empty prompt")
+        return _parse_transcript(value) or [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f"a prompt must be a string or a non-empty list of messages, not {type(value).__name__}"
+        )
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError(f"message {i + 1} must be an object with string 'role' and 'content'")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"message {i + 1} has role {role!r}; use one of {', '.join(ROLES)}")
+        messages.append({"role": role, "content": message["content"]})
+    while messages and messages[-1]["role"] == "assistant":
+        messages.pop()
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("the last message must be a 'user' turn")
+    if not any(m["content"].strip() for m in messages if m["role"] == "user"):
+        raise ValueError("empty prompt")
+    return messages
+
+
+@dataclass
+class PromptSource:
+    """Where prompts come from: a path or `hf:NAME[:SPLIT]`, and which field holds them.
+
+    `skip_bad_lines` turns a bad row from an error into a skip, counted in `skipped`.
+    """
+
+    spec: str
+    prompt_field: str | None = None
+    skip_bad_lines: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.spec.startswith("hf:"):
+            return
+        path = Path(self.spec)
+        if not path.exists():
+            raise InputError(self.spec, None, "no such file or directory; check the --prompts path")
+        if path.is_dir():
+            if (
+                not (path / "dataset_info.json").exists()
+                and not (path / "dataset_dict.json").exists()
+            ):
+                raise InputError(
+                    self.spec, None, "is a directory but not one written by datasets' save_to_disk"
+                )
+        elif path.suffix.lower() not in (".jsonl", ".json", ".txt", ".csv", ".parquet"):
+            raise InputError(
+                self.spec,
+                None,
+                "unknown prompt file type; use .jsonl, .txt, .csv, .parquet, a datasets directory or hf:NAME",
+            )
+
+    def __iter__(self) -> Iterator[PromptItem]:
+        for line, value in self._rows():
+            try:
+                messages = normalize_prompt(value)
+            except ValueError as e:
+                self._bad(line, str(e))
+                continue
+            yield PromptItem(prompt_id(messages), messages, line)
+
+    def _bad(self, line: int, message: str) -> None:
+        error = InputError(self.spec, line, message)
+        if not self.skip_bad_lines:
+            raise error
+        self.skipped.append(str(error))
+
+    def _pick(self, row: dict[str, Any], line: int) -> Any:
+        if self.prompt_field is not None:
+            if self.prompt_field not in row:
+                self._bad(
+                    line, f"no '{self.prompt_field}' field; choose the field with --prompt-field"
+                )
+                return None
+            return row[self.prompt_field]
+        for name in ("messages", "prompt"):
+            if name in row and row[name] is not None:
+                return row[name]
+        self._bad(line, "no 'prompt' or 'messages' field; choose the field with --prompt-field")
+        return None
+
+    def _rows(self) -> Iterator[tuple[int, Any]]:
+        if self.spec.startswith("hf:"):
+            yield from self._hub_rows()
+            return
+        path = Path(self.spec)
+        if path.is_dir():
+            yield from self._dataset_rows(path)
+            return
+        suffix = path.suffix.lower()
+        try:
+            if suffix in (".jsonl", ".json"):
+                yield from self._jsonl_rows(path)
+            elif suffix == ".txt":
+                for lineno, text in _text_lines(path):
+                    if text.strip():
+                        yield lineno, text.rstrip("\r\n")
+            elif suffix == ".csv":
+                with path.open(encoding="utf-8-sig", newline="") as f:
+                    reader = csv.DictReader(f)
+                    for row in reader:
+                        yield reader.line_num, self._pick(row, reader.line_num)
+            elif suffix == ".parquet":
+                yield from self._parquet_rows(path)
+        except UnicodeDecodeError:
+            raise InputError(self.spec, None, "not UTF-8 text; save the file as UTF-8") from None
+        except csv.Error as e:
+            raise InputError(self.spec, None, f"not valid CSV: {e}") from None
+        except OSError as e:
+            raise InputError(self.spec, None, f"cannot read: {e.strerror or e}") from None
+
+    def _jsonl_rows(self, path: Path) -> Iterator[tuple[int, Any]]:
+        for lineno, text in _text_lines(path):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                self._bad(lineno, f"not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(row, dict):
+                self._bad(lineno, "each line must be a JSON object")
+                continue
+            value = self._pick(row, lineno)
+            if value is not None:
+                yield lineno, value
+
+    def _parquet_rows(self, path: Path) -> Iterator[tuple[int, Any]]:
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as e:
+            raise InputError(self.spec, None, f"not a readable Parquet file: {e}") from None
+        row_number = 0
+        for batch in parquet.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                row_number += 1
+                value = self._pick(row, row_number)
+                if value is not None:
+                    yield row_number, value
+
+    def _dataset_rows(self, path: Path) -> Iterator[tuple[int, Any]]:
+        import datasets
+
+        try:
+            data = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise InputError(self.spec, None, f"cannot load the dataset: {e}") from None
+        if isinstance(data, datasets.DatasetDict):
+            split = "train" if "train" in data else next(iter(data))
+            data = data[split]
+        for index, row in enumerate(data, 1):
+            value = self._pick(row, index)
+            if value is not None:
+                yield index, value
+
+    def _hub_rows(self) -> Iterator[tuple[int, Any]]:
+        import datasets
+
+        _, _, rest = self.spec.partition(":")
+        name, _, split = rest.partition(":")
+        try:
+            data = datasets.load_dataset(name, split=split or "train", streaming=True)
+        except Exception as e:
+            raise InputError(
+                self.spec,
+                None,
+                f"cannot load from the Hub ({type(e).__name__}); are you online, and is the name right?",
+            ) from None
+        for index, row in enumerate(data, 1):
+            value = self._pick(row, index)
+            if value is not None:
+                yield index, value
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Lines of a UTF-8 file, numbered from 1; a byte that is not UTF-8 is reported by line."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise InputError(
+                    str(path), lineno, "not UTF-8 text; save the file as UTF-8"
+                ) from None
