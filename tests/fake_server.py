@@ -1,0 +1,513 @@
+"""A loopback fake of the OpenAI Chat Completions and Anthropic Messages APIs, over real HTTP.
+
+The real `openai.AsyncOpenAI` and `anthropic.AsyncAnthropic` SDKs talk to it, so tests run
+the SDKs' own request, parsing and error code. It is a small HTTP/1.1 server on asyncio
+streams (keep-alive, Content-Length bodies), light enough that benchmarks measure the client.
+
+Endpoints:
+
+- `POST /v1/chat/completions` - OpenAI Chat Completions (non-streaming).
+- `POST /v1/messages` - Anthropic Messages (non-streaming).
+- `GET /stats` - `{"requests": N, "faults": {kind: count}, "by_api": {...}}` as JSON.
+
+Replies are a deterministic function of the request (never of arrival order):
+
+- the last user turn contains "revised response only" -> a revision, "Revised: ...";
+- it contains "NO CHANGES NEEDED" -> a critique; about one in three (by a hash of the
+  request) ends with the line `NO CHANGES NEEDED`, so both paths of the pipeline run;
+- otherwise -> an answer, "Answer to: <start of the last user turn>".
+
+Usage is counted as about one token per four characters. For Anthropic, when a block of
+`system` or `messages` carries `cache_control`, the tokens up to and including the last such
+block are the cached prefix: the first request with a given prefix reports them as
+`cache_creation_input_tokens`, later ones as `cache_read_input_tokens`.
+
+Faults: each request is faulted with probability `fault_rate`, decided by a hash of
+(seed, request body, how many times this same body was seen before), so a given prompt's
+attempts fault the same way whatever order requests arrive in, and a retry can succeed.
+The fault kind is drawn the same way from `faults`, a subset of `FAULTS`:
+
+- `429` - rate limited, with `retry-after` (seconds, `retry_after`);
+- `500` - internal server error;
+- `529` - overloaded (Anthropic's code; the OpenAI route sends it too);
+- `drop` - the connection is closed without a reply;
+- `slow` - the reply comes after `slow_seconds` (set it above the client's timeout);
+- `malformed` - status 200 with a body that is not JSON;
+- `truncated` - a cut-off reply: `finish_reason: length` / `stop_reason: max_tokens`;
+- `refused` - `finish_reason: content_filter` / `stop_reason: refusal`, empty content.
+
+`latency` seconds are added to every request. With `api_key` set, a request without
+that key gets 401. Request headers are never stored.
+
+Use from tests (the server runs in a thread with its own event loop):
+
+    with FakeServer(latency=0.01, fault_rate=0.2, seed=1) as server:
+        ...  # point a client at server.url + "/v1" (OpenAI) or server.url (Anthropic)
+        server.requests            # how many requests arrived
+        server.log                 # one LogEntry per request (api, body, fault, status)
+        server.fault_counts        # {"429": 3, ...}
+
+or `await server.start_async()` / `await server.stop_async()` inside a running loop.
+
+Or as a process (prints its base URL, e.g. http://127.0.0.1:43127, on stdout, then serves
+until SIGTERM/SIGINT):
+
+    python tests/fake_server.py --port 0 --latency 0.1 --fault-rate 0.2 \\
+        --faults 429,500,drop --seed 0 [--retry-after 0.05] [--slow-seconds 30] [--log FILE]
+
+`--log FILE` appends one JSON line per request (no headers). The OpenAI route answers for
+any key; `cai generate --provider openai --base-url <URL>/v1` works against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import signal
+import sys
+import threading
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["FAULTS", "FakeServer", "LogEntry", "count_tokens", "reply_text"]
+
+FAULTS = ("429", "500", "529", "drop", "slow", "malformed", "truncated", "refused")
+NO_CHANGE = "NO CHANGES NEEDED"
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    529: "Overloaded",
+}
+
+
+@dataclass
+class LogEntry:
+    """One request as the server saw it (never its headers)."""
+
+    n: int
+    api: str  # "openai" | "anthropic" | "other"
+    path: str
+    body: Any
+    fault: str | None
+    status: int | None  # None when the connection was dropped
+
+
+def count_tokens(text: str) -> int:
+    """The fake's tokenizer: about four characters a token, at least one for non-empty text."""
+    return (len(text) + 3) // 4
+
+
+def _digest(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def reply_text(last_user: str, key: str) -> str:
+    """The reply to a conversation whose last user turn is `last_user`; `key` varies it."""
+    h = _digest(key)
+    if "revised response only" in last_user:
+        return f"Revised: a careful, honest and harmless answer (variant {h % 1000})."
+    if NO_CHANGE in last_user:
+        critique = f"Critique {h % 1000}: the response could be clearer about its limits."
+        return f"The response is fine as it stands.\n{NO_CHANGE}" if h % 3 == 0 else critique
+    head = " ".join(last_user.split())[:60]
+    return f"Answer to: {head}"
+
+
+def _text_of(content: Any) -> str:
+    """The text of a message's content: a string, or a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FakeServer:
+    """The fake API server; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        fault_rate: float = 0.0,
+        faults: tuple[str, ...] | list[str] = FAULTS,
+        seed: int = 0,
+        retry_after: float = 0.01,
+        slow_seconds: float = 30.0,
+        api_key: str | None = None,
+        log_path: str | None = None,
+        keep_bodies: bool = True,
+    ) -> None:
+        unknown = set(faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULTS}")
+        self.host = host
+        self.port = port
+        self.latency = latency
+        self.fault_rate = fault_rate
+        self.faults = tuple(faults)
+        self.seed = seed
+        self.retry_after = retry_after
+        self.slow_seconds = slow_seconds
+        self.api_key = api_key
+        self.log_path = log_path
+        self.keep_bodies = keep_bodies
+        self.requests = 0
+        self.log: list[LogEntry] = []
+        self.fault_counts: Counter[str] = Counter()
+        self._seen: Counter[str] = Counter()
+        self._cached_prefixes: set[str] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._log_file: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start_async(self) -> None:
+        if self.log_path:
+            self._log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._server = await asyncio.start_server(self._on_connection, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop_async(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def start(self) -> FakeServer:
+        """Serve from a background thread; returns once the port is bound."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self.start_async())
+            except BaseException as e:
+                failure.append(e)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop_async())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-api-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop = self._thread = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """Forget counts and the log (fault draws keep counting attempts per body)."""
+        self.requests = 0
+        self.log.clear()
+        self.fault_counts.clear()
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        name, value = line.split(":", 1)
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0") or 0)
+                body = await reader.readexactly(length) if length else b""
+                reply = await self._handle(method, path, headers, body)
+                if reply is None:  # a dropped connection
+                    writer.transport.abort()
+                    return
+                status, extra, payload = reply
+                head_out = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+                head_out += [f"{k}: {v}" for k, v in extra.items()]
+                head_out += ["content-type: application/json", f"content-length: {len(payload)}"]
+                writer.write(("\r\n".join(head_out) + "\r\n\r\n").encode("latin-1") + payload)
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        except asyncio.CancelledError:
+            # Stopping: end quietly (the streams callback reports a cancelled task as an error).
+            return
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _handle(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        path = path.split("?", 1)[0]
+        if method == "GET" and path == "/stats":
+            return 200, {}, json.dumps(self.stats()).encode()
+        api = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}.get(path, "other")
+        self.requests += 1
+        n = self.requests
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        fault = self._draw_fault(raw) if api != "other" else None
+        entry = LogEntry(n, api, path, body, fault, None)
+        self.log.append(entry)
+        if fault:
+            self.fault_counts[fault] += 1
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            if api == "other" or method != "POST":
+                raise _HTTPError(404, f"no route {method} {path}")
+            if self.api_key is not None and self.api_key not in (
+                headers.get("x-api-key"),
+                headers.get("authorization", "").removeprefix("Bearer "),
+            ):
+                raise _HTTPError(401, "invalid api key")
+            if not isinstance(body, dict):
+                raise _HTTPError(400, "the request body is not a JSON object")
+            if fault == "drop":
+                return None
+            if fault == "slow":
+                await asyncio.sleep(self.slow_seconds)
+            if fault == "malformed":
+                entry.status = 200
+                return 200, self._id_header(api, n), b'{"id": "broken", "choices": [ {"mess'
+            if fault in ("429", "500", "529"):
+                raise _HTTPError(int(fault), f"fake fault {fault}")
+            answer = self._openai if api == "openai" else self._anthropic
+            payload = answer(body, n, fault)
+            entry.status = 200
+            return 200, self._id_header(api, n), json.dumps(payload).encode()
+        except _HTTPError as e:
+            entry.status = e.status
+            extra = self._id_header(api, n)
+            if e.status == 429:
+                extra["retry-after"] = f"{self.retry_after:g}"
+            return e.status, extra, json.dumps(self._error(api, e)).encode()
+        finally:
+            if self._log_file is not None:
+                self._log_file.write(json.dumps(asdict(entry)) + "\n")
+                self._log_file.flush()
+            if not self.keep_bodies:
+                entry.body = None
+
+    def _draw_fault(self, raw: bytes) -> str | None:
+        if not self.fault_rate or not self.faults:
+            return None
+        key = hashlib.sha256(raw).hexdigest()
+        attempt = self._seen[key]
+        self._seen[key] += 1
+        h = _digest(self.seed, key, attempt)
+        if (h % 1_000_000) / 1_000_000 >= self.fault_rate:
+            return None
+        return self.faults[(h // 1_000_000) % len(self.faults)]
+
+    @staticmethod
+    def _id_header(api: str, n: int) -> dict[str, str]:
+        return {"request-id" if api == "anthropic" else "x-request-id": f"req_fake_{n:06d}"}
+
+    @staticmethod
+    def _error(api: str, e: _HTTPError) -> dict[str, Any]:
+        kind = {
+            400: "invalid_request_error",
+            401: "authentication_error",
+            404: "not_found_error",
+            429: "rate_limit_error",
+            500: "api_error",
+            529: "overloaded_error",
+        }.get(e.status, "api_error")
+        if api == "anthropic":
+            return {"type": "error", "error": {"type": kind, "message": str(e)}}
+        return {"error": {"message": str(e), "type": kind, "code": None, "param": None}}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "faults": dict(self.fault_counts),
+            "by_api": dict(Counter(e.api for e in self.log)),
+        }
+
+    # -- the two APIs ----------------------------------------------------------------------
+
+    def _openai(self, body: dict[str, Any], n: int, fault: str | None) -> dict[str, Any]:
+        messages = body.get("messages") or []
+        last_user = next(
+            (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        text = reply_text(last_user, json.dumps(messages, sort_keys=True))
+        finish = "stop"
+        if fault == "truncated":
+            text, finish = text[: max(1, len(text) // 2)], "length"
+        elif fault == "refused":
+            text, finish = "", "content_filter"
+        prompt_tokens = sum(count_tokens(_text_of(m.get("content"))) for m in messages)
+        completion_tokens = count_tokens(text)
+        return {
+            "id": f"chatcmpl-fake{n:06d}",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": body.get("model", "fake"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def _anthropic(self, body: dict[str, Any], n: int, fault: str | None) -> dict[str, Any]:
+        system = body.get("system") or []
+        blocks = [system] if isinstance(system, str) else list(system)
+        for m in body.get("messages") or []:
+            content = m.get("content")
+            blocks += [content] if isinstance(content, str) else list(content or [])
+        texts = [_text_of([b]) if isinstance(b, dict) else str(b) for b in blocks]
+        marked = [i for i, b in enumerate(blocks) if isinstance(b, dict) and b.get("cache_control")]
+        prefix_end = marked[-1] + 1 if marked else 0
+        prefix_tokens = sum(count_tokens(t) for t in texts[:prefix_end])
+        rest_tokens = sum(count_tokens(t) for t in texts[prefix_end:])
+        cache_read = cache_write = 0
+        if prefix_end:
+            prefix_key = hashlib.sha256(json.dumps(blocks[:prefix_end]).encode()).hexdigest()
+            if prefix_key in self._cached_prefixes:
+                cache_read = prefix_tokens
+            else:
+                self._cached_prefixes.add(prefix_key)
+                cache_write = prefix_tokens
+        messages = body.get("messages") or []
+        last_user = next(
+            (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        text = reply_text(last_user, json.dumps(messages, sort_keys=True))
+        stop = "end_turn"
+        if fault == "truncated":
+            text, stop = text[: max(1, len(text) // 2)], "max_tokens"
+        elif fault == "refused":
+            text, stop = "", "refusal"
+        return {
+            "id": f"msg_fake{n:06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "fake"),
+            "content": [{"type": "text", "text": text}] if text else [],
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": rest_tokens,
+                "output_tokens": count_tokens(text),
+                "cache_creation_input_tokens": cache_write,
+                "cache_read_input_tokens": cache_read,
+            },
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI/Anthropic API server (loopback).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each reply")
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated kinds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--retry-after", type=float, default=0.01)
+    parser.add_argument("--slow-seconds", type=float, default=30.0)
+    parser.add_argument("--api-key", default=None, help="require this key (else any key)")
+    parser.add_argument("--log", default=None, help="append one JSON line per request here")
+    args = parser.parse_args(argv)
+    server = FakeServer(
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        fault_rate=args.fault_rate,
+        faults=[f for f in args.faults.split(",") if f],
+        seed=args.seed,
+        retry_after=args.retry_after,
+        slow_seconds=args.slow_seconds,
+        api_key=args.api_key,
+        log_path=args.log,
+        keep_bodies=False,
+    )
+
+    async def serve() -> None:
+        await server.start_async()
+        print(server.url, flush=True)
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        await done.wait()
+        await server.stop_async()
+
+    asyncio.run(serve())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
