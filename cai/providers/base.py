@@ -58,9 +58,9 @@ class Completion:
     @property
     def problem(self) -> str | None:
         """Why this reply is not a usable answer, or None when it is."""
-        if not self.text.strip():
-            return "empty"
-        return None if self.finish_reason == "stop" else self.finish_reason
+        if self.finish_reason != "stop":
+            return self.finish_reason
+        return None if self.text.strip() else "empty"
 
     def to_dict(self) -> dict:
         return {
