@@ -8,11 +8,13 @@ for every call of a run, which is what prompt caching (and llama.cpp's prefix re
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from cai.constitution import Constitution, Example, Principle
 
 __all__ = [
     "NO_CHANGE_MARKER",
+    "Conversation",
     "Message",
     "build_critique_messages",
     "build_initial_messages",
@@ -32,6 +34,18 @@ _CRITIQUE_SUFFIX = (
 )
 _REVISION_SUFFIX = "\n\nReply with the revised response only: no preamble, no mention of the critique or of this request."
 _MARKER = re.compile(r"[\W_]*no[\W_]+changes?[\W_]+(are[\W_]+)?needed[\W_]*", re.IGNORECASE)
+
+
+class Conversation(list):
+    """Chat turns whose first `cached_prefix` turns are the same on every call of a run.
+
+    It is a plain list to every provider; the Anthropic provider puts its prompt-caching
+    breakpoint after that prefix (the system prompt and few-shot examples).
+    """
+
+    def __init__(self, turns: Iterable[Message] = (), cached_prefix: int = 0) -> None:
+        super().__init__(turns)
+        self.cached_prefix = cached_prefix
 
 
 def critique_request(principle: Principle) -> str:
@@ -79,7 +93,7 @@ def _prefix(constitution: Constitution) -> list[Message]:
     return messages
 
 
-def build_initial_messages(constitution: Constitution, prompt: list[Message]) -> list[Message]:
+def build_initial_messages(constitution: Constitution, prompt: list[Message]) -> Conversation:
     """The conversation for the first answer: the system prompt, then the user's turns.
 
     Few-shot critique examples are left out here on purpose: they would teach the model to
@@ -87,19 +101,23 @@ def build_initial_messages(constitution: Constitution, prompt: list[Message]) ->
     """
     system = [{"role": "system", "content": constitution.system}] if constitution.system else []
     if prompt and prompt[0]["role"] == "system":
-        return list(prompt)
-    return system + list(prompt)
+        return Conversation(prompt)
+    return Conversation(system + list(prompt), cached_prefix=len(system))
 
 
 def build_critique_messages(
     constitution: Constitution, prompt: list[Message], response: str, principle: Principle
-) -> list[Message]:
-    return [
-        *_prefix(constitution),
-        *(m for m in prompt if m["role"] != "system"),
-        {"role": "assistant", "content": response},
-        {"role": "user", "content": critique_request(principle)},
-    ]
+) -> Conversation:
+    prefix = _prefix(constitution)
+    return Conversation(
+        [
+            *prefix,
+            *(m for m in prompt if m["role"] != "system"),
+            {"role": "assistant", "content": response},
+            {"role": "user", "content": critique_request(principle)},
+        ],
+        cached_prefix=len(prefix),
+    )
 
 
 def build_revision_messages(
@@ -108,9 +126,13 @@ def build_revision_messages(
     response: str,
     principle: Principle,
     critique: str,
-) -> list[Message]:
-    return [
-        *build_critique_messages(constitution, prompt, response, principle),
-        {"role": "assistant", "content": critique},
-        {"role": "user", "content": revision_request(principle)},
-    ]
+) -> Conversation:
+    turns = build_critique_messages(constitution, prompt, response, principle)
+    return Conversation(
+        [
+            *turns,
+            {"role": "assistant", "content": critique},
+            {"role": "user", "content": revision_request(principle)},
+        ],
+        cached_prefix=turns.cached_prefix,
+    )

@@ -37,8 +37,12 @@ def create_provider(
     base_url: str | None = None,
     model_path: str | None = None,
     timeout: float = 600.0,
+    connections: int = 100,
 ) -> Provider:
-    """Build a provider; a missing key or model file raises a `CaiError` before any work starts."""
+    """Build a provider; a missing key or model file raises a `CaiError` before any work starts.
+
+    `connections` sizes a cloud provider's HTTP connection pool (the run's concurrency).
+    """
     if name == "local":
         from cai.providers.local import LocalProvider
 
@@ -50,9 +54,9 @@ def create_provider(
     if name == "anthropic":
         from cai.providers.anthropic import AnthropicProvider
 
-        return AnthropicProvider(model, base_url=base_url, timeout=timeout)
+        return AnthropicProvider(model, base_url=base_url, timeout=timeout, connections=connections)
     if name == "openai":
         from cai.providers.openai import OpenAIProvider
 
-        return OpenAIProvider(model, base_url=base_url, timeout=timeout)
+        return OpenAIProvider(model, base_url=base_url, timeout=timeout, connections=connections)
     raise ConfigError(f"unknown provider '{name}'; choose one of: {', '.join(PROVIDERS)}")

@@ -1,4 +1,4 @@
-"""Anthropic Messages API (Claude)."""
+"""Anthropic Messages API (Claude), with prompt caching of the constitution's stable prefix."""
 
 from __future__ import annotations
 
@@ -7,25 +7,60 @@ from typing import Any
 
 from cai import errors
 from cai.providers.base import Completion, Sampling, Usage
-from cai.providers.sdk_errors import translate_sdk_error
+from cai.providers.sdk_errors import make_http_client, translate_sdk_error
 
-__all__ = ["DEFAULT_MODEL", "AnthropicProvider"]
+__all__ = ["DEFAULT_MODEL", "AnthropicProvider", "to_messages_request"]
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 KEY_VARIABLE = "ANTHROPIC_API_KEY"
 _FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
+    "pause_turn": "stop",
     "max_tokens": "length",
+    "model_context_window_exceeded": "length",
     "refusal": "refusal",
 }
+_CACHE = {"type": "ephemeral"}
+
+
+def to_messages_request(messages: list[dict[str, str]]) -> dict[str, Any]:
+    """`system` and `messages` for the Messages API, with a cache breakpoint after the prefix.
+
+    `messages` may carry `cached_prefix` (see `cai.prompts.Conversation`): the number of
+    leading turns that are the same on every call. The breakpoint goes on the last of them,
+    so the system prompt and few-shot examples are written to the cache once and read after.
+    """
+    prefix = getattr(messages, "cached_prefix", 0)
+    system: list[dict[str, Any]] = []
+    chat: list[dict[str, Any]] = []
+    for index, m in enumerate(messages):
+        cached = index == prefix - 1
+        if m["role"] == "system":
+            system.append({"type": "text", "text": m["content"]})
+            if cached:
+                system[-1]["cache_control"] = _CACHE
+        elif cached:
+            block = {"type": "text", "text": m["content"], "cache_control": _CACHE}
+            chat.append({"role": m["role"], "content": [block]})
+        else:
+            chat.append({"role": m["role"], "content": m["content"]})
+    request: dict[str, Any] = {"messages": chat}
+    if system:
+        request["system"] = system
+    return request
 
 
 class AnthropicProvider:
     name = "anthropic"
 
     def __init__(
-        self, model: str | None = None, *, base_url: str | None = None, timeout: float = 600.0
+        self,
+        model: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 600.0,
+        connections: int = 100,
     ) -> None:
         key = os.environ.get(KEY_VARIABLE)
         if not key:
@@ -34,14 +69,24 @@ class AnthropicProvider:
         self.base_url = base_url
         self._key = key
         self._timeout = timeout
+        self._connections = connections
         self._client: Any = None
+
+    def __repr__(self) -> str:
+        # Never the key.
+        return f"AnthropicProvider(model={self.model!r}, base_url={self.base_url!r})"
 
     def _get_client(self) -> Any:
         if self._client is None:
             import anthropic
 
+            # Retries are ours (cai.retry), so the SDK makes exactly one attempt per call.
             self._client = anthropic.AsyncAnthropic(
-                api_key=self._key, base_url=self.base_url, max_retries=0, timeout=self._timeout
+                api_key=self._key,
+                base_url=self.base_url,
+                max_retries=0,
+                timeout=self._timeout,
+                http_client=make_http_client(anthropic, self._connections, self._timeout),
             )
         return self._client
 
@@ -51,26 +96,21 @@ class AnthropicProvider:
         import anthropic
 
         client = self._get_client()
-        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-        chat = [
-            {"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"
-        ]
-        kwargs: dict[str, Any] = {}
-        if system:
-            kwargs["system"] = system
+        kwargs = to_messages_request(messages)
         if sampling.top_p is not None:
             kwargs["top_p"] = sampling.top_p
         try:
             response = await client.messages.create(
                 model=self.model,
-                messages=chat,
                 max_tokens=sampling.max_tokens,
                 temperature=sampling.temperature,
                 **kwargs,
             )
-        except anthropic.APIError as e:
+        except (anthropic.APIError, ValueError) as e:
             raise translate_sdk_error(e, anthropic, KEY_VARIABLE) from None
-        text = "".join(getattr(block, "text", "") for block in response.content or [])
+        text = "".join(
+            block.text for block in response.content or [] if getattr(block, "type", "") == "text"
+        )
         usage = response.usage
         return Completion(
             text=text,

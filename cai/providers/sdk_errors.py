@@ -1,4 +1,4 @@
-"""Turn an exception of the official `openai` or `anthropic` SDK into a `cai.errors` kind.
+"""What the `openai` and `anthropic` SDK providers share: the HTTP client and error mapping.
 
 Both SDKs are generated from the same template, so their exception classes share names.
 """
@@ -10,7 +10,19 @@ from typing import Any
 
 from cai import errors
 
-__all__ = ["parse_retry_after", "translate_sdk_error"]
+__all__ = ["make_http_client", "parse_retry_after", "translate_sdk_error"]
+
+
+def make_http_client(sdk: ModuleType, connections: int, timeout: float) -> Any:
+    """The SDK's own async HTTP client, with a pool that keeps `connections` alive.
+
+    The SDKs keep at most 100 idle connections; above that concurrency every call would
+    open a new connection, which costs the client more CPU than the call itself.
+    """
+    limits = type(sdk.DEFAULT_CONNECTION_LIMITS)(
+        max_connections=max(connections, 1), max_keepalive_connections=max(connections, 1)
+    )
+    return sdk.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -28,6 +40,10 @@ def parse_retry_after(headers: Any) -> float | None:
 
 
 def translate_sdk_error(e: Exception, sdk: ModuleType, key_variable: str) -> errors.ProviderError:
+    """The `cai.errors` kind for an SDK exception, or for a reply body that is not valid JSON."""
+    if not isinstance(e, sdk.APIError):
+        # The SDK parses the body inside `create`; a torn or non-JSON body surfaces as ValueError.
+        return errors.BadResponseError(f"the server's reply is not valid JSON ({e})")
     status = getattr(e, "status_code", None)
     request_id = getattr(e, "request_id", None)
     response = getattr(e, "response", None)
@@ -50,4 +66,6 @@ def translate_sdk_error(e: Exception, sdk: ModuleType, key_variable: str) -> err
         cls = errors.BadResponseError
     else:
         cls = errors.BadRequestError
+    if request_id:
+        message += f" (request id {request_id})"
     return cls(message, status=status, request_id=request_id, retry_after=retry_after)
