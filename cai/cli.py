@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -23,16 +24,23 @@ EXIT_INTERRUPTED = 130
 
 
 class _Group(click.Group):
-    """Turns a `CaiError` into one line on stderr and exit code 2; `--debug` shows the traceback."""
+    """Turns a `CaiError` or an OS error into one line on stderr and exit code 2, Ctrl-C into
+    exit code 130; `--debug` shows the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except CaiError as e:
+        except (CaiError, OSError) as e:
             if ctx.params.get("debug"):
                 raise
             click.echo(f"Error: {e}", err=True)
-            ctx.exit(e.exit_code if e.exit_code != 1 else 2)
+            code = e.exit_code if isinstance(e, CaiError) else 2
+            ctx.exit(code if code != 1 else 2)
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                raise
+            click.echo("Interrupted.", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group)
@@ -297,6 +305,11 @@ def generate(
         shard=_parse_shard(shard),
         retry_failed=not no_retry_failed,
     )
+    if fresh and out is not None:
+        raise ConfigError(
+            "--fresh goes without --out: --out DIR resumes the run in DIR; "
+            "to start afresh, pass --out with a new directory"
+        )
     parsed = load_constitution(constitution_path)
     source = PromptSource(prompts_spec, prompt_field=prompt_field, skip_bad_lines=skip_bad_lines)
     total = _check_prompts(source)
@@ -327,7 +340,7 @@ def generate(
             "shard": list(config.shard) if config.shard else None,
             "provider": provider,
             "model": backend.model,
-            "base_url": base_url,
+            "base_url": _public_url(base_url),
             "timeout": timeout,
         },
         "versions": _versions(provider),
@@ -336,11 +349,29 @@ def generate(
         total = min(total, config.limit)
     click.echo(f"Run directory: {run_dir}", err=True)
     stats = _run_with_progress(source, parsed, backend, config, store, manifest, total)
-    _print_summary(stats, run_dir, source)
+    resume = (
+        "Run the same command again"
+        if out is not None
+        else f"Run the same command{' without --fresh' if fresh else ''} with --out {run_dir}"
+    )
+    _print_summary(stats, run_dir, source, resume)
     if stats.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if stats.failed:
         sys.exit(EXIT_PARTIAL)
+
+
+def _public_url(url: str | None) -> str | None:
+    """`url` without a user, password or query string, which may hold credentials."""
+    if url is None:
+        return None
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _check_prompts(source: Any) -> int | None:
@@ -378,6 +409,8 @@ def _run_with_progress(
     bar = tqdm(total=total, unit="prompt", desc="generate", file=sys.stderr, dynamic_ncols=True)
 
     def on_event(kind: str, data: Any) -> None:
+        if kind == "notice":
+            bar.write(f"Note: {data}", file=sys.stderr)
         if kind in ("record", "skip"):
             bar.update(1)
         elapsed = max(time.monotonic() - stats.started, 1e-6)
@@ -397,10 +430,11 @@ def _run_with_progress(
             nonlocal presses
             presses += 1
             if presses > 1:
-                raise SystemExit(EXIT_INTERRUPTED)
+                _quit_now(store)
             stop.set()
             bar.write(
-                "Stopping: finishing calls in flight. Press Ctrl-C again to quit now.",
+                "Stopping: finishing calls in flight, starting no new ones. "
+                "Press Ctrl-C again to quit now.",
                 file=sys.stderr,
             )
 
@@ -432,13 +466,28 @@ def _run_with_progress(
             close()
 
 
-def _print_summary(stats: Any, run_dir: Path, source: Any) -> None:
+def _quit_now(store: Any) -> None:
+    """The second Ctrl-C: exit at once. Every line is written whole by the event loop, which
+    runs this between writes, so the files need no cleanup; the manifest says so."""
+    with contextlib.suppress(Exception):
+        manifest = store.read_manifest()
+        if manifest is not None:
+            store.write_manifest({**manifest, "status": "interrupted"})
+    sys.stderr.write(
+        f"\nQuit. To resume, run the same command with --out {store.dir} (and without --fresh).\n"
+    )
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
     u = stats.usage
     lines = [
         "",
         f"{'Interrupted' if stats.interrupted else 'Done'} in {time.monotonic() - stats.started:.1f}s: "
         f"{stats.done} records written, {stats.failed} failed, {stats.already_done} already done"
         + (f", {stats.duplicates} duplicate prompts skipped" if stats.duplicates else "")
+        + (f", {stats.too_long} too long for the model (skipped)" if stats.too_long else "")
         + (f", {len(source.skipped)} bad lines skipped" if source.skipped else ""),
         f"Calls: {stats.calls} ({stats.journal_hits} reused from the journal), retries: {stats.retries}"
         + (
@@ -458,11 +507,45 @@ def _print_summary(stats: Any, run_dir: Path, source: Any) -> None:
     ]
     if stats.interrupted or stats.failed:
         lines.append(
-            "Run the same command again to resume"
-            + (" and retry the failed prompts." if stats.failed else ".")
+            f"{resume} to resume" + (" and retry the failed prompts." if stats.failed else ".")
         )
     lines.append(f"Next: cai export {run_dir} --format dpo")
     click.echo("\n".join(lines), err=True)
+
+
+# -- merge --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="New run directory for the merged records.",
+)
+def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
+    """Combine runs of one job, e.g. the shards made with --shard K/N, into one run directory.
+
+    Each prompt appears once in the result: where runs overlap, a usable record wins over a
+    failed one. Runs made with a different constitution or settings are refused. The inputs
+    are left as they are; export the result like any run.
+    """
+    from cai.merge import merge_runs
+
+    result = merge_runs(run_dirs, out)
+    counts = ", ".join(f"{v} {k}" for k, v in result.counts.items() if k != "records")
+    click.echo(
+        f"Merged {len(run_dirs)} runs into {out}: {result.counts['records']} records"
+        + (f" ({counts})" if counts else "")
+        + f", {result.duplicates} duplicates dropped",
+        err=True,
+    )
+    if result.missing_shards:
+        n = result.shards[0][1]
+        missing = ", ".join(f"{k}/{n}" for k in result.missing_shards)
+        click.echo(f"Warning: shard(s) {missing} not given; their prompts are missing.", err=True)
+    click.echo(f"Next: cai export {out} --format dpo", err=True)
 
 
 # -- export -------------------------------------------------------------------------------

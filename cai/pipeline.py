@@ -135,6 +135,7 @@ class RunStats:
     failed: int = 0
     already_done: int = 0
     duplicates: int = 0
+    too_long: int = 0
     calls: int = 0
     journal_hits: int = 0
     retries: int = 0
@@ -223,16 +224,7 @@ async def run_chain(
     """Answer one prompt, then critique and revise the answer for `config.rounds` rounds."""
     started = time.time()
     usage = Usage()
-    record = Record(
-        id=item.id,
-        prompt=item.messages,
-        provider=provider.name,
-        model=provider.model,
-        sampling=config.sampling.to_dict(),
-        seed=config.seed,
-        constitution={"name": constitution.name, "sha256": constitution.sha256},
-        source_line=item.line,
-    )
+    record = _new_record(item, constitution, config, provider)
     try:
         initial = await call(
             item.id, "initial", build_initial_messages(constitution, item.messages), usage
@@ -299,8 +291,110 @@ async def _run_round(
     return round_
 
 
-def _in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
+def _new_record(
+    item: PromptItem, constitution: Constitution, config: GenerateConfig, provider: Provider
+) -> Record:
+    return Record(
+        id=item.id,
+        prompt=item.messages,
+        provider=provider.name,
+        model=provider.model,
+        sampling=config.sampling.to_dict(),
+        seed=config.seed,
+        constitution={"name": constitution.name, "sha256": constitution.sha256},
+        source_line=item.line,
+    )
+
+
+def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
+    """Whether prompt `record_id` belongs to shard (K, N): its id, as a number, modulo N is K-1."""
     return shard is None or int(record_id, 16) % shard[1] == shard[0] - 1
+
+
+# Context windows of well-known hosted models, by model-name prefix (longest match wins), for
+# the too-long check when a provider does not state its own (`context_window`, or llama.cpp's
+# `n_ctx`). A model not listed here is not checked: its server will refuse what does not fit.
+KNOWN_CONTEXT_WINDOWS = {
+    "gpt-4.1": 1_047_576,
+    "gpt-4o": 128_000,
+    "gpt-5": 400_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
+    "claude-": 200_000,
+}
+# Without the provider's tokenizer, tokens are estimated at four characters each (English text).
+CHARS_PER_TOKEN = 4
+# Chat templates add a few tokens per message around its content.
+_TOKENS_PER_MESSAGE = 4
+
+
+def context_window(provider: Provider) -> int | None:
+    """The provider's context window in tokens, where it is known."""
+    window = getattr(provider, "context_window", None) or getattr(provider, "n_ctx", None)
+    if isinstance(window, int) and window > 0:
+        return window
+    model = str(getattr(provider, "model", "") or "")
+    matches = [prefix for prefix in KNOWN_CONTEXT_WINDOWS if model.startswith(prefix)]
+    return KNOWN_CONTEXT_WINDOWS[max(matches, key=len)] if matches else None
+
+
+class _ContextCheck:
+    """Says why a prompt cannot fit the model's context window, or None when it can.
+
+    A chain's longest call is a revision: few-shot prefix, prompt, answer, critique and
+    requests, plus room for the reply. The prompt is skipped when that could exceed the window
+    with every reply --max-tokens long, so no call of its chain is ever refused for length.
+    """
+
+    def __init__(self, provider: Provider, constitution: Constitution, config: GenerateConfig):
+        self.window = context_window(provider)
+        count = getattr(provider, "count_tokens", None)
+        self.exact = callable(count)
+        self.count: Callable[[str], int] = count if callable(count) else self._estimate
+        self.constitution = constitution
+        self.config = config
+        self.fixed: dict[str, int] = {}
+        if self.window is not None:
+            # Counting first here loads a local model's tokenizer before any call runs.
+            self.initial = self._tokens(build_initial_messages(constitution, []))
+
+    @staticmethod
+    def _estimate(text: str) -> int:
+        return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+    def _tokens(self, messages: list[dict[str, str]]) -> int:
+        text = "\n".join(m["content"] for m in messages)
+        return self.count(text) + _TOKENS_PER_MESSAGE * len(messages)
+
+    def _round(self, principle: Principle) -> int:
+        if principle.name not in self.fixed:
+            messages = build_revision_messages(self.constitution, [], "", principle, "")
+            self.fixed[principle.name] = self._tokens(messages)
+        return self.fixed[principle.name]
+
+    def __call__(self, item: PromptItem) -> str | None:
+        if self.window is None:
+            return None
+        reply = self.config.max_tokens
+        prompt = self._tokens(item.messages)
+        need = self.initial + prompt + reply
+        principles = pick_principles(
+            self.constitution, self.config.rounds, self.config.seed, item.id
+        )
+        if principles:
+            need = max(need, max(map(self._round, principles)) + prompt + 3 * reply)
+        if need <= self.window:
+            return None
+        about = "" if self.exact else "about "
+        return (
+            f"too long for the model's context: its longest call needs {about}{need} tokens "
+            f"(prompt {about}{prompt}, up to {reply} per reply) but the window is {self.window}; "
+            "shorten the prompt or lower --max-tokens"
+        )
+
+
+class _Abandoned(Exception):
+    """The run is stopping: this chain's next call is not made, and its record not written."""
 
 
 async def run_generation(
@@ -317,24 +411,70 @@ async def run_generation(
 ) -> RunStats:
     """Run (or resume) a job into `store`; returns the counts. `prompts` is an iterable of `PromptItem`.
 
-    Raises `RunMismatchError` when the store holds a run made with other settings.
+    Raises `RunMismatchError` when the store holds a run made with other settings. Setting
+    `stop` ends the run cleanly: no new prompt or call starts, calls in flight finish and are
+    journaled, chains they belong to are left for the next run to continue.
     """
     settings = run_settings(config, constitution, provider)
+    store.lock()
+    try:
+        return await _run_locked(
+            prompts,
+            constitution,
+            provider,
+            config,
+            store,
+            settings,
+            manifest,
+            on_event,
+            stop,
+            stats,
+        )
+    finally:
+        store.unlock()
+
+
+async def _run_locked(
+    prompts: Any,
+    constitution: Constitution,
+    provider: Provider,
+    config: GenerateConfig,
+    store: RunStore,
+    settings: dict[str, Any],
+    manifest: dict[str, Any] | None,
+    on_event: Callable[[str, Any], None],
+    stop: asyncio.Event | None,
+    stats: RunStats | None,
+) -> RunStats:
     previous = store.read_manifest()
     if previous is not None:
         check_settings(previous.get("settings", {}), settings, store.dir)
+    elif store.has_data():
+        raise RunMismatchError(
+            f"{store.dir} holds records but no readable manifest.json, so the settings they "
+            "were made with are unknown; to start a new run, pass --out with a new directory"
+        )
     stats = stats or RunStats()
     store.repair()
-    if config.retry_failed:
-        store.drop_failed()
-    done = set(store.finished())
+    statuses = store.compact(retry_failed=config.retry_failed)
+    for notice in store.notices:
+        on_event("notice", notice)
+    done = set(statuses)
     journal = store.journal(done)
     manifest = dict(manifest or {}, settings=settings, status="running")
     store.write_manifest(manifest)
     stop = stop or asyncio.Event()
     semaphore = asyncio.Semaphore(config.concurrency)
     caller = _Caller(provider, config, store, journal, semaphore, stats, on_event)
+    too_long = _ContextCheck(provider, constitution, config)
     queue: asyncio.Queue[PromptItem | None] = asyncio.Queue(maxsize=config.concurrency * 2)
+
+    async def call(
+        record_id: str, step: str, messages: list[dict[str, str]], usage: Usage
+    ) -> Completion:
+        if stop.is_set() and (record_id, step) not in journal:
+            raise _Abandoned
+        return await caller(record_id, step, messages, usage)
 
     async def produce() -> None:
         seen: set[str] = set()
@@ -342,7 +482,7 @@ async def run_generation(
         for item in prompts:
             if stop.is_set() or (config.limit is not None and taken >= config.limit):
                 break
-            if not _in_shard(item.id, config.shard):
+            if not in_shard(item.id, config.shard):
                 continue
             if item.id in seen:
                 stats.duplicates += 1
@@ -361,9 +501,20 @@ async def run_generation(
         while (item := await queue.get()) is not None:
             if stop.is_set():
                 continue
-            record = await run_chain(item, constitution, config, caller, provider)
+            reason = too_long(item)
+            if reason is not None:
+                record = _new_record(item, constitution, config, provider)
+                record.status, record.error = "skipped", {"kind": "too_long", "message": reason}
+            else:
+                try:
+                    record = await run_chain(item, constitution, config, call, provider)
+                except _Abandoned:
+                    continue
             store.append_record(record)
-            if record.status == "failed":
+            statuses[record.id] = record.status
+            if record.status == "skipped":
+                stats.too_long += 1
+            elif record.status == "failed":
                 stats.failed += 1
             else:
                 stats.done += 1
@@ -376,21 +527,29 @@ async def run_generation(
 
     workers = config.concurrency
     store.open()
+    tasks = [
+        asyncio.ensure_future(produce()),
+        *(asyncio.ensure_future(work()) for _ in range(workers)),
+    ]
     try:
-        await asyncio.gather(produce(), *(work() for _ in range(workers)))
+        await asyncio.gather(*tasks)
     finally:
+        # On an error or cancellation no task may outlive the open files.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         store.close()
         stats.interrupted = stop.is_set()
         status = "interrupted" if stats.interrupted else "partial" if stats.failed else "complete"
-        manifest.update(status=status, stats=stats.to_dict(), counts=count_records(store))
+        manifest.update(status=status, stats=stats.to_dict(), counts=count_statuses(statuses))
         store.write_manifest(manifest)
     return stats
 
 
-def count_records(store: RunStore) -> dict[str, int]:
-    counts: dict[str, int] = {"records": 0}
-    for status in store.finished().values():
-        counts["records"] += 1
+def count_statuses(statuses: dict[str, str]) -> dict[str, int]:
+    """{"records": N, "<status>": n, ...} from the status of each record, by id."""
+    counts: dict[str, int] = {"records": len(statuses)}
+    for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
     return counts
 
