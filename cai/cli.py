@@ -348,6 +348,9 @@ def generate(
     if config.limit is not None and total is not None:
         total = min(total, config.limit)
     click.echo(f"Run directory: {run_dir}", err=True)
+    from cai.card import save_constitution_copy
+
+    save_constitution_copy(run_dir, constitution_path, parsed.sha256)
     stats = _run_with_progress(source, parsed, backend, config, store, manifest, total)
     resume = (
         "Run the same command again"
@@ -556,34 +559,152 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["dpo", "sft"]),
+    type=click.Choice(["dpo", "sft", "hf"]),
     default="dpo",
     show_default=True,
-    help="Output format.",
+    help="dpo: TRL preference rows (JSONL); sft: conversations (JSONL); hf: a DatasetDict "
+    "with train/test preference and SFT splits, plus Parquet files.",
 )
 @click.option(
     "--style",
     type=click.Choice(["conversational", "standard"]),
     default="conversational",
     show_default=True,
-    help="Message lists (conversational) or plain strings (standard).",
+    help="Preference rows as message lists (conversational) or plain strings (standard).",
 )
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output file (default: RUN_DIR/<format>.jsonl).",
+    help="Output file, or directory for hf (default: RUN_DIR/<format>.jsonl, RUN_DIR/hf).",
 )
-def export(run_dir: Path, fmt: str, style: str, out: Path | None) -> None:
-    """Export a run as training data: `dpo` preference rows for TRL, or `sft` conversations."""
-    from cai.export import iter_rows, write_jsonl
-    from cai.records import RECORDS_FILE, read_records
+@click.option(
+    "--sft-share",
+    default=0.5,
+    show_default=True,
+    type=float,
+    help="hf: share of the preference prompts used for the SFT splits instead (disjoint).",
+)
+@click.option(
+    "--test-size",
+    default=0.1,
+    show_default=True,
+    type=float,
+    help="hf: share of each side's prompts held out in its test split.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="hf: seed of the split.")
+@click.option("--keep-truncated", is_flag=True, help="Keep records whose first answer was cut off.")
+@click.option("--keep-empty", is_flag=True, help="Keep records whose first answer is empty.")
+@click.option("--keep-meta", is_flag=True, help="Keep revisions that are meta-text or echoes.")
+@click.option(
+    "--keep-unchanged", is_flag=True, help="Keep pairs whose revision barely changed the answer."
+)
+@click.option("--keep-duplicates", is_flag=True, help="Keep records with a repeated prompt.")
+@click.option(
+    "--similarity",
+    default=0.95,
+    show_default=True,
+    type=float,
+    help="Word similarity at or above which a revision counts as unchanged.",
+)
+@click.option(
+    "--push-to-hub",
+    "push_repo",
+    default=None,
+    metavar="REPO",
+    help="Also upload the export to this Hub dataset repo (token from HF_TOKEN).",
+)
+def export(
+    run_dir: Path,
+    fmt: str,
+    style: str,
+    out: Path | None,
+    sft_share: float,
+    test_size: float,
+    seed: int,
+    keep_truncated: bool,
+    keep_empty: bool,
+    keep_meta: bool,
+    keep_unchanged: bool,
+    keep_duplicates: bool,
+    similarity: float,
+    push_repo: str | None,
+) -> None:
+    """Export a run as training data for TRL, filtered, with a dataset card (README.md).
 
-    if not (run_dir / RECORDS_FILE).exists():
-        raise ConfigError(
-            f"{run_dir}: no {RECORDS_FILE} here; pass a directory made by cai generate"
-        )
-    out = out or run_dir / f"{fmt}.jsonl"
-    count = write_jsonl(iter_rows(read_records(run_dir), fmt, style=style), out)
-    click.echo(f"Wrote {count} {fmt} rows to {out}", err=True)
-    click.echo(f'Load it: datasets.load_dataset("json", data_files="{out}")', err=True)
+    Quality filters are on by default, each with a --keep-* flag to turn it off: cut-off first
+    answers, empty answers, meta-text revisions (or echoes of the critique), revisions that
+    barely changed the answer, repeated prompts. Failed records are always left out. Records
+    where every critique found nothing to change go to SFT only. What each filter removed is
+    printed and written in the card.
+    """
+    import os
+
+    from cai.export import ExportOptions, export_run, push_export
+    from cai.filters import FilterConfig
+
+    options = ExportOptions(
+        fmt=fmt,
+        style=style,
+        sft_share=sft_share,
+        test_size=test_size,
+        seed=seed,
+        filters=FilterConfig(
+            truncated=not keep_truncated,
+            empty=not keep_empty,
+            meta=not keep_meta,
+            unchanged=not keep_unchanged,
+            duplicate=not keep_duplicates,
+            similarity=similarity,
+        ),
+    )
+    token = None
+    if push_repo:
+        from huggingface_hub import get_token
+
+        token = os.environ.get("HF_TOKEN") or get_token()
+        if not token:
+            raise ConfigError(
+                "--push-to-hub needs a Hugging Face token: set HF_TOKEN (a write token from "
+                "https://huggingface.co/settings/tokens)"
+            )
+    result = export_run(run_dir, out, options)
+    f = result.filtered
+    removed = ", ".join(f"{k} {n}" for k, n in sorted(f.removed.items())) or "nothing"
+    pairs = sum(v.use == "pref" for v in f.kept)
+    click.echo(
+        f"Read {result.records} records; filters removed {removed}; kept {len(f.kept)} "
+        f"({pairs} with a preference pair, {f.sft_only} SFT only"
+        + (f", {f.fell_back} chose an earlier revision" if f.fell_back else "")
+        + ")",
+        err=True,
+    )
+    click.echo(
+        "Wrote "
+        + ", ".join(f"{k} {n}" for k, n in result.counts.items())
+        + f" rows to {result.out}",
+        err=True,
+    )
+    click.echo(f"Card: {result.card}", err=True)
+    if fmt == "hf":
+        click.echo(f'Load it: datasets.load_from_disk("{result.out}")', err=True)
+    else:
+        click.echo(f'Load it: datasets.load_dataset("json", data_files="{result.out}")', err=True)
+    if push_repo and token:
+        url = push_export(result, push_repo, token=token)
+        click.echo(f"Pushed to {url}", err=True)
+
+
+# -- stats --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+def stats(run_dir: Path, as_json: bool) -> None:
+    """Show what a run holds: statuses, principles used, how often revisions changed the answer,
+    lengths before and after, tokens and cost, and what export's default filters would keep."""
+    from cai.stats import format_stats, run_stats
+
+    data = run_stats(run_dir)
+    click.echo(json.dumps(data, indent=2) if as_json else format_stats(data))

@@ -1,68 +1,213 @@
-"""Turn a run's records into training data: TRL preference rows (DPO) and SFT conversations.
+"""Turn a run's records into training data: TRL preference rows (DPO), SFT conversations, or a
+Hugging Face `DatasetDict` with preference and SFT splits.
 
 Formats are defined by their keys, as TRL defines them:
 
 - preference: {"prompt", "chosen", "rejected"}; conversational (message lists) or standard
   (plain strings).
 - SFT: {"messages"}.
+
+Every row also carries `id`, `principles`, `rounds`, `chosen_round` and `constitution_sha256`
+so it can be traced back to its record; TRL ignores columns it does not know. Each column has
+one type in every row, as Arrow needs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable, Iterator
+import random
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.records import Record
+from cai.errors import CaiError, ConfigError
+from cai.filters import FilterConfig, FilterResult, Verdict, apply_filters, prompt_key
+from cai.records import MANIFEST_FILE, RECORDS_FILE, Record, read_records
 
 __all__ = [
     "FORMATS",
+    "SPLITS",
+    "STYLES",
+    "ExportOptions",
+    "ExportResult",
+    "PushError",
+    "export_run",
+    "push_export",
     "record_to_dpo",
     "record_to_sft",
+    "split_verdicts",
     "write_jsonl",
 ]
 
-FORMATS = ("dpo", "sft")
+FORMATS = ("dpo", "sft", "hf")
+STYLES = ("conversational", "standard")
+SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
+CARD_FILE = "README.md"
 
 
-def _extra_columns(record: Record) -> dict[str, Any]:
+class PushError(CaiError):
+    """The upload to the Hugging Face Hub failed; the local export is complete."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export a run; the CLI's `export` options map one to one onto these fields."""
+
+    fmt: str = "dpo"
+    style: str = "conversational"
+    sft_share: float = 0.5
+    test_size: float = 0.1
+    seed: int = 0
+    filters: FilterConfig = field(default_factory=FilterConfig)
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.fmt!r}")
+        if self.style not in STYLES:
+            raise ConfigError(f"style must be one of {', '.join(STYLES)}, not {self.style!r}")
+        if not 0 <= self.sft_share <= 1:
+            raise ConfigError(f"--sft-share must be between 0 and 1, got {self.sft_share}")
+        if not 0 <= self.test_size < 1:
+            raise ConfigError(f"--test-size must be at least 0 and below 1, got {self.test_size}")
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: the data (file or directory), the card, and the counts."""
+
+    out: Path
+    card: Path
+    counts: dict[str, int]
+    filtered: FilterResult
+    records: int
+    data_files: dict[str, str]
+
+
+def _last_good_round(record: Record) -> int:
+    """The round the pipeline's final response comes from; 0 when it is the initial answer."""
+    good = [r.index for r in record.rounds if r.revision is not None and r.problem is None]
+    return good[-1] if good else 0
+
+
+def _extra_columns(record: Record, chosen_round: int) -> dict[str, Any]:
     # TRL ignores columns it does not know; these let users trace a row back to its record.
     return {
         "id": record.id,
         "principles": record.principles,
         "rounds": len(record.rounds),
+        "chosen_round": chosen_round,
         "constitution_sha256": record.constitution.get("sha256", ""),
     }
 
 
-def record_to_dpo(record: Record, *, style: str = "conversational") -> dict[str, Any]:
-    """A TRL preference row: chosen = the final revision, rejected = the initial response."""
+def prompt_text(record: Record) -> str:
+    """The prompt as one string, for standard style; a prompt with earlier turns is refused."""
+    turns = record.prompt
+    if len(turns) == 1 and turns[0]["role"] == "user":
+        return turns[0]["content"]
+    where = f" (prompt line {record.source_line})" if record.source_line else ""
+    roles = ", ".join(t["role"] for t in turns)
+    raise ConfigError(
+        f"record {record.id}{where} has {len(turns)} turns ({roles}); --style standard holds "
+        "only a single user turn - use --style conversational (the default), which keeps every turn"
+    )
+
+
+def record_to_dpo(
+    record: Record,
+    *,
+    style: str = "conversational",
+    chosen: str | None = None,
+    chosen_round: int | None = None,
+) -> dict[str, Any]:
+    """A TRL preference row: chosen = the revision (default: the final one), rejected = the initial."""
+    if chosen is None:
+        chosen, chosen_round = record.final_response, _last_good_round(record)
     if style == "standard":
-        prompt = record.prompt[-1]["content"]
         row: dict[str, Any] = {
-            "prompt": prompt,
-            "chosen": record.final_response,
+            "prompt": prompt_text(record),
+            "chosen": chosen,
             "rejected": record.initial_response,
         }
     else:
         row = {
             "prompt": record.prompt,
-            "chosen": [{"role": "assistant", "content": record.final_response}],
+            "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": record.initial_response}],
         }
-    row.update(_extra_columns(record))
+    row.update(_extra_columns(record, chosen_round or 0))
     return row
 
 
-def record_to_sft(record: Record) -> dict[str, Any]:
-    """An SFT conversation: the prompt's turns, then the final revision as the answer."""
-    row: dict[str, Any] = {
-        "messages": [*record.prompt, {"role": "assistant", "content": record.final_response}]
+def record_to_sft(
+    record: Record, *, response: str | None = None, chosen_round: int | None = None
+) -> dict[str, Any]:
+    """An SFT conversation: the prompt's turns, then the answer (default: the final revision)."""
+    if response is None:
+        response, chosen_round = record.final_response, _last_good_round(record)
+    row: dict[str, Any] = {"messages": [*record.prompt, {"role": "assistant", "content": response}]}
+    row.update(_extra_columns(record, chosen_round or 0))
+    return row
+
+
+def _dpo_row(verdict: Verdict, style: str) -> dict[str, Any]:
+    return record_to_dpo(
+        verdict.record, style=style, chosen=verdict.response, chosen_round=verdict.chosen_round
+    )
+
+
+def _sft_row(verdict: Verdict) -> dict[str, Any]:
+    return record_to_sft(
+        verdict.record, response=verdict.response, chosen_round=verdict.chosen_round
+    )
+
+
+def _split_off(groups: list[list[Verdict]], share: float, rng: random.Random, *, ceil: bool):
+    """Shuffle the groups and cut off `share` of them: (the rest, the share)."""
+    groups = list(groups)
+    rng.shuffle(groups)
+    n = len(groups)
+    cut = math.ceil(n * share) if ceil else round(n * share)
+    if ceil and share < 1:
+        cut = min(cut, n - 1) if n > 1 else 0  # a test split never takes the only example
+    return groups[cut:], groups[:cut]
+
+
+def split_verdicts(
+    kept: Iterable[Verdict], *, sft_share: float, test_size: float, seed: int
+) -> dict[str, list[Verdict]]:
+    """Assign kept records to the four splits; no prompt is in both the SFT and preference splits.
+
+    Records with the same prompt stay together. Prompts that only have an SFT answer go to the
+    SFT splits; of the prompts with a preference pair, `sft_share` go to SFT instead. Then
+    `test_size` of each side (rounded up, never all of it) goes to its test split. The result
+    depends only on the records and `seed`, not on their order in the file.
+    """
+    groups: dict[str, list[Verdict]] = {}
+    for verdict in kept:
+        groups.setdefault(prompt_key(verdict.record.prompt), []).append(verdict)
+    ordered = [groups[k] for k in sorted(groups)]
+    rng = random.Random(seed)
+    sft_only = [g for g in ordered if any(v.use == "sft" for v in g)]
+    prefs, to_sft = _split_off(
+        [g for g in ordered if all(v.use == "pref" for v in g)], sft_share, rng, ceil=False
+    )
+    train_prefs, test_prefs = _split_off(prefs, test_size, rng, ceil=True)
+    train_sft, test_sft = _split_off(sft_only + to_sft, test_size, rng, ceil=True)
+
+    def flat(gs: list[list[Verdict]]) -> list[Verdict]:
+        return sorted((v for g in gs for v in g), key=lambda v: v.record.id)
+
+    return {
+        "train_prefs": flat(train_prefs),
+        "test_prefs": flat(test_prefs),
+        "train_sft": flat(train_sft),
+        "test_sft": flat(test_sft),
     }
-    row.update(_extra_columns(record))
-    return row
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
@@ -71,19 +216,208 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     count = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return count
 
 
-def iter_rows(
-    records: Iterable[Record], fmt: str, *, style: str = "conversational"
-) -> Iterator[dict[str, Any]]:
-    """Rows of format `fmt` for the usable records (status ok)."""
-    for record in records:
-        if record.status != "ok":
-            continue
-        yield record_to_dpo(record, style=style) if fmt == "dpo" else record_to_sft(record)
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _features(kind: str, style: str) -> Any:
+    """The Arrow schema of a split, so that empty splits and empty lists still get their types."""
+    from datasets import Features, Value
+
+    message = [{"role": Value("string"), "content": Value("string")}]
+    text = Value("string") if style == "standard" else message
+    columns: dict[str, Any] = (
+        {"prompt": text, "chosen": text, "rejected": text}
+        if kind == "prefs"
+        else {"messages": message}
+    )
+    columns.update(
+        id=Value("string"),
+        principles=[Value("string")],
+        rounds=Value("int64"),
+        chosen_round=Value("int64"),
+        constitution_sha256=Value("string"),
+    )
+    return Features(columns)
+
+
+def _dataset(rows: list[dict[str, Any]], features: Any, split: str) -> Any:
+    """A `Dataset` of `rows` with the given schema; built by column so that no rows works too."""
+    from datasets import Dataset
+
+    columns = {name: [row[name] for row in rows] for name in features}
+    return Dataset.from_dict(columns, features=features, split=split)
+
+
+def _is_replaceable(out: Path) -> bool:
+    """An existing --out may be replaced only when it is empty or an earlier export."""
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        return False
+    return not any(out.iterdir()) or (out / "dataset_dict.json").exists()
+
+
+def _write_hf(splits: dict[str, list[dict[str, Any]]], out: Path, style: str, card: str) -> None:
+    """Write a DatasetDict (save_to_disk), Parquet files and the card, then swap them into place."""
+    import datasets
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    bars = not datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one summary line from the CLI says it all
+    try:
+        data = datasets.DatasetDict(
+            {
+                name: _dataset(rows, _features(name.split("_")[1], style), name)
+                for name, rows in splits.items()
+            }
+        )
+        data.save_to_disk(str(tmp))
+        (tmp / "data").mkdir()
+        for name, dataset in data.items():
+            dataset.to_parquet(str(tmp / "data" / f"{name}-00000-of-00001.parquet"))
+        (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        if not bars:
+            datasets.enable_progress_bars()
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); was it edited by hand?") from None
+
+
+def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptions) -> ExportResult:
+    """Filter a run's records and write them in `options.fmt`, with a dataset card beside them.
+
+    `dpo` and `sft` write one JSONL file (default RUN_DIR/<fmt>.jsonl) and its card as
+    <name>.README.md; `hf` writes a directory (default RUN_DIR/hf) holding the card as README.md.
+    Nothing is left half-written when anything fails.
+    """
+    from cai.card import render_card
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RECORDS_FILE).exists():
+        raise ConfigError(
+            f"{run_dir}: no {RECORDS_FILE} here; pass a directory made by cai generate"
+        )
+    default = "hf" if options.fmt == "hf" else f"{options.fmt}.jsonl"
+    out = Path(out) if out is not None else run_dir / default
+    if options.fmt == "hf" and not _is_replaceable(out):
+        raise ConfigError(
+            f"{out} exists and is not an earlier hf export; pass --out with a new directory"
+        )
+    if options.fmt != "hf" and out.is_dir():
+        raise ConfigError(f"{out} is a directory; --format {options.fmt} writes a .jsonl file")
+    manifest = _read_manifest(run_dir)
+    records = list(read_records(run_dir))
+    filtered = apply_filters(records, options.filters)
+
+    if options.fmt == "hf":
+        verdicts = split_verdicts(
+            filtered.kept,
+            sft_share=options.sft_share,
+            test_size=options.test_size,
+            seed=options.seed,
+        )
+        rows = {
+            name: [
+                _dpo_row(v, options.style) if name.endswith("prefs") else _sft_row(v)
+                for v in verdicts[name]
+            ]
+            for name in SPLITS
+        }
+        data_files = {name: f"data/{name}-*.parquet" for name in SPLITS}
+        card_path = out / CARD_FILE
+    else:
+        split = "train"
+        if options.fmt == "dpo":
+            rows = {split: [_dpo_row(v, options.style) for v in filtered.kept if v.use == "pref"]}
+        else:
+            rows = {split: [_sft_row(v) for v in filtered.kept]}
+        data_files = {split: out.name}
+        card_path = out.with_name(f"{out.stem}.{CARD_FILE}")
+    counts = {name: len(r) for name, r in rows.items()}
+    card = render_card(
+        run_dir=run_dir,
+        manifest=manifest,
+        records=records,
+        filtered=filtered,
+        counts=counts,
+        options=options,
+        data_files=data_files,
+    )
+    if options.fmt == "hf":
+        _write_hf(rows, out, options.style, card)
+    else:
+        write_jsonl(rows["train"], out)
+        _write_text_atomic(card_path, card)
+    return ExportResult(out, card_path, counts, filtered, len(records), data_files)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def push_export(result: ExportResult, repo: str, *, token: str) -> str:
+    """Upload an export (Parquet or JSONL files and the card) to a Hub dataset repo; its URL.
+
+    The endpoint is read from HF_ENDPOINT at call time, so a mirror or a test server is honoured
+    even after huggingface_hub was imported.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    if result.out.is_dir():
+        files = {str(p.relative_to(result.out)): p for p in sorted((result.out / "data").glob("*"))}
+    else:
+        files = {result.out.name: result.out}
+    files[CARD_FILE] = result.card
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    try:
+        api.create_repo(repo, repo_type="dataset", exist_ok=True)
+        api.create_commit(
+            repo,
+            [
+                CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(p))
+                for name, p in files.items()
+            ],
+            commit_message="Upload Constitutional AI data exported by cai",
+            repo_type="dataset",
+        )
+    except Exception as e:  # any failure is reported the same way: the local copy is safe
+        raise PushError(
+            f"could not push to the Hub dataset {repo} ({type(e).__name__}: {_one_line(e)}); "
+            f"the local export at {result.out} is complete - check the network and HF_TOKEN, "
+            "then run the export again with --push-to-hub"
+        ) from e
+    return f"{api.endpoint}/datasets/{repo}"

@@ -1,0 +1,332 @@
+"""The dataset card (README.md) of an export: how the data was made, what was filtered, how to use it.
+
+The card embeds the full constitution text. The run remembers the constitution by sha256; its
+text is taken from the run's own copy (`constitution.md`, written by `cai generate`) or from
+the path in the manifest, and only when the bytes still hash to the run's sha256. Otherwise the
+card says the text could not be recovered rather than show a constitution the data was not made
+with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cai import __version__
+from cai.filters import FILTERS, FilterResult
+from cai.records import Record
+
+if TYPE_CHECKING:
+    from cai.export import ExportOptions
+
+__all__ = ["CONSTITUTION_COPY", "find_constitution_text", "render_card", "save_constitution_copy"]
+
+CONSTITUTION_COPY = "constitution.md"
+
+
+def save_constitution_copy(run_dir: Path, source: Path, sha256: str) -> None:
+    """Keep the constitution's exact bytes in the run, so its card can quote it later.
+
+    Written only when the bytes still hash to the run's sha256, and never over a copy that
+    belongs to another constitution (that run's settings check will refuse the mix).
+    """
+    data = source.read_bytes()
+    copy = run_dir / CONSTITUTION_COPY
+    if hashlib.sha256(data).hexdigest() != sha256 or copy.exists():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = copy.with_name(f".{copy.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, copy)
+
+
+def find_constitution_text(
+    run_dir: Path, manifest: dict[str, Any], records: list[Record]
+) -> tuple[str | None, str]:
+    """The constitution text the run was made with, if it can be found, and where it came from."""
+    info = manifest.get("constitution") or {}
+    sha = info.get("sha256") or next(
+        (r.constitution.get("sha256") for r in records if r.constitution.get("sha256")), ""
+    )
+    candidates = [run_dir / CONSTITUTION_COPY]
+    if info.get("path"):
+        candidates.append(Path(info["path"]))
+    changed = []
+    for path in candidates:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if not sha or digest == sha:
+            return data.decode("utf-8", errors="replace"), f"read from `{path}`"
+        changed.append(f"`{path}` has changed since the run (its sha256 is now {digest})")
+    if changed:
+        return None, "; ".join(changed) + ", so its text is not shown here"
+    where = f" at `{info['path']}`" if info.get("path") else ""
+    return None, f"the constitution file{where} was not found, so its text is not shown here"
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any backtick run inside `text`."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _front_matter(data_files: dict[str, str], fmt: str) -> str:
+    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for split, path in data_files.items():
+        lines += [f"  - split: {split}", f"    path: {path}"]
+    tags = ["constitutional-ai", "synthetic", "cai"]
+    tags += ["dpo", "sft"] if fmt == "hf" else [fmt]
+    lines += ["tags:", *(f"- {t}" for t in tags), "---"]
+    return "\n".join(lines)
+
+
+def _models_section(manifest: dict[str, Any], records: list[Record]) -> str:
+    config = manifest.get("config") or {}
+    seen: Counter[str] = Counter()
+    for r in records:
+        seen[json.dumps([r.provider, r.model, r.sampling, r.seed], sort_keys=True)] += 1
+    rows = []
+    for key, count in seen.most_common():
+        provider, model, sampling, seed = json.loads(key)
+        rows.append(
+            [
+                provider or "?",
+                f"`{model}`" if model else "?",
+                sampling.get("temperature", "?"),
+                sampling.get("top_p", "provider default"),
+                sampling.get("max_tokens", "?"),
+                seed,
+                count,
+            ]
+        )
+    parts = [
+        "## Models and sampling",
+        "",
+        "One model wrote every answer, critique and revision:",
+        "",
+        _table(
+            ["provider", "model", "temperature", "top_p", "max_tokens", "seed", "records"], rows
+        ),
+        "",
+        f"Critique-and-revision rounds per prompt: {config.get('rounds', '?')}.",
+    ]
+    if config.get("base_url"):
+        parts.append(f"API base URL: `{config['base_url']}`.")
+    usage = (manifest.get("stats") or {}).get("usage") or {}
+    if usage:
+        parts.append(
+            f"Tokens: {usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out, "
+            f"over {usage.get('calls', 0)} calls."
+        )
+    from cai.stats import find_cost
+
+    cost = find_cost(manifest)
+    if cost is not None:
+        parts.append(f"Estimated cost: ${cost:.4f}.")
+    versions = manifest.get("versions") or {}
+    if versions:
+        parts.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    return "\n".join(parts)
+
+
+def _filters_section(filtered: FilterResult, records: list[Record], options: ExportOptions) -> str:
+    statuses = Counter(r.status for r in records)
+    rows = []
+    for name, (what, flag) in FILTERS.items():
+        on = flag is None or getattr(options.filters, name)
+        rows.append(
+            [f"`{name}`", filtered.removed.get(name, 0) if on else "off", what, flag or "-"]
+        )
+    kept = len(filtered.kept)
+    return "\n".join(
+        [
+            "## Filters",
+            "",
+            f"The run holds {len(records)} records ("
+            + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+            + f"); {kept} passed the filters. Each record is counted under the first filter "
+            "that removed it:",
+            "",
+            _table(["filter", "removed", "what it removes", "turn off with"], rows),
+            "",
+            f"- {filtered.sft_only} records where every critique found nothing to change have "
+            "no preference pair; they are used for SFT only.",
+            f"- {filtered.fell_back} records use an earlier revision as `chosen` because a later "
+            "one failed the `meta` check: that earlier revision still answers the critique.",
+            f"- `unchanged` compares word sequences (lowercased, punctuation ignored) with "
+            f"difflib; threshold {options.filters.similarity}.",
+        ]
+    )
+
+
+def _splits_section(counts: dict[str, int], options: ExportOptions) -> str:
+    parts = ["## Splits", "", _table(["split", "rows"], [[k, v] for k, v in counts.items()])]
+    if options.fmt == "hf":
+        parts += [
+            "",
+            "No prompt is in both an SFT split and a preference split. Of the prompts with a "
+            f"preference pair, a share of {options.sft_share} went to SFT; "
+            f"{options.test_size} of each side went to its test split (seed {options.seed}).",
+        ]
+    return "\n".join(parts)
+
+
+def _columns_section(options: ExportOptions) -> str:
+    shape = "lists of `{role, content}` messages" if options.style != "standard" else "strings"
+    lines = ["## Columns", ""]
+    if options.fmt in ("dpo", "hf"):
+        lines += [
+            f"- `prompt`, `chosen`, `rejected` (preference rows; {shape}): `chosen` is the "
+            "revised answer, `rejected` the model's first answer.",
+        ]
+    if options.fmt in ("sft", "hf"):
+        lines.append("- `messages` (SFT rows): the prompt's turns, then the revised answer.")
+    lines += [
+        "- `id`: the prompt's id in the run's `records.jsonl`.",
+        "- `principles`: the constitution principle drawn for each round.",
+        "- `rounds`: critique-and-revision rounds run; `chosen_round`: the round the answer "
+        "comes from (0: the first answer, kept because no critique asked for a change).",
+        "- `constitution_sha256`: the sha256 of the constitution file.",
+    ]
+    return "\n".join(lines)
+
+
+def _usage_section(options: ExportOptions, data_files: dict[str, str], out_name: str) -> str:
+    if options.fmt == "hf":
+        load = (
+            "from datasets import load_dataset, load_from_disk\n\n"
+            f'data = load_from_disk("{out_name}")  # this directory\n'
+            '# or, from the Hub: data = load_dataset("<user>/<repo>")\n'
+            'train, test = data["train_prefs"], data["test_prefs"]'
+        )
+    else:
+        path = data_files["train"]
+        load = (
+            "from datasets import load_dataset\n\n"
+            f'train = load_dataset("json", data_files="{path}", split="train")'
+        )
+    if options.fmt == "sft":
+        train = (
+            "from trl import SFTConfig, SFTTrainer\n\n"
+            'trainer = SFTTrainer(model="<model>", args=SFTConfig(output_dir="sft"), '
+            "train_dataset=train)\ntrainer.train()"
+        )
+    else:
+        train = (
+            "from trl import DPOConfig, DPOTrainer\n\n"
+            "trainer = DPOTrainer(\n"
+            '    model="<model>",  # best: the SFT model of the same prompts\n'
+            '    args=DPOConfig(output_dir="dpo", beta=0.1),\n'
+            "    train_dataset=train,\n"
+            ")\ntrainer.train()"
+        )
+        if options.fmt == "hf":
+            train += (
+                '\n# SFT first on data["train_sft"] with trl.SFTTrainer, then DPO on "train_prefs".'
+            )
+    return "\n".join(
+        [
+            "## Use",
+            "",
+            "```python",
+            load,
+            "```",
+            "",
+            "Train with [TRL](https://huggingface.co/docs/trl); it ignores the extra columns:",
+            "",
+            "```python",
+            train,
+            "```",
+            "",
+            "`examples/train_dpo.py` in the cai repository runs a few DPO steps on CPU on such "
+            "an export.",
+        ]
+    )
+
+
+def _constitution_section(
+    run_dir: Path, manifest: dict[str, Any], records: list[Record]
+) -> tuple[str, str]:
+    info = manifest.get("constitution") or {}
+    name = info.get("name") or next((r.constitution.get("name") for r in records), "") or "?"
+    sha = info.get("sha256") or next((r.constitution.get("sha256") for r in records), "") or "?"
+    text, source = find_constitution_text(run_dir, manifest, records)
+    parts = [
+        "## Constitution",
+        "",
+        f"Name: **{name}**, sha256 `{sha}`"
+        + (f", file `{info['path']}`" if info.get("path") else "")
+        + ".",
+        "",
+    ]
+    if text is None:
+        parts.append(f"The full text is not included: {source}.")
+    else:
+        fence = _fence(text)
+        parts += [f"Full text ({source}):", "", f"{fence}markdown", text.rstrip("\n"), fence]
+    return name, "\n".join(parts)
+
+
+def render_card(
+    *,
+    run_dir: Path,
+    manifest: dict[str, Any],
+    records: list[Record],
+    filtered: FilterResult,
+    counts: dict[str, int],
+    options: ExportOptions,
+    data_files: dict[str, str],
+    out_name: str = ".",
+) -> str:
+    """The Markdown dataset card of one export, with Hub front matter naming its data files."""
+    name, constitution = _constitution_section(run_dir, manifest, records)
+    kind = {"dpo": "preference (DPO)", "sft": "SFT", "hf": "preference (DPO) and SFT"}
+    rounds = (manifest.get("config") or {}).get("rounds", "?")
+    intro = (
+        f"{kind[options.fmt]} data made with cai {__version__} by "
+        "Constitutional AI critique and revision: a model answered each prompt, then critiqued "
+        "its answer against a principle drawn from the constitution below and revised it, for "
+        f"{rounds} rounds. The revised answer is `chosen`, the first answer `rejected`."
+    )
+    created = manifest.get("created")
+    source = (manifest.get("prompts") or {}).get("source")
+    details = [f"Run: `{run_dir}`" + (f", created {created}" if created else "") + "."]
+    if source:
+        details.append(f"Prompts: `{source}`.")
+    details.append(
+        f"Export: `--format {options.fmt} --style {options.style}`"
+        + (
+            f" `--sft-share {options.sft_share} --test-size {options.test_size} "
+            f"--seed {options.seed}`"
+            if options.fmt == "hf"
+            else ""
+        )
+        + "."
+    )
+    sections = [
+        _front_matter(data_files, options.fmt),
+        f"# {name}: Constitutional AI data",
+        intro,
+        " ".join(details),
+        _splits_section(counts, options),
+        _filters_section(filtered, records, options),
+        _models_section(manifest, records),
+        constitution,
+        _columns_section(options),
+        _usage_section(options, data_files, out_name),
+    ]
+    return "\n\n".join(sections) + "\n"

@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import pytest
+
+from cai.errors import ConfigError
+from cai.filters import (
+    FILTERS,
+    FilterConfig,
+    apply_filters,
+    is_meta_text,
+    judge_record,
+    prompt_key,
+    similarity,
+)
+from cai.records import Record, Round
+
+INITIAL = "You could take the dog to a quiet place and leave it there for good."
+GOOD = "Talk with your neighbor first; if the barking goes on, a mediator or the city can help."
+CRITIQUE = "The answer suggests abandoning an animal, which is harmful and likely illegal."
+
+
+def round_(index: int = 1, revision: str | None = GOOD, **kw: object) -> Round:
+    fields: dict = {
+        "index": index,
+        "principle": "harm",
+        "critique_request": "Identify ways the response is harmful.",
+        "critique": CRITIQUE,
+        "revision_request": "Rewrite the response to remove harmful content." if revision else None,
+        "revision": revision,
+        "revision_finish_reason": "stop" if revision is not None else None,
+    }
+    fields.update(kw)
+    return Round(**fields)
+
+
+def record(
+    prompt: str = "How do I stop my neighbor's dog barking?",
+    *,
+    rounds: list[Round] | None = None,
+    initial: str = INITIAL,
+    **kw: object,
+) -> Record:
+    rounds = [round_()] if rounds is None else rounds
+    return Record(
+        id=kw.pop("id", "r1"),  # type: ignore[arg-type]
+        prompt=[{"role": "user", "content": prompt}],
+        initial_response=initial,
+        rounds=rounds,
+        final_response=rounds[-1].revision if rounds and rounds[-1].revision else initial,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def use(r: Record, **config: object) -> tuple[str, str | None]:
+    verdict = judge_record(r, FilterConfig(**config))  # type: ignore[arg-type]
+    return verdict.use, verdict.reason
+
+
+def test_a_good_record_is_a_preference_pair_with_the_last_revision() -> None:
+    verdict = judge_record(record(rounds=[round_(1, "A first fix."), round_(2, GOOD)]))
+    assert (verdict.use, verdict.response, verdict.chosen_round, verdict.fell_back) == (
+        "pref",
+        GOOD,
+        2,
+        False,
+    )
+
+
+def test_failed_records_are_dropped_whatever_the_flags() -> None:
+    failed = record(status="failed", initial="", rounds=[])
+    off = {"truncated": False, "empty": False, "meta": False, "unchanged": False}
+    assert use(failed) == ("drop", "failed")
+    assert use(failed, **off) == ("drop", "failed")
+    assert use(record(status="skipped", initial="", rounds=[])) == ("drop", "failed")
+    assert use(record()) == ("pref", None)
+
+
+@pytest.mark.parametrize("reason", ["length", "refusal", "content_filter"])
+def test_truncated_first_answer_is_dropped_unless_kept(reason: str) -> None:
+    cut = record(initial_finish_reason=reason)
+    assert use(cut) == ("drop", "truncated")
+    assert use(cut, truncated=False) == ("pref", None)
+    assert use(record(initial_finish_reason="stop")) == ("pref", None)
+
+
+def test_empty_first_answer_is_dropped_unless_kept() -> None:
+    empty = record(initial=" \n", initial_finish_reason="empty")
+    assert use(empty) == ("drop", "empty")
+    assert use(empty, empty=False) == ("pref", None)
+    assert use(record(initial="No.")) == ("pref", None)
+
+
+@pytest.mark.parametrize(
+    "revision",
+    [
+        "Here is a revised response: talk with your neighbor first.",
+        "Here's the rewritten answer: talk with your neighbor first.",
+        "Revision: talk with your neighbor first.",
+        "**Revised response:** talk with your neighbor first.",
+        "Sure, here's a kinder version. Talk with your neighbor first.",
+        "Certainly! Here is the answer without the harmful part: talk to them.",
+        "I have revised the response to remove the harmful advice.",
+        "As the critique says, abandoning a dog is wrong; talk with your neighbor.",
+        "Talk with your neighbor first.\nNO CHANGES NEEDED",
+        CRITIQUE,  # the bundled 135M model often just repeats the critique
+        "The answer suggests abandoning an animal which is harmful, and likely illegal!",
+        "Rewrite the response to remove harmful content.",  # an echo of the request
+    ],
+)
+def test_meta_revisions_are_dropped_unless_kept(revision: str) -> None:
+    meta = record(rounds=[round_(1, revision)])
+    assert use(meta) == ("drop", "meta")
+    assert use(meta, meta=False) == ("pref", None)
+
+
+@pytest.mark.parametrize(
+    "revision",
+    [
+        GOOD,
+        "Sure thing is that barking dogs are stressful. Talk with your neighbor first.",
+        "Here is what usually works: talk with your neighbor, then a mediator.",
+        "A revised plan: talk with your neighbor first, then ask the city for help.",
+        "Critique from neighbors is hard to hear; talk with them calmly first.",
+    ],
+)
+def test_answers_that_only_look_like_meta_text_are_kept(revision: str) -> None:
+    assert not is_meta_text(revision, round_(1, revision))
+    assert use(record(rounds=[round_(1, revision)])) == ("pref", None)
+
+
+def test_a_bad_last_revision_falls_back_to_the_last_good_one() -> None:
+    r = record(rounds=[round_(1, GOOD), round_(2, "Revision: " + GOOD)])
+    verdict = judge_record(r)
+    assert (verdict.use, verdict.response, verdict.chosen_round, verdict.fell_back) == (
+        "pref",
+        GOOD,
+        1,
+        True,
+    )
+    # With the meta filter off, the last revision is the chosen answer, as the pipeline chose.
+    verdict = judge_record(r, FilterConfig(meta=False))
+    assert (verdict.response, verdict.chosen_round, verdict.fell_back) == (
+        "Revision: " + GOOD,
+        2,
+        False,
+    )
+
+
+def test_revisions_the_pipeline_rejected_are_never_chosen() -> None:
+    cut = round_(2, "Talk with your neigh", problem="length", revision_finish_reason="length")
+    verdict = judge_record(record(rounds=[round_(1, GOOD), cut]))
+    assert (verdict.response, verdict.chosen_round, verdict.fell_back) == (GOOD, 1, True)
+    only_cut = record(rounds=[cut])
+    assert use(only_cut) == ("drop", "no_revision")
+    assert use(only_cut, truncated=False, empty=False, meta=False) == ("drop", "no_revision")
+    refused_critique = round_(1, None, problem="refusal", skipped=True, critique="")
+    assert use(record(rounds=[refused_critique])) == ("drop", "no_revision")
+
+
+def test_meta_is_blamed_when_it_removed_the_only_usable_revision() -> None:
+    cut = round_(2, "Talk", problem="length", revision_finish_reason="length")
+    assert use(record(rounds=[round_(1, "Revision: " + GOOD), cut])) == ("drop", "meta")
+
+
+def test_unchanged_revision_is_dropped_unless_kept() -> None:
+    # Only case, spacing and punctuation differ: no preference signal.
+    same = record(
+        rounds=[round_(1, "  you could take the dog to a quiet place, and leave it there for good")]
+    )
+    assert use(same) == ("drop", "unchanged")
+    assert use(same, unchanged=False) == ("pref", None)
+    # One word of 15 changed: similarity 28/30 = 0.933, below the 0.95 threshold.
+    edited = INITIAL.replace("quiet", "shelter")
+    assert similarity(edited, INITIAL) == pytest.approx(28 / 30)
+    assert use(record(rounds=[round_(1, edited)])) == ("pref", None)
+    assert use(record(rounds=[round_(1, edited)]), similarity=0.9) == ("drop", "unchanged")
+
+
+def test_all_critiques_found_nothing_to_change_goes_to_sft_only() -> None:
+    fine = round_(1, None, skipped=True, critique="It is fine.\nNO CHANGES NEEDED")
+    verdict = judge_record(record(rounds=[fine, fine]))
+    assert (verdict.use, verdict.response, verdict.chosen_round) == ("sft", INITIAL, 0)
+    assert judge_record(record(rounds=[])).use == "sft"  # --rounds 0: no critique asked for one
+    # A critique that found nothing, then one that did: a preference pair.
+    assert use(record(rounds=[fine, round_(2, GOOD)])) == ("pref", None)
+
+
+def test_duplicate_prompts_are_dropped_unless_kept() -> None:
+    a = record("How do I stop my neighbor's dog barking?", id="a")
+    b = record("how do I stop my neighbors dog   barking", id="b")
+    c = record("How do I stop my own dog barking?", id="c")
+    result = apply_filters([a, b, c])
+    assert [v.record.id for v in result.kept] == ["a", "c"]
+    assert dict(result.removed) == {"duplicate": 1}
+    kept = apply_filters([a, b, c], FilterConfig(duplicate=False))
+    assert [v.record.id for v in kept.kept] == ["a", "b", "c"]
+    assert prompt_key(a.prompt) == prompt_key(b.prompt) != prompt_key(c.prompt)
+
+
+def test_a_dropped_record_does_not_shadow_a_later_good_duplicate() -> None:
+    bad = record(id="bad", initial_finish_reason="length")
+    good = record(id="good")
+    result = apply_filters([bad, good])
+    assert [v.record.id for v in result.kept] == ["good"]
+    assert dict(result.removed) == {"truncated": 1}
+
+
+def test_apply_filters_counts_every_filter() -> None:
+    records = [
+        record("p1", id="1"),
+        record("p2", id="2", status="failed", initial="", rounds=[]),
+        record("p3", id="3", initial_finish_reason="length"),
+        record("p4", id="4", initial=""),
+        record("p5", id="5", rounds=[round_(1, CRITIQUE)]),
+        record("p6", id="6", rounds=[round_(1, INITIAL)]),
+        record("p1", id="7"),
+        record("p8", id="8", rounds=[round_(1, None, skipped=True)]),
+        record("p9", id="9", rounds=[round_(1, GOOD), round_(2, "Sure, here's the fix: x")]),
+    ]
+    result = apply_filters(records)
+    assert [v.record.id for v in result.kept] == ["1", "8", "9"]
+    assert dict(result.removed) == {
+        "failed": 1,
+        "truncated": 1,
+        "empty": 1,
+        "meta": 1,
+        "unchanged": 1,
+        "duplicate": 1,
+    }
+    assert (result.sft_only, result.fell_back) == (1, 1)
+    assert set(result.removed) <= set(FILTERS)
+
+
+def test_similarity_is_word_level_and_symmetric() -> None:
+    assert similarity("a b c d", "a b c e") == 0.75
+    assert similarity("A, b!", "a b") == 1.0
+    assert similarity("", "") == 1.0
+    assert similarity("x", "") == 0.0
+    assert similarity("a b c", "c b a") == similarity("c b a", "a b c")
+
+
+def test_bad_threshold_is_refused() -> None:
+    with pytest.raises(ConfigError, match="similarity threshold must be in"):
+        FilterConfig(similarity=0)
