@@ -120,6 +120,11 @@ def parse_constitution(
     )
 
 
+def _show(value: str) -> str:
+    """A value from the file, quoted on one line and cut short, for an error message."""
+    return repr(value if len(value) <= 40 else value[:40] + "…")
+
+
 @dataclass
 class _Section:
     kind: str  # "system" | "principle" | "example" | "doc"
@@ -170,7 +175,7 @@ class _Parser:
             if example.principle is not None and example.principle not in seen:
                 self.error(
                     example.line,
-                    f"example '{example.title}' names principle '{example.principle}', which is not defined",
+                    f"example '{example.title}' names principle {_show(example.principle)}, which is not defined",
                 )
         if not principles and not any(s.kind == "principle" for s in sections):
             self.error(None, "no principle found; add a '## Principle: <name>' section")
@@ -298,7 +303,7 @@ class _Parser:
             if not (math.isfinite(weight) and weight > 0):
                 self.error(
                     line,
-                    f"weight '{value}' of principle '{section.title}' must be a positive number",
+                    f"weight {_show(value)} of principle '{section.title}' must be a positive number",
                 )
                 ok = False
         if not ok:

@@ -25,6 +25,9 @@ __all__ = [
 ]
 
 ROLES = ("system", "user", "assistant")
+_NOT_UTF8 = "not UTF-8 text; save the file as UTF-8"
+_BAD = object()  # what _pick returns for a row it has reported
+_JSONL_HINT = "; .jsonl and .json files hold one JSON object per line"
 _TRANSCRIPT = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?", re.IGNORECASE)
 
 
@@ -65,7 +68,10 @@ def normalize_prompt(value: Any) -> list[dict[str, str]]:
     if isinstance(value, str):
         if not value.strip():
             raise ValueError("empty prompt")
-        return _parse_transcript(value) or [{"role": "user", "content": value}]
+        messages = _parse_transcript(value) or [{"role": "user", "content": value}]
+        if not any(m["content"].strip() for m in messages if m["role"] == "user"):
+            raise ValueError("empty prompt")
+        return messages
     if not isinstance(value, list) or not value:
         raise ValueError(
             f"a prompt must be a string or a non-empty list of messages, not {type(value).__name__}"
@@ -121,6 +127,7 @@ class PromptSource:
             )
 
     def __iter__(self) -> Iterator[PromptItem]:
+        self.skipped = []  # each pass counts afresh
         for line, value in self._rows():
             try:
                 messages = normalize_prompt(value)
@@ -141,13 +148,13 @@ class PromptSource:
                 self._bad(
                     line, f"no '{self.prompt_field}' field; choose the field with --prompt-field"
                 )
-                return None
+                return _BAD
             return row[self.prompt_field]
         for name in ("messages", "prompt"):
             if name in row and row[name] is not None:
                 return row[name]
         self._bad(line, "no 'prompt' or 'messages' field; choose the field with --prompt-field")
-        return None
+        return _BAD
 
     def _rows(self) -> Iterator[tuple[int, Any]]:
         if self.spec.startswith("hf:"):
@@ -162,38 +169,60 @@ class PromptSource:
             if suffix in (".jsonl", ".json"):
                 yield from self._jsonl_rows(path)
             elif suffix == ".txt":
-                for lineno, text in _text_lines(path):
+                for lineno, text in self._lines(path):
                     if text.strip():
                         yield lineno, text.rstrip("\r\n")
             elif suffix == ".csv":
-                with path.open(encoding="utf-8-sig", newline="") as f:
-                    reader = csv.DictReader(f)
-                    for row in reader:
-                        yield reader.line_num, self._pick(row, reader.line_num)
+                yield from self._csv_rows(path)
             elif suffix == ".parquet":
                 yield from self._parquet_rows(path)
         except UnicodeDecodeError:
-            raise InputError(self.spec, None, "not UTF-8 text; save the file as UTF-8") from None
-        except csv.Error as e:
-            raise InputError(self.spec, None, f"not valid CSV: {e}") from None
+            raise InputError(self.spec, _first_non_utf8_line(path), _NOT_UTF8) from None
         except OSError as e:
             raise InputError(self.spec, None, f"cannot read: {e.strerror or e}") from None
 
+    def _lines(self, path: Path) -> Iterator[tuple[int, str]]:
+        """Lines of a UTF-8 file, numbered from 1; a line that is not UTF-8 is a bad line."""
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    self._bad(lineno, _NOT_UTF8)
+
     def _jsonl_rows(self, path: Path) -> Iterator[tuple[int, Any]]:
-        for lineno, text in _text_lines(path):
+        for lineno, text in self._lines(path):
             if not text.strip():
                 continue
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as e:
-                self._bad(lineno, f"not valid JSON ({e.msg} at column {e.colno})")
+                self._bad(lineno, f"not valid JSON ({e.msg} at column {e.colno}){_JSONL_HINT}")
+                continue
+            except (ValueError, RecursionError) as e:  # e.g. a number with too many digits
+                self._bad(lineno, f"not usable JSON ({type(e).__name__}: {str(e)[:80]})")
                 continue
             if not isinstance(row, dict):
-                self._bad(lineno, "each line must be a JSON object")
+                self._bad(lineno, f"each line must be a JSON object{_JSONL_HINT}")
                 continue
             value = self._pick(row, lineno)
-            if value is not None:
+            if value is not _BAD:
                 yield lineno, value
+
+    def _csv_rows(self, path: Path) -> Iterator[tuple[int, Any]]:
+        # A prompt can be longer than the csv module's default field limit of 128 KiB.
+        csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            try:
+                for row in reader:
+                    value = self._pick(row, reader.line_num)
+                    if value is not _BAD:
+                        yield reader.line_num, value
+            except csv.Error as e:
+                raise InputError(
+                    self.spec, reader.line_num or None, f"not valid CSV: {e}"
+                ) from None
 
     def _parquet_rows(self, path: Path) -> Iterator[tuple[int, Any]]:
         import pyarrow.parquet as pq
@@ -207,7 +236,7 @@ class PromptSource:
             for row in batch.to_pylist():
                 row_number += 1
                 value = self._pick(row, row_number)
-                if value is not None:
+                if value is not _BAD:
                     yield row_number, value
 
     def _dataset_rows(self, path: Path) -> Iterator[tuple[int, Any]]:
@@ -222,7 +251,7 @@ class PromptSource:
             data = data[split]
         for index, row in enumerate(data, 1):
             value = self._pick(row, index)
-            if value is not None:
+            if value is not _BAD:
                 yield index, value
 
     def _hub_rows(self) -> Iterator[tuple[int, Any]]:
@@ -240,17 +269,16 @@ class PromptSource:
             ) from None
         for index, row in enumerate(data, 1):
             value = self._pick(row, index)
-            if value is not None:
+            if value is not _BAD:
                 yield index, value
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Lines of a UTF-8 file, numbered from 1; a byte that is not UTF-8 is reported by line."""
+def _first_non_utf8_line(path: Path) -> int | None:
+    """The number of the first line of `path` that is not UTF-8, if any."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
-                raise InputError(
-                    str(path), lineno, "not UTF-8 text; save the file as UTF-8"
-                ) from None
+                return lineno
+    return None
