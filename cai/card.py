@@ -132,9 +132,9 @@ def _models_section(manifest: dict[str, Any], records: list[Record]) -> str:
             f"Tokens: {usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out, "
             f"over {usage.get('calls', 0)} calls."
         )
-    from cai.stats import find_cost
+    from cai.stats import run_cost
 
-    cost = find_cost(manifest)
+    cost = run_cost(records, manifest)
     if cost is not None:
         parts.append(f"Estimated cost: ${cost:.4f}.")
     versions = manifest.get("versions") or {}

@@ -47,6 +47,7 @@ FORMATS = ("dpo", "sft", "hf")
 STYLES = ("conversational", "standard")
 SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
 CARD_FILE = "README.md"
+_SHARD_BYTES = 500 * 2**20  # the size datasets' save_to_disk aims for by default
 
 
 class PushError(CaiError):
@@ -291,7 +292,9 @@ def _write_hf(splits: dict[str, list[dict[str, Any]]], out: Path, style: str, ca
                 for name, rows in splits.items()
             }
         )
-        data.save_to_disk(str(tmp))
+        # An empty split must still get one (empty) shard, or load_from_disk cannot read it.
+        shards = {name: max(1, math.ceil(d.data.nbytes / _SHARD_BYTES)) for name, d in data.items()}
+        data.save_to_disk(str(tmp), num_shards=shards)
         (tmp / "data").mkdir()
         for name, dataset in data.items():
             dataset.to_parquet(str(tmp / "data" / f"{name}-00000-of-00001.parquet"))

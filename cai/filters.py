@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -237,23 +238,36 @@ def judge_record(record: Record, config: FilterConfig = FilterConfig()) -> Verdi
     )
 
 
+def _rank(record: Record) -> tuple[float, str]:
+    return (record.source_line if record.source_line is not None else math.inf, record.id)
+
+
 def apply_filters(
     records: Iterable[Record],
     config: FilterConfig = FilterConfig(),
 ) -> FilterResult:
-    """Judge every record, then drop repeated prompts (the first kept one wins)."""
+    """Judge every record, then drop repeated prompts.
+
+    Of records with the same prompt, the one read first from the prompts file is kept (then the
+    lowest id), not the first in records.jsonl, whose order depends on which chain ended first.
+    """
     result = FilterResult()
-    seen: set[str] = set()
+    judged: list[tuple[str, Verdict]] = []
+    winners: dict[str, tuple[float, str]] = {}
     for record in records:
         verdict = judge_record(record, config)
         if verdict.use == "drop":
             result.removed[verdict.reason or "unknown"] += 1
             continue
         key = prompt_key(record.prompt)
-        if config.duplicate and key in seen:
+        winners[key] = min(winners.get(key, _rank(record)), _rank(record))
+        judged.append((key, verdict))
+    taken: set[str] = set()
+    for key, verdict in judged:
+        if config.duplicate and (key in taken or _rank(verdict.record) != winners[key]):
             result.removed["duplicate"] += 1
             continue
-        seen.add(key)
+        taken.add(key)
         result.kept.append(verdict)
         result.sft_only += verdict.use == "sft"
         result.fell_back += verdict.fell_back

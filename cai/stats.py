@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cai.errors import ConfigError
+from cai.errors import CaiError, ConfigError
 from cai.filters import SIMILARITY_THRESHOLD, FilterConfig, apply_filters, similar
 from cai.records import MANIFEST_FILE, RECORDS_FILE, Record, read_records
 
-__all__ = ["compute_stats", "find_cost", "format_stats", "run_stats"]
+__all__ = ["compute_stats", "find_cost", "format_stats", "run_cost", "run_stats"]
 
 _USAGE_KEYS = (
     "input_tokens",
@@ -27,22 +27,38 @@ _USAGE_KEYS = (
 
 
 def find_cost(manifest: dict[str, Any]) -> float | None:
-    """The run's cost in USD where the manifest records one (runs priced by the provider)."""
+    """The cost in USD that `cai generate` wrote to the manifest, if any."""
     stats = manifest.get("stats") or {}
-    for value in (
-        manifest.get("cost"),
-        stats.get("cost"),
-        manifest.get("cost_usd"),
-        stats.get("cost_usd"),
-        (stats.get("usage") or {}).get("cost_usd"),
-    ):
-        if isinstance(value, dict):
-            value = next(
-                (value[k] for k in ("usd", "total_usd", "total", "cost_usd") if k in value), None
-            )
+    for value in (stats.get("cost_usd"), manifest.get("cost_usd")):
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     return None
+
+
+def run_cost(records: list[Record], manifest: dict[str, Any]) -> float | None:
+    """The cost in USD of every call behind `records`, priced from their summed usage.
+
+    The records' usage covers every session of a resumed run, where the manifest's figure
+    covers only the last; the manifest's figure is the fallback when a model has no price.
+    """
+    from cai.pricing import FREE, load_price_table
+    from cai.providers.base import Usage
+
+    by_model: dict[tuple[str, str], Usage] = {}
+    for r in records:
+        by_model.setdefault((r.provider, r.model), Usage()).add(Usage.from_dict(r.usage))
+    table_path = (manifest.get("config") or {}).get("price_table")
+    try:
+        table = load_price_table(table_path)
+    except CaiError:
+        table = load_price_table()  # the user's table has moved since the run
+    total = 0.0
+    for (provider, model), usage in by_model.items():
+        price = FREE if provider == "local" else table.lookup(model)
+        if price is None:
+            return find_cost(manifest)
+        total += price.cost(usage)
+    return total if by_model else find_cost(manifest)
 
 
 def _lengths(texts: list[str]) -> dict[str, float]:
@@ -113,7 +129,7 @@ def compute_stats(
             "final": _lengths([r.final_response for r in ok]),
         },
         "usage": usage,
-        "cost_usd": find_cost(manifest),
+        "cost_usd": run_cost(records, manifest),
         "export": {
             "kept": len(filtered.kept),
             "preference_pairs": pref,
@@ -210,7 +226,13 @@ def format_stats(data: dict[str, Any]) -> str:
         )
     )
     cost = data["cost_usd"]
-    lines.append(f"Cost: ${cost:.4f}" if cost is not None else "Cost: not recorded for this run")
+    from cai.pricing import format_cost
+
+    lines.append(
+        f"Cost: {format_cost(cost)}"
+        if cost is not None
+        else "Cost: unknown (no price for the model)"
+    )
     e = data["export"]
     removed = ", ".join(f"{k} {n}" for k, n in e["removed"].items()) or "none"
     lines.append(
