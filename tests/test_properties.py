@@ -187,7 +187,8 @@ def check_prompts(data: bytes, suffix: str, field: str | None, skip: bool) -> No
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"prompts{suffix}"
         path.write_bytes(data)
-        lines = data.count(b"\n") + 1
+        # The csv module also ends a line at a lone carriage return.
+        lines = data.count(b"\n") + (data.count(b"\r") if suffix == ".csv" else 0) + 1
         try:
             source = PromptSource(str(path), prompt_field=field, skip_bad_lines=skip)
             items = list(source)
