@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from cai import __version__
-from cai.errors import CaiError, ConfigError
+from cai.errors import CaiError, ConfigError, InputError
 
 __all__ = ["cli", "main"]
 
@@ -257,6 +257,19 @@ def _default_run_dir(
     is_flag=True,
     help="On resume, keep prompts that failed before as they are.",
 )
+@click.option("--rpm", default=None, type=float, help="Most requests a minute (client-side).")
+@click.option("--tpm", default=None, type=float, help="Most tokens a minute (client-side).")
+@click.option(
+    "--price-table",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="JSON file of model prices, added to the bundled table (see cai/data/prices.json).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the number of calls and an estimate of tokens and cost; call nothing.",
+)
 def generate(
     constitution_path: Path,
     prompts_spec: str,
@@ -278,6 +291,10 @@ def generate(
     shard: str | None,
     skip_bad_lines: bool,
     no_retry_failed: bool,
+    rpm: float | None,
+    tpm: float | None,
+    price_table: Path | None,
+    dry_run: bool,
 ) -> None:
     """Answer each prompt, critique and revise the answer against the constitution, save records.
 
@@ -290,7 +307,8 @@ def generate(
     """
     from cai.constitution import load_constitution
     from cai.pipeline import GenerateConfig, run_settings
-    from cai.providers import create_provider
+    from cai.pricing import FREE, load_price_table
+    from cai.providers import create_provider, default_model
     from cai.records import RunStore
     from cai.sources import PromptSource
 
@@ -304,6 +322,8 @@ def generate(
         limit=limit,
         shard=_parse_shard(shard),
         retry_failed=not no_retry_failed,
+        rpm=rpm,
+        tpm=tpm,
     )
     if fresh and out is not None:
         raise ConfigError(
@@ -313,9 +333,48 @@ def generate(
     parsed = load_constitution(constitution_path)
     source = PromptSource(prompts_spec, prompt_field=prompt_field, skip_bad_lines=skip_bad_lines)
     total = _check_prompts(source)
+    if source.skipped:
+        click.echo(
+            f"Skipping {len(source.skipped)} bad line(s) (--skip-bad-lines), the first: "
+            f"{source.skipped[0]}",
+            err=True,
+        )
+    if total == 0:
+        raise InputError(
+            prompts_spec,
+            None,
+            f"no usable prompt ({len(source.skipped)} bad lines skipped)"
+            if source.skipped
+            else "no prompts in the file",
+        )
+    prices = load_price_table(price_table)
+    if dry_run:
+        from cai.plan import format_plan, plan_run
+
+        name = model or default_model(provider) or model_path or "the bundled model"
+        price = FREE if provider == "local" else prices.lookup(name)
+        plan = plan_run(source, parsed, config, model=name, price=price, prices_as_of=prices.as_of)
+        click.echo(format_plan(plan))
+        return
     backend = create_provider(
-        provider, model=model, base_url=base_url, model_path=model_path, timeout=timeout
+        provider,
+        model=model,
+        base_url=base_url,
+        model_path=model_path,
+        timeout=timeout,
+        connections=concurrency,
     )
+    price = FREE if provider == "local" else prices.lookup(backend.model)
+    if not getattr(backend, "takes_sampling", True):
+        click.echo(
+            f"Note: {backend.model} takes no temperature or top_p; they are not sent.", err=True
+        )
+    if price is None:
+        click.echo(
+            f"Note: no price for model '{backend.model}'; the cost will not be estimated "
+            "(add it with --price-table FILE).",
+            err=True,
+        )
     settings = run_settings(config, parsed, backend)
     run_dir = out or _default_run_dir(parsed.name, settings, prompts_spec, config.shard)
     if fresh and out is None:
@@ -342,6 +401,8 @@ def generate(
             "model": backend.model,
             "base_url": _public_url(base_url),
             "timeout": timeout,
+            "price_table": str(price_table) if price_table else None,
+            "prices_as_of": prices.as_of,
         },
         "versions": _versions(provider),
     }
@@ -351,7 +412,7 @@ def generate(
     from cai.card import save_constitution_copy
 
     save_constitution_copy(run_dir, constitution_path, parsed.sha256)
-    stats = _run_with_progress(source, parsed, backend, config, store, manifest, total)
+    stats = _run_with_progress(source, parsed, backend, config, store, manifest, total, price=price)
     resume = (
         "Run the same command again"
         if out is not None
@@ -402,13 +463,14 @@ def _run_with_progress(
     store: Any,
     manifest: dict[str, Any],
     total: int | None,
+    price: Any = None,
 ) -> Any:
     """Run the job under a progress bar; the first Ctrl-C stops taking prompts, the second quits."""
     from tqdm import tqdm
 
     from cai.pipeline import RunStats, run_generation
 
-    stats = RunStats(total=total)
+    stats = RunStats(total=total, price=price)
     bar = tqdm(total=total, unit="prompt", desc="generate", file=sys.stderr, dynamic_ncols=True)
 
     def on_event(kind: str, data: Any) -> None:
@@ -484,6 +546,8 @@ def _quit_now(store: Any) -> None:
 
 
 def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
+    from cai.pricing import format_cost
+
     u = stats.usage
     lines = [
         "",
@@ -502,6 +566,12 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
         + (
             f", {u.cache_read_input_tokens} cache read, {u.cache_creation_input_tokens} cache write"
             if u.cache_read_input_tokens or u.cache_creation_input_tokens
+            else ""
+        )
+        + (f"; estimated cost {format_cost(stats.cost_usd)}" if stats.cost_usd else "")
+        + (
+            f"; waited {stats.throttled_seconds:.1f}s for rate limits"
+            if stats.throttled_seconds >= 0.1
             else ""
         ),
         f"Rounds: {stats.revised} records revised, {stats.skipped_rounds} rounds found nothing to change, "

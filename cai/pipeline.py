@@ -18,6 +18,7 @@ from typing import Any
 
 from cai.constitution import Constitution, Principle
 from cai.errors import ConfigError, ProviderError, RunMismatchError
+from cai.pricing import Price, estimate_tokens
 from cai.prompts import (
     build_critique_messages,
     build_initial_messages,
@@ -27,6 +28,7 @@ from cai.prompts import (
     revision_request,
 )
 from cai.providers.base import Completion, Provider, Sampling, Usage
+from cai.ratelimit import RateLimiter
 from cai.records import Record, Round, RunStore
 from cai.retry import call_with_retries
 from cai.sources import PromptItem
@@ -60,6 +62,12 @@ class GenerateConfig:
     max_retries: int = field(
         default=6, metadata={"help": "Retries of a call that failed for a passing reason."}
     )
+    rpm: float | None = field(
+        default=None, metadata={"help": "Most requests a minute (client-side limit)."}
+    )
+    tpm: float | None = field(
+        default=None, metadata={"help": "Most tokens a minute (client-side limit)."}
+    )
     limit: int | None = field(
         default=None, metadata={"help": "Use only the first N prompts of the source."}
     )
@@ -83,6 +91,10 @@ class GenerateConfig:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.max_retries < 0:
             raise ConfigError(f"max_retries must be 0 or more, got {self.max_retries}")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be at least 1, got {self.limit}")
         if self.shard is not None:
@@ -146,14 +158,24 @@ class RunStats:
     problem_rounds: int = 0
     started: float = field(default_factory=time.monotonic)
     interrupted: bool = False
+    throttled_seconds: float = 0.0
+    # The model's price, when known: the cost is exact from the summed usage of one model.
+    price: Price | None = None
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Estimated USD for this invocation's calls (journal reuse is free), None if unpriced."""
+        return None if self.price is None else self.price.cost(self.usage)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("usage", "started")
+            if f.name not in ("usage", "started", "price")
         }
         data["usage"] = self.usage.to_dict()
+        cost = self.cost_usd
+        data["cost_usd"] = None if cost is None else round(cost, 6)
         data["seconds"] = round(time.monotonic() - self.started, 3)
         return data
 
@@ -178,6 +200,7 @@ class _Caller:
         self.semaphore = semaphore
         self.stats = stats
         self.on_event = on_event
+        self.limiter = RateLimiter(config.rpm, config.tpm)
 
     async def __call__(
         self, record_id: str, step: str, messages: list[dict[str, str]], usage: Usage
@@ -189,12 +212,29 @@ class _Caller:
             usage.add(completion.usage)
             return completion
         seed = _stable_int(self.config.seed, record_id, step)
+        limiter = self.limiter
+        # Reserve the prompt and the longest reply; `settle` gives back what was not used.
+        reserve = estimate_tokens(messages) + self.config.max_tokens if limiter.limited else 0
 
         async def attempt() -> Completion:
             async with self.semaphore:
-                return await self.provider.complete(messages, self.config.sampling, seed=seed)
+                await limiter.acquire(reserve)
+                self.stats.throttled_seconds = round(limiter.waited, 3)
+                used = 0
+                try:
+                    completion = await self.provider.complete(
+                        messages, self.config.sampling, seed=seed
+                    )
+                    u = completion.usage
+                    used = u.input_tokens + u.cache_creation_input_tokens + u.output_tokens
+                    return completion
+                finally:
+                    limiter.settle(reserve, used)
 
         def on_retry(error: ProviderError, delay: float) -> None:
+            if error.kind == "rate_limit" and error.retry_after:
+                # The server asked every caller to wait, not just this one.
+                limiter.pause(error.retry_after)
             self.stats.retries += 1
             self.stats.retries_by_kind[error.kind] = (
                 self.stats.retries_by_kind.get(error.kind, 0) + 1
@@ -322,8 +362,6 @@ KNOWN_CONTEXT_WINDOWS = {
     "o4-mini": 200_000,
     "claude-": 200_000,
 }
-# Without the provider's tokenizer, tokens are estimated at four characters each (English text).
-CHARS_PER_TOKEN = 4
 # Chat templates add a few tokens per message around its content.
 _TOKENS_PER_MESSAGE = 4
 
@@ -349,8 +387,8 @@ class _ContextCheck:
     def __init__(self, provider: Provider, constitution: Constitution, config: GenerateConfig):
         self.window = context_window(provider)
         count = getattr(provider, "count_tokens", None)
-        self.exact = callable(count)
-        self.count: Callable[[str], int] = count if callable(count) else self._estimate
+        # Without the provider's tokenizer: about four characters a token (English text).
+        self.count: Callable[[str], int] | None = count if callable(count) else None
         self.constitution = constitution
         self.config = config
         self.fixed: dict[str, int] = {}
@@ -358,11 +396,9 @@ class _ContextCheck:
             # Counting first here loads a local model's tokenizer before any call runs.
             self.initial = self._tokens(build_initial_messages(constitution, []))
 
-    @staticmethod
-    def _estimate(text: str) -> int:
-        return math.ceil(len(text) / CHARS_PER_TOKEN)
-
     def _tokens(self, messages: list[dict[str, str]]) -> int:
+        if self.count is None:
+            return estimate_tokens(messages)
         text = "\n".join(m["content"] for m in messages)
         return self.count(text) + _TOKENS_PER_MESSAGE * len(messages)
 
@@ -385,7 +421,7 @@ class _ContextCheck:
             need = max(need, max(map(self._round, principles)) + prompt + 3 * reply)
         if need <= self.window:
             return None
-        about = "" if self.exact else "about "
+        about = "" if self.count is not None else "about "
         return (
             f"too long for the model's context: its longest call needs {about}{need} tokens "
             f"(prompt {about}{prompt}, up to {reply} per reply) but the window is {self.window}; "

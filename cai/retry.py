@@ -33,6 +33,7 @@ async def call_with_retries(
     max_retries: int,
     on_retry: Callable[[ProviderError, float], None] | None = None,
     base_delay: float = 0.5,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> T:
     """Await `call()`, retrying retryable `ProviderError`s up to `max_retries` times."""
     attempt = 0
@@ -46,4 +47,4 @@ async def call_with_retries(
             delay = backoff_delay(attempt, e, base=base_delay)
             if on_retry is not None:
                 on_retry(e, delay)
-            await asyncio.sleep(delay)
+            await sleep(delay)

@@ -44,7 +44,7 @@ Use from tests (the server runs in a thread with its own event loop):
     with FakeServer(latency=0.01, fault_rate=0.2, seed=1) as server:
         ...  # point a client at server.url + "/v1" (OpenAI) or server.url (Anthropic)
         server.requests            # how many requests arrived
-        server.log                 # one LogEntry per request (api, body, fault, status)
+        server.log                 # one LogEntry per request (api, body, fault, status, at)
         server.fault_counts        # {"429": 3, ...}
 
 or `await server.start_async()` / `await server.stop_async()` inside a running loop.
@@ -69,6 +69,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -98,6 +99,7 @@ class LogEntry:
     body: Any
     fault: str | None
     status: int | None  # None when the connection was dropped
+    at: float = 0.0  # arrival, time.monotonic()
 
 
 def count_tokens(text: str) -> int:
@@ -309,7 +311,7 @@ class FakeServer:
         except ValueError:
             body = None
         fault = self._draw_fault(raw) if api != "other" else None
-        entry = LogEntry(n, api, path, body, fault, None)
+        entry = LogEntry(n, api, path, body, fault, None, time.monotonic())
         self.log.append(entry)
         if fault:
             self.fault_counts[fault] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from cai import errors
@@ -22,6 +23,11 @@ _FINISH = {
     "refusal": "refusal",
 }
 _CACHE = {"type": "ephemeral"}
+# Models released after Claude Opus 4.6 refuse `temperature` and `top_p` (HTTP 400), and the
+# SDK no longer takes them as arguments; older models still honour them, sent in the body.
+_SAMPLING_MODELS = re.compile(
+    r"claude-(3|instant|(opus|sonnet|haiku)-4-[015](\b|-)|opus-4-6|(opus|sonnet)-4-20)"
+)
 
 
 def to_messages_request(messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -72,6 +78,11 @@ class AnthropicProvider:
         self._connections = connections
         self._client: Any = None
 
+    @property
+    def takes_sampling(self) -> bool:
+        """Whether the model accepts `temperature` and `top_p` (newer models reject them)."""
+        return _SAMPLING_MODELS.match(self.model) is not None
+
     def __repr__(self) -> str:
         # Never the key.
         return f"AnthropicProvider(model={self.model!r}, base_url={self.base_url!r})"
@@ -97,14 +108,14 @@ class AnthropicProvider:
 
         client = self._get_client()
         kwargs = to_messages_request(messages)
-        if sampling.top_p is not None:
-            kwargs["top_p"] = sampling.top_p
+        if self.takes_sampling:
+            extra = {"temperature": sampling.temperature}
+            if sampling.top_p is not None:
+                extra["top_p"] = sampling.top_p
+            kwargs["extra_body"] = extra
         try:
             response = await client.messages.create(
-                model=self.model,
-                max_tokens=sampling.max_tokens,
-                temperature=sampling.temperature,
-                **kwargs,
+                model=self.model, max_tokens=sampling.max_tokens, **kwargs
             )
         except (anthropic.APIError, ValueError) as e:
             raise translate_sdk_error(e, anthropic, KEY_VARIABLE) from None
