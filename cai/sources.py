@@ -195,9 +195,9 @@ class PromptSource:
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
+                row = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                self._bad(lineno, f"not valid JSON ({e.msg} at column {e.colno}){_JSONL_HINT}")
+                self._bad(lineno, f"not valid JSON: {e.msg} (column {e.colno}){_JSONL_HINT}")
                 continue
             except (ValueError, RecursionError) as e:  # e.g. a number with too many digits
                 self._bad(lineno, f"not usable JSON ({type(e).__name__}: {str(e)[:80]})")
