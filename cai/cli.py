@@ -158,8 +158,17 @@ def _default_run_dir(
             and manifest.get("config", {}).get("shard") == (list(shard) if shard else None)
         ):
             return manifest_path.parent
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return outputs / f"{constitution_name}-{stamp}"
+    return _new_run_dir(constitution_name)
+
+
+def _new_run_dir(constitution_name: str) -> Path:
+    """outputs/<constitution>-<timestamp>, with a suffix if a run of that second exists."""
+    base = Path("outputs") / f"{constitution_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
 
 
 @cli.command()
@@ -306,7 +315,7 @@ def generate(
     Exit codes: 0 done, 2 bad input, 3 some prompts failed (rerun to retry them), 130 interrupted.
     """
     from cai.constitution import load_constitution
-    from cai.pipeline import GenerateConfig, run_settings
+    from cai.pipeline import GenerateConfig, check_resumable, run_settings
     from cai.pricing import FREE, load_price_table
     from cai.providers import create_provider, default_model
     from cai.records import RunStore
@@ -378,8 +387,9 @@ def generate(
     settings = run_settings(config, parsed, backend)
     run_dir = out or _default_run_dir(parsed.name, settings, prompts_spec, config.shard)
     if fresh and out is None:
-        run_dir = Path("outputs") / f"{parsed.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = _new_run_dir(parsed.name)
     store = RunStore(run_dir)
+    check_resumable(store, settings)  # before any output, so a refusal is the only line
     manifest = {
         "cai_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -76,7 +76,8 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
     locked: list[RunStore] = []
     try:
         # Not while a generate process is still writing one of them.
-        for store in [*stores, result_store]:
+        unique = {store.dir.resolve(): store for store in [*stores, result_store]}
+        for store in unique.values():
             store.lock()
             locked.append(store)
         lines = 0

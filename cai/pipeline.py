@@ -482,14 +482,7 @@ async def _run_locked(
     stop: asyncio.Event | None,
     stats: RunStats | None,
 ) -> RunStats:
-    previous = store.read_manifest()
-    if previous is not None:
-        check_settings(previous.get("settings", {}), settings, store.dir)
-    elif store.has_data():
-        raise RunMismatchError(
-            f"{store.dir} holds records but no readable manifest.json, so the settings they "
-            "were made with are unknown; to start a new run, pass --out with a new directory"
-        )
+    check_resumable(store, settings)
     stats = stats or RunStats()
     store.repair()
     statuses = store.compact(retry_failed=config.retry_failed)
@@ -588,6 +581,18 @@ def count_statuses(statuses: dict[str, str]) -> dict[str, int]:
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def check_resumable(store: RunStore, settings: dict[str, Any]) -> None:
+    """Refuse to add to a run made with other settings, or with unknown ones."""
+    previous = store.read_manifest()
+    if previous is not None:
+        check_settings(previous.get("settings", {}), settings, store.dir)
+    elif store.has_data():
+        raise RunMismatchError(
+            f"{store.dir} holds records but no readable manifest.json, so the settings they "
+            "were made with are unknown; to start a new run, pass --out with a new directory"
+        )
 
 
 def check_settings(previous: dict[str, Any], current: dict[str, Any], run_dir: Any) -> None:
