@@ -85,7 +85,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _front_matter(data_files: dict[str, str], fmt: str) -> str:
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    lines = ["---"]
+    if data_files:  # a split without rows has no file: load_dataset cannot read an empty one
+        lines += ["configs:", "- config_name: default", "  data_files:"]
     for split, path in data_files.items():
         lines += [f"  - split: {split}", f"    path: {path}"]
     tags = ["constitutional-ai", "synthetic", "cai"]
@@ -205,19 +207,18 @@ def _columns_section(options: ExportOptions) -> str:
     return "\n".join(lines)
 
 
-def _usage_section(options: ExportOptions, data_files: dict[str, str], out_name: str) -> str:
+def _usage_section(options: ExportOptions, out_name: str) -> str:
     if options.fmt == "hf":
         load = (
             "from datasets import load_dataset, load_from_disk\n\n"
-            f'data = load_from_disk("{out_name}")  # this directory\n'
-            '# or, from the Hub: data = load_dataset("<user>/<repo>")\n'
+            f'data = load_from_disk("{out_name}")  # all four splits, empty ones too\n'
+            '# from the Hub: data = load_dataset("<user>/<repo>")\n'
             'train, test = data["train_prefs"], data["test_prefs"]'
         )
     else:
-        path = data_files["train"]
         load = (
             "from datasets import load_dataset\n\n"
-            f'train = load_dataset("json", data_files="{path}", split="train")'
+            f'train = load_dataset("json", data_files="{out_name}", split="train")'
         )
     if options.fmt == "sft":
         train = (
@@ -290,7 +291,7 @@ def render_card(
     counts: dict[str, int],
     options: ExportOptions,
     data_files: dict[str, str],
-    out_name: str = ".",
+    out_name: str,
 ) -> str:
     """The Markdown dataset card of one export, with Hub front matter naming its data files."""
     name, constitution = _constitution_section(run_dir, manifest, records)
@@ -327,6 +328,6 @@ def render_card(
         _models_section(manifest, records),
         constitution,
         _columns_section(options),
-        _usage_section(options, data_files, out_name),
+        _usage_section(options, out_name),
     ]
     return "\n\n".join(sections) + "\n"

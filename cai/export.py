@@ -36,6 +36,8 @@ __all__ = [
     "ExportResult",
     "PushError",
     "export_run",
+    "load_run",
+    "prompt_text",
     "push_export",
     "record_to_dpo",
     "record_to_sft",
@@ -237,25 +239,34 @@ def _write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _features(kind: str, style: str) -> Any:
-    """The Arrow schema of a split, so that empty splits and empty lists still get their types."""
+def _features(style: str) -> Any:
+    """The Arrow schema of every hf split, so that empty splits and lists still get their types."""
     from datasets import Features, Value
 
     message = [{"role": Value("string"), "content": Value("string")}]
     text = Value("string") if style == "standard" else message
-    columns: dict[str, Any] = (
-        {"prompt": text, "chosen": text, "rejected": text}
-        if kind == "prefs"
-        else {"messages": message}
-    )
-    columns.update(
+    return Features(
+        prompt=text,
+        chosen=text,
+        rejected=text,
+        messages=message,
         id=Value("string"),
         principles=[Value("string")],
         rounds=Value("int64"),
         chosen_round=Value("int64"),
         constitution_sha256=Value("string"),
     )
-    return Features(columns)
+
+
+def _hf_row(verdict: Verdict, style: str) -> dict[str, Any]:
+    """One row of an hf split: the preference columns and the SFT `messages`, in every split.
+
+    One schema for all four splits (as in HuggingFaceH4/ultrafeedback_binarized) lets
+    `load_dataset` read the Parquet files as one config, and recipes that pick a split by name
+    (alignment-handbook) find the columns they expect. In an SFT-only row, chosen and rejected
+    are both the first answer: such rows are for SFT, not DPO.
+    """
+    return {**_dpo_row(verdict, style), "messages": _sft_row(verdict)["messages"]}
 
 
 def _dataset(rows: list[dict[str, Any]], features: Any, split: str) -> Any:
@@ -287,16 +298,15 @@ def _write_hf(splits: dict[str, list[dict[str, Any]]], out: Path, style: str, ca
     datasets.disable_progress_bars()  # one summary line from the CLI says it all
     try:
         data = datasets.DatasetDict(
-            {
-                name: _dataset(rows, _features(name.split("_")[1], style), name)
-                for name, rows in splits.items()
-            }
+            {name: _dataset(rows, _features(style), name) for name, rows in splits.items()}
         )
         # An empty split must still get one (empty) shard, or load_from_disk cannot read it.
         shards = {name: max(1, math.ceil(d.data.nbytes / _SHARD_BYTES)) for name, d in data.items()}
         data.save_to_disk(str(tmp), num_shards=shards)
         (tmp / "data").mkdir()
         for name, dataset in data.items():
+            if not dataset.num_rows:
+                continue  # load_dataset refuses an empty Parquet split; the card omits it too
             dataset.to_parquet(str(tmp / "data" / f"{name}-00000-of-00001.parquet"))
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
         if out.exists():
@@ -309,14 +319,21 @@ def _write_hf(splits: dict[str, list[dict[str, Any]]], out: Path, style: str, ca
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_manifest(run_dir: Path) -> dict[str, Any]:
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
+    """A run's manifest ({} if it has none) and records; a clear error if it is not a run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RECORDS_FILE).exists():
+        raise ConfigError(
+            f"{run_dir}: no {RECORDS_FILE} here; pass a directory made by cai generate"
+        )
     path = run_dir / MANIFEST_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        manifest = {}
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e}); was it edited by hand?") from None
+    return manifest, list(read_records(run_dir))
 
 
 def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptions) -> ExportResult:
@@ -329,10 +346,7 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
     from cai.card import render_card
 
     run_dir = Path(run_dir)
-    if not (run_dir / RECORDS_FILE).exists():
-        raise ConfigError(
-            f"{run_dir}: no {RECORDS_FILE} here; pass a directory made by cai generate"
-        )
+    manifest, records = load_run(run_dir)
     default = "hf" if options.fmt == "hf" else f"{options.fmt}.jsonl"
     out = Path(out) if out is not None else run_dir / default
     if options.fmt == "hf" and not _is_replaceable(out):
@@ -341,8 +355,6 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
         )
     if options.fmt != "hf" and out.is_dir():
         raise ConfigError(f"{out} is a directory; --format {options.fmt} writes a .jsonl file")
-    manifest = _read_manifest(run_dir)
-    records = list(read_records(run_dir))
     filtered = apply_filters(records, options.filters)
 
     if options.fmt == "hf":
@@ -352,13 +364,7 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
             test_size=options.test_size,
             seed=options.seed,
         )
-        rows = {
-            name: [
-                _dpo_row(v, options.style) if name.endswith("prefs") else _sft_row(v)
-                for v in verdicts[name]
-            ]
-            for name in SPLITS
-        }
+        rows = {name: [_hf_row(v, options.style) for v in verdicts[name]] for name in SPLITS}
         data_files = {name: f"data/{name}-*.parquet" for name in SPLITS}
         card_path = out / CARD_FILE
     else:
@@ -370,6 +376,7 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
         data_files = {split: out.name}
         card_path = out.with_name(f"{out.stem}.{CARD_FILE}")
     counts = {name: len(r) for name, r in rows.items()}
+    data_files = {name: path for name, path in data_files.items() if counts[name]}
     card = render_card(
         run_dir=run_dir,
         manifest=manifest,
@@ -378,6 +385,7 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
         counts=counts,
         options=options,
         data_files=data_files,
+        out_name=out.name,
     )
     if options.fmt == "hf":
         _write_hf(rows, out, options.style, card)

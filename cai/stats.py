@@ -3,17 +3,15 @@ tokens and cost, and what `cai export`'s default filters would keep."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import statistics
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cai.errors import CaiError, ConfigError
+from cai.errors import CaiError
 from cai.filters import SIMILARITY_THRESHOLD, FilterConfig, apply_filters, similar
-from cai.records import MANIFEST_FILE, RECORDS_FILE, Record, read_records
+from cai.records import Record
 
 __all__ = ["compute_stats", "find_cost", "format_stats", "run_cost", "run_stats"]
 
@@ -142,16 +140,11 @@ def compute_stats(
 
 def run_stats(run_dir: str | Path) -> dict[str, Any]:
     """`compute_stats` of the run in `run_dir`."""
+    from cai.export import load_run
+
     run_dir = Path(run_dir)
-    if not (run_dir / RECORDS_FILE).exists():
-        raise ConfigError(
-            f"{run_dir}: no {RECORDS_FILE} here; pass a directory made by cai generate"
-        )
-    manifest: dict[str, Any] = {}
-    # Without a readable manifest the records alone still say nearly everything.
-    with contextlib.suppress(OSError, ValueError):
-        manifest = json.loads((run_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    data = compute_stats(read_records(run_dir), manifest)
+    manifest, records = load_run(run_dir)
+    data = compute_stats(records, manifest)
     config = manifest.get("config") or {}
     data["run"] = {
         "dir": str(run_dir),

@@ -287,6 +287,12 @@ def test_hf_export_loads_with_four_disjoint_splits_and_a_card(mixed_run: Path) -
             split="train",
         )
         assert parquet.to_list() == data[name].to_list()
+    # The card's front matter names the files, as the Hub reads them. (A fresh cache: datasets
+    # caches a local directory's build by its name alone, so an earlier "hf" would be reused.)
+    from_card = datasets.load_dataset(str(out), cache_dir=str(out.parent / "cache"))
+    assert {name: from_card[name].to_list() for name in SPLITS} == {
+        name: data[name].to_list() for name in SPLITS
+    }
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "  - split: train_prefs\n    path: data/train_prefs-*.parquet" in card
     assert MINI_CONSTITUTION.strip() in card
@@ -356,7 +362,10 @@ def test_failed_run_still_exports_and_an_empty_result_has_typed_splits(tmp_path:
     data = datasets.load_from_disk(str(run / "hf"))
     assert [data[n].num_rows for n in SPLITS] == [0, 0, 0, 0]
     assert set(data["train_prefs"].column_names) >= {"prompt", "chosen", "rejected"}
-    assert "| `failed` | 2 |" in (run / "hf" / "README.md").read_text()
+    card = (run / "hf" / "README.md").read_text()
+    assert "| `failed` | 2 |" in card
+    # load_dataset cannot read an empty Parquet split: the files and the card leave them out.
+    assert not list((run / "hf" / "data").iterdir()) and "configs:" not in card
 
 
 def test_hf_export_replaces_an_earlier_export_but_not_another_directory(mixed_run: Path) -> None:
