@@ -243,14 +243,16 @@ def test_debug_shows_the_traceback(work: Path) -> None:
 # -- bad lines skipped, prompts too long: the run goes on -------------------------------------
 
 
+def against(server: FakeServer, work: Path, *args: str) -> Result:
+    """`generate` with one round against the fake OpenAI server."""
+    openai = ["--provider", "openai", "--base-url", server.url + "/v1"]
+    return generate(work, "--rounds", "1", *openai, *args)
+
+
 def test_skip_bad_lines_skips_and_counts(work: Path) -> None:
     prompts = write(work, "p.jsonl", 'oops\n{"prompt": "first"}\n{"x": 1}\n{"prompt": "second"}\n')
     with FakeServer() as server:
-        result = generate(
-            work,
-            "--prompts", prompts, "--skip-bad-lines", "--rounds", "1",
-            "--provider", "openai", "--base-url", server.url + "/v1",
-        )  # fmt: skip
+        result = against(server, work, "--prompts", prompts, "--skip-bad-lines")
     assert result.exit_code == 0, result.output
     assert (
         "Skipping 2 bad line(s) (--skip-bad-lines), the first: p.jsonl:1: not valid JSON"
@@ -270,11 +272,7 @@ def test_prompt_longer_than_the_context_is_skipped_with_a_reason(work: Path) -> 
     huge = "word " * 120_000
     prompts = write(work, "p.jsonl", json.dumps({"prompt": huge}) + "\n" + GOOD)
     with FakeServer() as server:
-        result = generate(
-            work,
-            "--prompts", prompts, "--rounds", "1", "--model", "gpt-4o-mini",
-            "--provider", "openai", "--base-url", server.url + "/v1",
-        )  # fmt: skip
+        result = against(server, work, "--prompts", prompts, "--model", "gpt-4o-mini")
         sent = [entry.body for entry in server.log]
     assert result.exit_code == 0, result.output
     assert "1 too long for the model (skipped)" in result.stderr
@@ -300,11 +298,7 @@ def test_prompt_longer_than_the_context_is_skipped_with_a_reason(work: Path) -> 
 
     # Skipped is final: the next run neither retries nor duplicates it.
     with FakeServer() as server:
-        again = generate(
-            work,
-            "--prompts", prompts, "--rounds", "1", "--model", "gpt-4o-mini",
-            "--provider", "openai", "--base-url", server.url + "/v1",
-        )  # fmt: skip
+        again = against(server, work, "--prompts", prompts, "--model", "gpt-4o-mini")
         assert server.requests == 0
     assert again.exit_code == 0
     assert "3 already done" in again.stderr

@@ -72,6 +72,28 @@ def ids_once(run_dir: Path) -> list[str]:
 ALL_IDS = sorted(p.id for p in PROMPTS)
 
 
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_constitution: Path) -> Path:
+    """The current directory for `cai` commands: holds mini.md, gets p.jsonl from `write_prompts`."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    return tmp_path
+
+
+def write_prompts(count: int) -> None:
+    Path("p.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(count))
+    )
+
+
+def cai_generate(server: FakeServer, *extra: str) -> Result:
+    """`cai generate` of p.jsonl with mini.md, one round, against the fake server."""
+    return CliRunner().invoke(cli, [
+        "generate", "--constitution", "mini.md", "--prompts", "p.jsonl", "--rounds", "1",
+        "--provider", "openai", "--base-url", server.url + "/v1", *extra,
+    ])  # fmt: skip
+
+
 # -- torn lines, kills between a reply and its record, duplicates -----------------------------
 
 
@@ -209,26 +231,20 @@ def test_records_without_a_manifest_are_not_resumed(tmp_path: Path) -> None:
         generate(run, FakeProvider(respond=echo_reply), PROMPTS[:2])
 
 
-def test_cli_refuses_another_constitution_with_what_differs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_constitution: Path
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    (tmp_path / "p.jsonl").write_text('{"prompt": "hello"}\n')
+def test_cli_refuses_another_constitution_with_what_differs(workdir: Path) -> None:
+    write_prompts(1)
     with FakeServer() as server:
-        base = ["generate", "--prompts", "p.jsonl", "--out", "run", "--rounds", "1",
-                "--provider", "openai", "--base-url", server.url + "/v1"]  # fmt: skip
-        assert CliRunner().invoke(cli, [*base, "--constitution", "mini.md"]).exit_code == 0
-        other = tmp_path / "other.md"
+        assert cai_generate(server, "--out", "run").exit_code == 0
+        other = workdir / "other.md"
         other.write_text(MINI_CONSTITUTION.replace("Weight: 3", "Weight: 2"))
-        before = (tmp_path / "run" / "records.jsonl").read_bytes()
-        result = CliRunner().invoke(cli, [*base, "--constitution", str(other)])
+        before = (workdir / "run" / "records.jsonl").read_bytes()
+        result = cai_generate(server, "--out", "run", "--constitution", str(other))
     assert result.exit_code == 2
     assert len(result.stderr.splitlines()) == 1
     message = result.stderr.strip()
     assert message.startswith("Error: run was made with other settings (constitution_sha256 was '")
     assert message.endswith("to start a new run, pass --out with a new directory")
-    assert (tmp_path / "run" / "records.jsonl").read_bytes() == before
+    assert (workdir / "run" / "records.jsonl").read_bytes() == before
 
 
 # -- interrupts ---------------------------------------------------------------------------------
@@ -331,27 +347,17 @@ def test_ctrl_c_once_stops_cleanly_twice_quits_now(
 # -- failed prompts -----------------------------------------------------------------------------
 
 
-def test_failed_prompts_are_retried_unless_no_retry_failed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_constitution: Path
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    (tmp_path / "p.jsonl").write_text(
-        "".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(4))
-    )
+def test_failed_prompts_are_retried_unless_no_retry_failed(workdir: Path) -> None:
+    write_prompts(4)
 
     def run(server: FakeServer, *extra: str) -> Result:
-        return CliRunner().invoke(cli, [
-            "generate", "--constitution", "mini.md", "--prompts", "p.jsonl", "--out", "run",
-            "--rounds", "1", "--max-retries", "0", "--provider", "openai",
-            "--base-url", server.url + "/v1", *extra,
-        ])  # fmt: skip
+        return cai_generate(server, "--out", "run", "--max-retries", "0", *extra)
 
     with FakeServer(fault_rate=1.0, faults=["500"]) as server:
         first = run(server)
     assert first.exit_code == 3
     assert "Run the same command again to resume and retry the failed prompts." in first.stderr
-    statuses = lambda: sorted(r.status for r in read_records(tmp_path / "run"))  # noqa: E731
+    statuses = lambda: sorted(r.status for r in read_records(workdir / "run"))  # noqa: E731
     assert statuses() == ["failed"] * 4
 
     with FakeServer() as server:
@@ -364,24 +370,18 @@ def test_failed_prompts_are_retried_unless_no_retry_failed(
         retried = run(server)
     assert retried.exit_code == 0, retried.output
     assert statuses() == ["ok"] * 4
-    assert len(ids_once(tmp_path / "run")) == 4
+    assert len(ids_once(workdir / "run")) == 4
 
 
-def test_default_run_dir_resumes_the_same_command_and_fresh_starts_anew(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_constitution: Path
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    (tmp_path / "p.jsonl").write_text('{"prompt": "hello"}\n')
+def test_default_run_dir_resumes_the_same_command_and_fresh_starts_anew(workdir: Path) -> None:
+    write_prompts(1)
     with FakeServer() as server:
-        args = ["generate", "--constitution", "mini.md", "--prompts", "p.jsonl", "--rounds", "1",
-                "--provider", "openai", "--base-url", server.url + "/v1"]  # fmt: skip
-        first = CliRunner().invoke(cli, args)
-        again = CliRunner().invoke(cli, args)
-        fresh = CliRunner().invoke(cli, [*args, "--fresh"])
-        other = CliRunner().invoke(cli, [*args, "--seed", "5"])
+        first = cai_generate(server)
+        again = cai_generate(server)
+        fresh = cai_generate(server, "--fresh")
+        other = cai_generate(server, "--seed", "5")
     assert [r.exit_code for r in (first, again, fresh, other)] == [0, 0, 0, 0]
-    runs = sorted(p.name for p in (tmp_path / "outputs").iterdir())
+    runs = sorted(p.name for p in (workdir / "outputs").iterdir())
     assert len(runs) == 3  # the same command resumed; --fresh and another seed made new runs
     assert "1 already done" in again.stderr
     assert first.stderr.splitlines()[0] == again.stderr.splitlines()[0]  # "Run directory: ..."
@@ -465,23 +465,13 @@ def test_merge_refuses_runs_of_other_settings_or_constitutions(tmp_path: Path) -
     assert not (tmp_path / "m").exists()
 
 
-def test_cli_merge_of_shards_warns_of_a_missing_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_constitution: Path
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    (tmp_path / "p.jsonl").write_text(
-        "".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(9))
-    )
+def test_cli_merge_of_shards_warns_of_a_missing_one(workdir: Path) -> None:
+    write_prompts(9)
     with FakeServer() as server:
         for k in (1, 2, 3):
-            result = CliRunner().invoke(cli, [
-                "generate", "--constitution", "mini.md", "--prompts", "p.jsonl", "--rounds", "1",
-                "--shard", f"{k}/3", "--out", f"s{k}", "--provider", "openai",
-                "--base-url", server.url + "/v1",
-            ])  # fmt: skip
+            result = cai_generate(server, "--shard", f"{k}/3", "--out", f"s{k}")
             assert result.exit_code == 0, result.output
-    sizes = [len(ids_once(tmp_path / f"s{k}")) for k in (1, 2, 3)]
+    sizes = [len(ids_once(workdir / f"s{k}")) for k in (1, 2, 3)]
     assert sum(sizes) == 9
 
     partial = CliRunner().invoke(cli, ["merge", "s1", "s3", "--out", "m13"])
@@ -493,7 +483,7 @@ def test_cli_merge_of_shards_warns_of_a_missing_one(
     ]
     full = CliRunner().invoke(cli, ["merge", "s1", "s2", "s3", "--out", "all"])
     assert full.exit_code == 0 and "9 records (9 ok)" in full.stderr
-    assert len(ids_once(tmp_path / "all")) == 9
+    assert len(ids_once(workdir / "all")) == 9
 
     again = CliRunner().invoke(cli, ["merge", "s1", "s2", "--out", "all"])
     assert again.exit_code == 2
@@ -505,7 +495,7 @@ def test_cli_merge_of_shards_warns_of_a_missing_one(
         missing.stderr
         == "Error: nowhere: no records.jsonl here; pass run directories made by cai generate\n"
     )
-    assert not (tmp_path / "x").exists()
+    assert not (workdir / "x").exists()
 
 
 # -- secrets ------------------------------------------------------------------------------------
@@ -514,23 +504,16 @@ PLANTED = "sk-test-PLANTED-1234"
 
 
 def test_planted_key_reaches_no_file_of_a_run_an_export_or_a_merge(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_constitution: Path
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
-    (tmp_path / "p.jsonl").write_text(
-        "".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(6))
-    )
+    write_prompts(6)
     outputs = []
     with FakeServer(
         api_key=PLANTED, fault_rate=0.3, faults=["429", "500"], retry_after=0.01
     ) as server:
         for k in (1, 2):
-            outputs.append(CliRunner().invoke(cli, [
-                "generate", "--constitution", "mini.md", "--prompts", "p.jsonl", "--rounds", "1",
-                "--shard", f"{k}/2", "--out", f"s{k}", "--provider", "openai",
-                "--base-url", server.url + "/v1",
-            ]))  # fmt: skip
+            outputs.append(cai_generate(server, "--shard", f"{k}/2", "--out", f"s{k}"))
         assert server.requests > 0
     outputs.append(CliRunner().invoke(cli, ["merge", "s1", "s2", "--out", "merged"]))
     for fmt in ("dpo", "sft"):
@@ -539,9 +522,9 @@ def test_planted_key_reaches_no_file_of_a_run_an_export_or_a_merge(
             CliRunner().invoke(cli, ["export", "s1", "--format", fmt, "--out", f"e-{fmt}.jsonl"])
         )
     assert [r.exit_code for r in outputs] == [0] * len(outputs), [r.output for r in outputs]
-    assert len(ids_once(tmp_path / "merged")) == 6
+    assert len(ids_once(workdir / "merged")) == 6
     written = [
-        p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("mini.md", "p.jsonl")
+        p for p in workdir.rglob("*") if p.is_file() and p.name not in ("mini.md", "p.jsonl")
     ]
     assert {"records.jsonl", "calls.jsonl", "manifest.json", "dpo.jsonl", "sft.jsonl"} <= {
         p.name for p in written
