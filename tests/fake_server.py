@@ -132,6 +132,10 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def _conversation_key(messages: list[dict[str, Any]]) -> str:
+    return "\x1f".join(f"{m.get('role')}:{_text_of(m.get('content'))}" for m in messages)
+
+
 class _HTTPError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -396,7 +400,7 @@ class FakeServer:
         last_user = next(
             (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
-        text = reply_text(last_user, json.dumps(messages, sort_keys=True))
+        text = reply_text(last_user, _conversation_key(messages))
         finish = "stop"
         if fault == "truncated":
             text, finish = text[: max(1, len(text) // 2)], "length"
@@ -447,7 +451,7 @@ class FakeServer:
         last_user = next(
             (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
-        text = reply_text(last_user, json.dumps(messages, sort_keys=True))
+        text = reply_text(last_user, _conversation_key(messages))
         stop = "end_turn"
         if fault == "truncated":
             text, stop = text[: max(1, len(text) // 2)], "max_tokens"

@@ -51,7 +51,10 @@ def test_a_plain_reply(kind: str, keys: None) -> None:
     assert completion.usage.input_tokens == count_tokens(HELLO[0]["content"])
     assert completion.usage.output_tokens == count_tokens(completion.text)
     assert completion.usage.calls == 1
-    assert completion.request_id == "req_fake_000001"
+    # OpenAI: the completion's id; Anthropic: the request id header.
+    assert completion.request_id == (
+        "chatcmpl-fake000001" if kind == "openai" else "req_fake_000001"
+    )
     assert body["model"] == ("gpt-test" if kind == "openai" else "claude-test")
     if kind == "openai":
         # A compatible server gets the classic parameter; the seed goes along.
