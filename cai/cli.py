@@ -514,7 +514,9 @@ def _run_with_progress(
             )
 
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_sigint)
+            # SIGTERM too: a batch scheduler's polite stop ends the run as cleanly as Ctrl-C.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(signum, on_sigint)
         try:
             return await run_generation(
                 source,

@@ -560,8 +560,10 @@ async def _run_locked(
         asyncio.ensure_future(produce()),
         *(asyncio.ensure_future(work()) for _ in range(workers)),
     ]
+    ended = False
     try:
         await asyncio.gather(*tasks)
+        ended = True
     finally:
         # On an error or cancellation no task may outlive the open files.
         for task in tasks:
@@ -569,10 +571,18 @@ async def _run_locked(
         await asyncio.gather(*tasks, return_exceptions=True)
         store.close()
         stats.interrupted = stop.is_set()
-        status = "interrupted" if stats.interrupted else "partial" if stats.failed else "complete"
+        status = _final_status(stats, ended)
         manifest.update(status=status, stats=stats.to_dict(), counts=count_statuses(statuses))
         store.write_manifest(manifest)
     return stats
+
+
+def _final_status(stats: RunStats, ended: bool) -> str:
+    if stats.interrupted:
+        return "interrupted"
+    if not ended:
+        return "error"  # stopped by an exception, e.g. a bad row of a streamed dataset
+    return "partial" if stats.failed else "complete"
 
 
 def count_statuses(statuses: dict[str, str]) -> dict[str, int]:

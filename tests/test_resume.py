@@ -20,7 +20,7 @@ from fakes import FakeProvider, echo_reply
 
 from cai.cli import cli
 from cai.constitution import parse_constitution
-from cai.errors import BadRequestError, ConfigError, RunMismatchError
+from cai.errors import BadRequestError, ConfigError, InputError, RunMismatchError
 from cai.merge import merge_runs
 from cai.pipeline import GenerateConfig, in_shard, run_generation
 from cai.records import RunStore, read_records
@@ -295,28 +295,33 @@ def _wait_for_lines(path: Path, count: int, timeout: float = 20.0) -> None:
     raise AssertionError(f"{path} never reached {count} lines")
 
 
+CLI_PROMPTS = 16
+
+
 @pytest.fixture
 def cli_env(tmp_path: Path, mini_constitution: Path) -> dict[str, str]:
     (tmp_path / "p.jsonl").write_text(
-        "".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(40))
+        "".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(CLI_PROMPTS))
     )
     return {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.mark.parametrize("presses", [1, 2])
+@pytest.mark.parametrize(
+    "signals", [[signal.SIGINT], [signal.SIGINT, signal.SIGINT], [signal.SIGTERM]]
+)
 def test_ctrl_c_once_stops_cleanly_twice_quits_now(
-    tmp_path: Path, cli_env: dict[str, str], presses: int
+    tmp_path: Path, cli_env: dict[str, str], signals: list[signal.Signals]
 ) -> None:
+    presses = len(signals)
     with FakeServer(latency=0.3) as server:
         args = ["generate", "--constitution", "mini.md", "--prompts", "p.jsonl", "--out", "run",
-                "--rounds", "1", "--concurrency", "4", "--provider", "openai",
+                "--rounds", "1", "--concurrency", "8", "--provider", "openai",
                 "--base-url", server.url + "/v1"]  # fmt: skip
         process = _cli(*args, cwd=tmp_path, env=cli_env)
         _wait_for_lines(tmp_path / "run" / "calls.jsonl", 6)
-        process.send_signal(signal.SIGINT)
-        if presses == 2:
+        for signum in signals:
+            process.send_signal(signum)
             time.sleep(0.05)
-            process.send_signal(signal.SIGINT)
         sent = time.monotonic()
         _, stderr = process.communicate(timeout=30)
         took = time.monotonic() - sent
@@ -333,7 +338,7 @@ def test_ctrl_c_once_stops_cleanly_twice_quits_now(
         manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
         assert manifest["status"] == "interrupted"
         done = ids_once(tmp_path / "run")
-        assert len(done) < 40
+        assert len(done) < CLI_PROMPTS
         for line in lines(tmp_path / "run" / "calls.jsonl"):
             json.loads(line)  # every line whole
 
@@ -341,7 +346,24 @@ def test_ctrl_c_once_stops_cleanly_twice_quits_now(
         _, stderr = resumed.communicate(timeout=60)
         assert resumed.returncode == 0, stderr
         assert f"{len(done)} already done" in stderr
-    assert len(ids_once(tmp_path / "run")) == 40
+    assert len(ids_once(tmp_path / "run")) == CLI_PROMPTS
+
+
+def test_an_error_mid_stream_keeps_what_was_done_and_says_so(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+
+    def stream():
+        yield from PROMPTS[:6]
+        raise InputError("hf:some/dataset", 7, "empty prompt")
+
+    with pytest.raises(InputError, match="hf:some/dataset:7: empty prompt"):
+        generate(run, FakeProvider(respond=echo_reply), stream(), concurrency=2)
+    assert json.loads((run / "manifest.json").read_text())["status"] == "error"
+    done = ids_once(run)
+    assert set(done) <= {p.id for p in PROMPTS[:6]}
+    stats, _ = generate(run, FakeProvider(respond=echo_reply))
+    assert stats.already_done == len(done)
+    assert ids_once(run) == ALL_IDS
 
 
 # -- failed prompts -----------------------------------------------------------------------------
