@@ -132,8 +132,20 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _conversation_key(messages: list[dict[str, Any]]) -> str:
-    return "\x1f".join(f"{m.get('role')}:{_text_of(m.get('content'))}" for m in messages)
+def _reply(
+    messages: list[dict[str, Any]], fault: str | None, reasons: tuple[str, str, str]
+) -> tuple[str, str]:
+    """The reply text and stop reason; `reasons` names (stop, cut off, refused) in the API's terms."""
+    last_user = next(
+        (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    key = "\x1f".join(f"{m.get('role')}:{_text_of(m.get('content'))}" for m in messages)
+    text = reply_text(last_user, key)
+    if fault == "truncated":
+        return text[: max(1, len(text) // 2)], reasons[1]
+    if fault == "refused":
+        return "", reasons[2]
+    return text, reasons[0]
 
 
 class _HTTPError(Exception):
@@ -397,15 +409,7 @@ class FakeServer:
 
     def _openai(self, body: dict[str, Any], n: int, fault: str | None) -> dict[str, Any]:
         messages = body.get("messages") or []
-        last_user = next(
-            (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
-        text = reply_text(last_user, _conversation_key(messages))
-        finish = "stop"
-        if fault == "truncated":
-            text, finish = text[: max(1, len(text) // 2)], "length"
-        elif fault == "refused":
-            text, finish = "", "content_filter"
+        text, finish = _reply(messages, fault, ("stop", "length", "content_filter"))
         prompt_tokens = sum(count_tokens(_text_of(m.get("content"))) for m in messages)
         completion_tokens = count_tokens(text)
         return {
@@ -447,16 +451,9 @@ class FakeServer:
             else:
                 self._cached_prefixes.add(prefix_key)
                 cache_write = prefix_tokens
-        messages = body.get("messages") or []
-        last_user = next(
-            (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+        text, stop = _reply(
+            body.get("messages") or [], fault, ("end_turn", "max_tokens", "refusal")
         )
-        text = reply_text(last_user, _conversation_key(messages))
-        stop = "end_turn"
-        if fault == "truncated":
-            text, stop = text[: max(1, len(text) // 2)], "max_tokens"
-        elif fault == "refused":
-            text, stop = "", "refusal"
         return {
             "id": f"msg_fake{n:06d}",
             "type": "message",

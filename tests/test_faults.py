@@ -32,24 +32,18 @@ def prompts(tmp_path: Path) -> Path:
     return path
 
 
+def _cli(constitution: Path, prompts: Path, *extra: str):
+    """`cai generate --constitution ... --prompts ... EXTRA`, in this process."""
+    args = ["generate", "--constitution", str(constitution), "--prompts", str(prompts)]
+    return CliRunner().invoke(cli, [*args, *extra])
+
+
 def _generate(server: FakeServer, constitution: Path, prompts: Path, out: Path, *extra: str):
-    args = [
-        "generate",
-        "--constitution",
-        str(constitution),
-        "--prompts",
-        str(prompts),
-        "--provider",
-        "openai",
-        "--base-url",
-        server.url + "/v1",
-        "--model",
-        "fake-model",
-        "--out",
-        str(out),
-        *extra,
-    ]
-    return CliRunner().invoke(cli, args)
+    url = server.url + "/v1"
+    return _cli(
+        constitution, prompts, "--provider", "openai", "--base-url", url, "--model", "fake-model",
+        "--out", str(out), *extra,
+    )  # fmt: skip
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -142,24 +136,10 @@ def test_no_api_key_in_any_file_a_run_writes(
     # The server insists on the planted key: the run can only succeed if it was really sent.
     with FakeServer(api_key=PLANTED_KEY, fault_rate=0.2, faults=["429", "500"]) as server:
         for provider, url in (("openai", server.url + "/v1"), ("anthropic", server.url)):
-            result = CliRunner().invoke(
-                cli,
-                [
-                    "generate",
-                    "--constitution",
-                    str(mini_constitution),
-                    "--prompts",
-                    str(prompts),
-                    "--provider",
-                    provider,
-                    "--base-url",
-                    url,
-                    "--rounds",
-                    "1",
-                    "--out",
-                    f"outputs/{provider}",
-                ],
-            )
+            result = _cli(
+                mini_constitution, prompts, "--provider", provider, "--base-url", url,
+                "--rounds", "1", "--out", f"outputs/{provider}",
+            )  # fmt: skip
             assert result.exit_code == 0, result.output
             assert PLANTED_KEY not in result.output
     runs = list((tmp_path / "outputs").iterdir())
@@ -239,23 +219,10 @@ def test_dry_run_calls_nothing_and_writes_nothing(
     monkeypatch.chdir(tmp_path)
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"Prompt {i}\n" for i in range(7)))
-    result = CliRunner().invoke(
-        cli,
-        [
-            "generate",
-            "--constitution",
-            str(mini_constitution),
-            "--prompts",
-            str(prompts),
-            "--provider",
-            "anthropic",
-            "--rounds",
-            "3",
-            "--max-tokens",
-            "100",
-            "--dry-run",
-        ],
-    )
+    result = _cli(
+        mini_constitution, prompts, "--provider", "anthropic", "--rounds", "3",
+        "--max-tokens", "100", "--dry-run",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mini.md", "p.txt"]
     lines = result.stdout.splitlines()
