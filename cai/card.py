@@ -85,11 +85,22 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _front_matter(data_files: dict[str, str], fmt: str) -> str:
-    lines = ["---"]
-    if data_files:  # a split without rows has no file: load_dataset cannot read an empty one
-        lines += ["configs:", "- config_name: default", "  data_files:"]
+    """Hub front matter: the data files by config; preference and SFT splits have other columns,
+    so in `hf` they are two configs, `prefs` (the default) and `sft`."""
+    configs: dict[str, dict[str, str]] = {}
     for split, path in data_files.items():
-        lines += [f"  - split: {split}", f"    path: {path}"]
+        name = split.rsplit("_", 1)[1] if fmt == "hf" else "default"
+        configs.setdefault(name, {})[split] = path
+    lines = ["---"]
+    if configs:  # a split without rows has no file: load_dataset cannot read an empty one
+        lines.append("configs:")
+    for name, files in configs.items():
+        lines.append(f"- config_name: {name}")
+        if name == "prefs":
+            lines.append("  default: true")
+        lines.append("  data_files:")
+        for split, path in files.items():
+            lines += [f"  - split: {split}", f"    path: {path}"]
     tags = ["constitutional-ai", "synthetic", "cai"]
     tags += ["dpo", "sft"] if fmt == "hf" else [fmt]
     lines += ["tags:", *(f"- {t}" for t in tags), "---"]
@@ -212,7 +223,8 @@ def _usage_section(options: ExportOptions, out_name: str) -> str:
         load = (
             "from datasets import load_dataset, load_from_disk\n\n"
             f'data = load_from_disk("{out_name}")  # all four splits, empty ones too\n'
-            '# from the Hub: data = load_dataset("<user>/<repo>")\n'
+            '# from the Hub: load_dataset("<user>/<repo>") gives the preference splits,\n'
+            '# load_dataset("<user>/<repo>", "sft") the SFT splits\n'
             'train, test = data["train_prefs"], data["test_prefs"]'
         )
     else:

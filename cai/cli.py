@@ -768,6 +768,12 @@ def export(
         err=True,
     )
     click.echo(f"Card: {result.card}", err=True)
+    if not sum(result.counts.values()):
+        click.echo(
+            f"Note: no rows passed the filters; `cai stats {run_dir}` shows why, and the "
+            "--keep-* flags turn filters off.",
+            err=True,
+        )
     if fmt == "hf":
         click.echo(f'Load it: datasets.load_from_disk("{result.out}")', err=True)
     else:

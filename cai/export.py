@@ -239,34 +239,30 @@ def _write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _features(style: str) -> Any:
-    """The Arrow schema of every hf split, so that empty splits and lists still get their types."""
+def _kind(split: str) -> str:
+    """ "prefs" or "sft": the two kinds of split, each with its own columns (TRL's formats)."""
+    return split.rsplit("_", 1)[1]
+
+
+def _features(kind: str, style: str) -> Any:
+    """The Arrow schema of a split, so that empty splits and empty lists still get their types."""
     from datasets import Features, Value
 
     message = [{"role": Value("string"), "content": Value("string")}]
     text = Value("string") if style == "standard" else message
-    return Features(
-        prompt=text,
-        chosen=text,
-        rejected=text,
-        messages=message,
+    columns: dict[str, Any] = (
+        {"prompt": text, "chosen": text, "rejected": text}
+        if kind == "prefs"
+        else {"messages": message}
+    )
+    columns.update(
         id=Value("string"),
         principles=[Value("string")],
         rounds=Value("int64"),
         chosen_round=Value("int64"),
         constitution_sha256=Value("string"),
     )
-
-
-def _hf_row(verdict: Verdict, style: str) -> dict[str, Any]:
-    """One row of an hf split: the preference columns and the SFT `messages`, in every split.
-
-    One schema for all four splits (as in HuggingFaceH4/ultrafeedback_binarized) lets
-    `load_dataset` read the Parquet files as one config, and recipes that pick a split by name
-    (alignment-handbook) find the columns they expect. In an SFT-only row, chosen and rejected
-    are both the first answer: such rows are for SFT, not DPO.
-    """
-    return {**_dpo_row(verdict, style), "messages": _sft_row(verdict)["messages"]}
+    return Features(columns)
 
 
 def _dataset(rows: list[dict[str, Any]], features: Any, split: str) -> Any:
@@ -298,7 +294,10 @@ def _write_hf(splits: dict[str, list[dict[str, Any]]], out: Path, style: str, ca
     datasets.disable_progress_bars()  # one summary line from the CLI says it all
     try:
         data = datasets.DatasetDict(
-            {name: _dataset(rows, _features(style), name) for name, rows in splits.items()}
+            {
+                name: _dataset(rows, _features(_kind(name), style), name)
+                for name, rows in splits.items()
+            }
         )
         # An empty split must still get one (empty) shard, or load_from_disk cannot read it.
         shards = {name: max(1, math.ceil(d.data.nbytes / _SHARD_BYTES)) for name, d in data.items()}
@@ -364,7 +363,13 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
             test_size=options.test_size,
             seed=options.seed,
         )
-        rows = {name: [_hf_row(v, options.style) for v in verdicts[name]] for name in SPLITS}
+        rows = {
+            name: [
+                _dpo_row(v, options.style) if _kind(name) == "prefs" else _sft_row(v)
+                for v in verdicts[name]
+            ]
+            for name in SPLITS
+        }
         data_files = {name: f"data/{name}-*.parquet" for name in SPLITS}
         card_path = out / CARD_FILE
     else:

@@ -74,13 +74,16 @@ def test_generate_and_export_with_the_bundled_model(tmp_path: Path, prompts: Pat
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["ok"] == 3
 
-    exported = cai("export", str(tmp_path / "run"), "--format", "dpo", cwd=tmp_path)
+    # At 48 tokens the 135M model's answers and critiques are mostly cut off, and the quality
+    # filters drop such records, so the export may hold no pair; its splits are still typed.
+    exported = cai("export", str(tmp_path / "run"), "--format", "hf", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
+    assert "Read 3 records; filters removed " in exported.stderr
     import datasets
 
-    data = datasets.load_dataset(
-        "json", data_files=str(tmp_path / "run" / "dpo.jsonl"), split="train"
-    )
+    splits = datasets.load_from_disk(str(tmp_path / "run" / "hf"))
+    assert list(splits) == ["train_prefs", "test_prefs", "train_sft", "test_sft"]
+    data = splits["train_prefs"]
     assert {"prompt", "chosen", "rejected"} <= set(data.column_names)
     for row in data:
         assert row["prompt"][-1]["role"] == "user"

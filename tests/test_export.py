@@ -287,14 +287,21 @@ def test_hf_export_loads_with_four_disjoint_splits_and_a_card(mixed_run: Path) -
             split="train",
         )
         assert parquet.to_list() == data[name].to_list()
-    # The card's front matter names the files, as the Hub reads them. (A fresh cache: datasets
-    # caches a local directory's build by its name alone, so an earlier "hf" would be reused.)
-    from_card = datasets.load_dataset(str(out), cache_dir=str(out.parent / "cache"))
-    assert {name: from_card[name].to_list() for name in SPLITS} == {
-        name: data[name].to_list() for name in SPLITS
-    }
+    # The card's front matter names the files by config, as the Hub reads them. (A fresh cache:
+    # datasets caches a local directory's build by its name alone.)
+    cache = str(out.parent / "cache")
+    prefs_config = datasets.load_dataset(str(out), cache_dir=cache)
+    sft_config = datasets.load_dataset(str(out), "sft", cache_dir=cache)
+    assert list(prefs_config) == ["train_prefs", "test_prefs"]
+    assert list(sft_config) == ["train_sft", "test_sft"]
+    for name in SPLITS:
+        config = prefs_config if name.endswith("prefs") else sft_config
+        assert config[name].to_list() == data[name].to_list()
     card = (out / "README.md").read_text(encoding="utf-8")
-    assert "  - split: train_prefs\n    path: data/train_prefs-*.parquet" in card
+    assert (
+        "- config_name: prefs\n  default: true\n  data_files:\n  - split: train_prefs\n"
+        "    path: data/train_prefs-*.parquet\n"
+    ) in card
     assert MINI_CONSTITUTION.strip() in card
     assert "Name: **mini**" in card and "`fake-model`" in card
     for line in (
@@ -322,7 +329,10 @@ def test_dpo_and_sft_exports_are_jsonl_with_a_card(mixed_run: Path) -> None:
     assert {json.dumps(r["prompt"]) for r in rows} >= {json.dumps(MULTI)}
     assert all(isinstance(r["prompt"], list) for r in rows)
     card = (mixed_run / "dpo.README.md").read_text()
-    assert "  - split: train\n    path: dpo.jsonl" in card and "| train | 14 |" in card
+    assert (
+        "- config_name: default\n  data_files:\n  - split: train\n    path: dpo.jsonl" in card
+        and "| train | 14 |" in card
+    )
 
     code, output = export(mixed_run, "--format", "sft", "--keep-unchanged")
     assert code == 0, output
@@ -357,6 +367,7 @@ def test_failed_run_still_exports_and_an_empty_result_has_typed_splits(tmp_path:
     code, output = export(run, "--format", "hf")
     assert code == 0, output
     assert "filters removed failed 2, truncated 1; kept 0" in output
+    assert f"Note: no rows passed the filters; `cai stats {run}` shows why" in output
     import datasets
 
     data = datasets.load_from_disk(str(run / "hf"))
