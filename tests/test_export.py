@@ -476,3 +476,128 @@ def test_export_run_api_returns_counts(mixed_run: Path) -> None:
     result = export_run(mixed_run, None, ExportOptions(fmt="dpo"))
     assert result.out == mixed_run / "dpo.jsonl" and result.card == mixed_run / "dpo.README.md"
     assert result.counts == {"train": 14} and result.records == 22
+
+
+class FakeHub:
+    """Just enough of the Hub's HTTP API, on 127.0.0.1, for huggingface_hub to create a dataset
+    repo and commit files to it; it keeps what it was sent."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hub = self
+        self.files: dict[str, bytes] = {}
+        self.metadata: dict = {}
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, authorization)
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                hub.requests.append(("POST", self.path, self.headers.get("authorization", "")))
+                if self.path == "/api/repos/create":
+                    name = json.loads(body)["name"]
+                    self.reply({"url": f"{hub.url}/datasets/someone/{name}"})
+                elif self.path == "/api/validate-yaml":
+                    import yaml
+
+                    content = json.loads(body)["content"]
+                    try:
+                        hub.metadata = yaml.safe_load(content.split("---\n")[1])
+                    except (IndexError, yaml.YAMLError) as e:
+                        self.reply({"errors": [{"message": str(e)}]}, status=400)
+                        return
+                    self.reply({"errors": [], "warnings": []})
+                elif "/preupload/" in self.path:
+                    files = json.loads(body)["files"]
+                    self.reply(
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                for f in files
+                            ]
+                        }
+                    )
+                elif "/commit/" in self.path:
+                    import base64
+
+                    for line in body.splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            value = item["value"]
+                            hub.files[value["path"]] = base64.b64decode(value["content"])
+                    repo = self.path.split("/api/datasets/")[1].split("/commit/")[0]
+                    oid = "1" * 40
+                    self.reply(
+                        {"commitUrl": f"{hub.url}/datasets/{repo}/commit/{oid}", "commitOid": oid}
+                    )
+                else:
+                    self.reply({"error": "not here"}, status=404)
+
+            def reply(self, data: object, status: int = 200) -> None:
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_push_to_hub_uploads_the_files_and_the_card(
+    mixed_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = FakeHub()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+        code, output = export(mixed_run, "--format", "hf", "--push-to-hub", "someone/cai-data")
+    finally:
+        hub.close()
+    assert code == 0, output
+    assert output.splitlines()[-1] == f"Pushed to {hub.url}/datasets/someone/cai-data"
+    out = mixed_run / "hf"
+    assert sorted(hub.files) == [
+        "README.md",
+        *(f"data/{name}-00000-of-00001.parquet" for name in sorted(SPLITS)),
+    ]
+    assert hub.files["README.md"] == (out / "README.md").read_bytes()
+    for name in SPLITS:
+        path = f"data/{name}-00000-of-00001.parquet"
+        assert hub.files[path] == (out / path).read_bytes()
+    assert all(auth == "Bearer hf_fake_token_for_tests" for _, _, auth in hub.requests)
+    assert [path.split("?")[0] for _, path, _ in hub.requests] == [
+        "/api/repos/create",
+        "/api/validate-yaml",
+        "/api/datasets/someone/cai-data/preupload/main",
+        "/api/datasets/someone/cai-data/commit/main",
+    ]
+    # The card's front matter, as the Hub parses it: two configs, preferences first.
+    assert hub.metadata["configs"] == [
+        {
+            "config_name": "prefs",
+            "default": True,
+            "data_files": [
+                {"split": "train_prefs", "path": "data/train_prefs-*.parquet"},
+                {"split": "test_prefs", "path": "data/test_prefs-*.parquet"},
+            ],
+        },
+        {
+            "config_name": "sft",
+            "data_files": [
+                {"split": "train_sft", "path": "data/train_sft-*.parquet"},
+                {"split": "test_sft", "path": "data/test_sft-*.parquet"},
+            ],
+        },
+    ]
