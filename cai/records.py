@@ -182,6 +182,9 @@ def read_records(run_dir: str | Path) -> Iterator[Record]:
         yield record
 
 
+# How `append_call` starts each line; the id follows.
+_CALL_PREFIX = b'{"id": "'
+
 # Which line wins when one prompt has several: a usable record, then a skip, then a failure.
 _RANK = {"ok": 0, "skipped": 1}
 
@@ -377,17 +380,29 @@ class RunStore:
     def journal(self, done: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
         """Replies already paid for, by (record id, step), for records not in `done`."""
         calls = {}
-        for _, _, data in read_jsonl(self.calls_path):
-            if data is None:
-                continue
-            record_id, step = data.get("id"), data.get("step")
-            if (
-                isinstance(record_id, str)
-                and isinstance(step, str)
-                and isinstance(data.get("text"), str)
-                and record_id not in done
-            ):
-                calls[(record_id, step)] = data
+        if not self.calls_path.exists():
+            return calls
+        with self.calls_path.open("rb") as f:
+            for raw in f:
+                # Most lines belong to finished prompts: skip those without parsing them.
+                if raw.startswith(_CALL_PREFIX):
+                    end = raw.find(b'"', len(_CALL_PREFIX))
+                    if end > 0 and raw[len(_CALL_PREFIX) : end].decode("utf-8", "replace") in done:
+                        continue
+                try:
+                    data = json.loads(raw)
+                except (ValueError, RecursionError):
+                    continue
+                if not isinstance(data, dict):
+                    continue
+                record_id, step = data.get("id"), data.get("step")
+                if (
+                    isinstance(record_id, str)
+                    and isinstance(step, str)
+                    and isinstance(data.get("text"), str)
+                    and record_id not in done
+                ):
+                    calls[(record_id, step)] = data
         return calls
 
 
