@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from fake_server import FakeServer
 
-PROMPTS = 30
+PROMPTS = 45
 # (what to wait for, how much) before each SIGKILL: new journal lines, new records, the
 # manifest rewritten by this attempt, or seconds since the process started (which may land
 # before anything is written, or in the middle of a write).
@@ -31,7 +31,7 @@ KILL_POINTS = [
     ("records", 1),
     ("manifest", 0),
     ("calls", 3),
-    ("seconds", 1.1),
+    ("seconds", 0.9),
     ("records", 2),
     ("calls", 2),
     ("calls", 7),
@@ -128,8 +128,10 @@ def test_sigkill_at_many_points_then_resume_equals_a_clean_run(tmp_path: Path, j
 
     run_dir = tmp_path / "killed"
     torn = 0
+    journaled: list[int] = []  # journal lines after each kill
     for what, amount in KILL_POINTS:
         _wait_and_kill(start(run_dir), run_dir, what, amount)
+        journaled.append(_count_lines(run_dir / "calls.jsonl"))
         for name in ("records.jsonl", "calls.jsonl"):
             path = run_dir / name
             torn += (
@@ -154,6 +156,7 @@ def test_sigkill_at_many_points_then_resume_equals_a_clean_run(tmp_path: Path, j
     resumed_requests = server.requests - clean_requests
     assert resumed_requests - len(journal) <= 4 * len(KILL_POINTS)
     print(
-        f"\n{len(KILL_POINTS)} kills, {torn} torn last lines; requests: clean run {clean_requests}, "
+        f"\n{len(KILL_POINTS)} kills, {torn} torn last lines, journal lines after each: "
+        f"{journaled}; requests: clean run {clean_requests}, "
         f"killed and resumed {resumed_requests} ({resumed_requests / clean_requests:.2f}x)"
     )
