@@ -117,6 +117,10 @@ def run_case(prompts: int, rounds: int, latency: float, concurrency: int) -> dic
         "client_cpu_ms_per_call": round(cpu * 1000 / stats.calls, 3),
         # The fake server's own CPU: if it nears the wall time, the server is the bottleneck.
         "server_cpu_ms_per_call": round(server_cpu * 1000 / stats.calls, 3),
+        # Below ~0.9 with a low ratio, the client was not CPU-bound: something else (often other
+        # processes on the machine, see load_average) held it back.
+        "client_cpu_share": round(cpu / wall, 3),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         # ru_maxrss is KiB on Linux.
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -168,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{result['calls_per_s']:.0f} calls/s, {result['ratio_to_bound']:.0%} of the bound "
             f"({result['bound_s']:.2f}s), {result['client_cpu_ms_per_call']:.2f} ms CPU/call "
             f"(server {result['server_cpu_ms_per_call']:.2f}), "
+            f"client CPU share {result['client_cpu_share']:.0%}, "
+            f"load {result['load_average_1m']:.1f}, "
             f"peak RSS {result['peak_rss_mib']:.0f} MiB",
             flush=True,
         )
