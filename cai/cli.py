@@ -389,6 +389,8 @@ def generate(
     if fresh and out is None:
         run_dir = _new_run_dir(parsed.name)
     store = RunStore(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file; pass a directory for the run")
     check_resumable(store, settings)  # before any output, so a refusal is the only line
     manifest = {
         "cai_version": __version__,

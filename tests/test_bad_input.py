@@ -212,6 +212,14 @@ def test_invalid_option_combinations(work: Path, args: list[str], message: str) 
     assert_bad(generate(work, "--prompts", prompts, *args), message)
 
 
+def test_out_is_a_file(work: Path) -> None:
+    prompts = write(work, "p.jsonl", GOOD)
+    write(work, "run", "not a directory")
+    assert_bad(
+        generate(work, "--prompts", prompts), "--out run is a file; pass a directory for the run"
+    )
+
+
 def test_missing_key_for_a_cloud_provider(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
     prompts = write(work, "p.jsonl", GOOD)
