@@ -569,3 +569,13 @@ def test_a_key_echoed_back_by_a_server_is_redacted(
     assert record.error["message"] == "invalid key [REDACTED] for this model"
     for path in (tmp_path / "run").iterdir():
         assert PLANTED.encode() not in path.read_bytes()
+
+
+def test_base_url_is_stored_without_credentials() -> None:
+    from cai.cli import _public_url
+
+    assert _public_url(f"https://user:{PLANTED}@llm.example:8443/v1?api-key={PLANTED}") == (
+        "https://llm.example:8443/v1"
+    )
+    assert _public_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert _public_url(None) is None
