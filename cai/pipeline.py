@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cai.constitution import Constitution, Principle
-from cai.errors import ConfigError, ProviderError, RunMismatchError
+from cai.errors import AuthenticationError, ConfigError, ProviderError, RunMismatchError
 from cai.pricing import Price, estimate_tokens
 from cai.prompts import (
     build_critique_messages,
@@ -282,6 +282,8 @@ async def run_chain(
                 response = latest.revision
         record.final_response = response
     except ProviderError as e:
+        if isinstance(e, AuthenticationError):
+            raise  # a refused key fails every call alike: stop the run, not each prompt
         record.status = "failed"
         record.error = e.to_dict()
     record.usage = usage.to_dict()
@@ -429,6 +431,47 @@ class _ContextCheck:
         )
 
 
+class _InFlight:
+    """The provider, noting which tasks are inside one of its calls right now."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.provider, name)
+
+    async def complete(
+        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
+    ) -> Completion:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            return await self.provider.complete(messages, sampling, seed=seed)
+        finally:
+            self.tasks.discard(task)
+
+
+async def _abandon_waits(
+    stop: asyncio.Event, tasks: list[asyncio.Task[Any]], in_flight: _InFlight
+) -> None:
+    """Once `stop` is set, cancel each task that is not inside a model call.
+
+    Such a task is waiting - to retry, for the rate limiter, for a prompt - with nothing
+    paid for in flight, so it can go at once. A task inside a call is left to finish it: the
+    reply is journaled (no await lies between a reply and its journal line), and its chain
+    stops at its next call. Tasks are checked again until all are done, as a call that fails
+    goes on to wait for its retry.
+    """
+    await stop.wait()
+    while not all(task.done() for task in tasks):
+        for task in tasks:
+            if not task.done() and task not in in_flight.tasks:
+                task.cancel()
+        await asyncio.sleep(0.05)
+
+
 class _Abandoned(Exception):
     """The run is stopping: this chain's next call is not made, and its record not written."""
 
@@ -494,7 +537,8 @@ async def _run_locked(
     store.write_manifest(manifest)
     stop = stop or asyncio.Event()
     semaphore = asyncio.Semaphore(config.concurrency)
-    caller = _Caller(provider, config, store, journal, semaphore, stats, on_event)
+    in_flight = _InFlight(provider)
+    caller = _Caller(in_flight, config, store, journal, semaphore, stats, on_event)
     too_long = _ContextCheck(provider, constitution, config)
     queue: asyncio.Queue[PromptItem | None] = asyncio.Queue(maxsize=config.concurrency * 2)
 
@@ -560,15 +604,19 @@ async def _run_locked(
         asyncio.ensure_future(produce()),
         *(asyncio.ensure_future(work()) for _ in range(workers)),
     ]
+    watcher = asyncio.ensure_future(_abandon_waits(stop, tasks, in_flight))
     ended = False
     try:
-        await asyncio.gather(*tasks)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
         ended = True
     finally:
         # On an error or cancellation no task may outlive the open files.
-        for task in tasks:
+        for task in [*tasks, watcher]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, watcher, return_exceptions=True)
         store.close()
         stats.interrupted = stop.is_set()
         status = _final_status(stats, ended)

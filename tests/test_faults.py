@@ -238,3 +238,25 @@ def test_dry_run_calls_nothing_and_writes_nothing(
     assert plan.usage.output_tokens == 49 * 100
     assert f"output at most {49 * 100:,}" in lines[3]
     assert lines[4].startswith(f"Cost: at most {format_cost(plan.cost_usd)} (claude-sonnet-5-5")
+
+
+def test_a_refused_key_stops_the_run_with_one_line(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"Prompt {i}\n" for i in range(50)))
+    with FakeServer(api_key="sk-right") as server:
+        result = _generate(
+            server, mini_constitution, prompts, tmp_path / "run", "--concurrency", "4"
+        )
+        # Only the calls already in flight were made, not one per prompt.
+        assert server.requests <= 4
+    assert result.exit_code == 2
+    assert re.fullmatch(
+        r"Error: the server refused the key \(401\) - check OPENAI_API_KEY "
+        r"\(request id req_fake_\d{6}\)",
+        result.stderr.strip().splitlines()[-1],
+    )
+    assert "sk-wrong" not in result.output
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "error"
