@@ -8,12 +8,50 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from cai.constitution import Constitution, Example, Principle, load_constitution, parse_constitution
-from cai.errors import CaiError, ConfigError, ConstitutionError, InputError, ProviderError
-from cai.pipeline import GenerateConfig, RunStats, run_chain, run_generation
-from cai.providers import Completion, Provider, Sampling, Usage, create_provider
-from cai.records import Record, Round, RunStore, read_records
-from cai.sources import PromptItem, PromptSource
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cai.constitution import (
+        Constitution,
+        Example,
+        Principle,
+        load_constitution,
+        parse_constitution,
+    )
+    from cai.errors import CaiError, ConfigError, ConstitutionError, InputError, ProviderError
+    from cai.pipeline import GenerateConfig, RunStats, run_chain, run_generation
+    from cai.providers import Completion, Provider, Sampling, Usage, create_provider
+    from cai.records import Record, Round, RunStore, read_records
+    from cai.sources import PromptItem, PromptSource
+
+# Names are imported on first use, so `cai --help` does not pay for the pipeline and asyncio.
+_HOMES = {
+    "cai.constitution": (
+        "Constitution",
+        "Example",
+        "Principle",
+        "load_constitution",
+        "parse_constitution",
+    ),
+    "cai.errors": ("CaiError", "ConfigError", "ConstitutionError", "InputError", "ProviderError"),
+    "cai.pipeline": ("GenerateConfig", "RunStats", "run_chain", "run_generation"),
+    "cai.providers": ("Completion", "Provider", "Sampling", "Usage", "create_provider"),
+    "cai.records": ("Record", "Round", "RunStore", "read_records"),
+    "cai.sources": ("PromptItem", "PromptSource"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cai' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CaiError",

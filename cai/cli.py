@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -478,6 +476,9 @@ def _run_with_progress(
     price: Any = None,
 ) -> Any:
     """Run the job under a progress bar; the first Ctrl-C stops taking prompts, the second quits."""
+    import asyncio
+    import signal
+
     from tqdm import tqdm
 
     from cai.pipeline import RunStats, run_generation

@@ -1,0 +1,219 @@
+"""Local model: output tokens per second of a real run on the bundled model, against llama.cpp.
+
+Three sides make the same kind of calls, on the same model file, context size and threads:
+
+- `cai`: the pipeline (`run_generation`) with the `local` provider as `cai generate` uses it,
+  at the default concurrency of 32 - calls of different prompts arrive interleaved.
+- `cai_no_reuse`: the same with `LocalProvider(reuse_prefixes=False)`: calls in arrival order,
+  only llama.cpp's own reuse of the previous call's prefix (what the provider did before).
+- `llama_cpp`: `llama_cpp.Llama.create_chat_completion` alone, replaying the exact calls the
+  `cai` side made (same messages, seeds, sampling), one prompt's chain after another - the
+  natural plain loop, in which llama.cpp reuses each call's prefix for the next.
+
+Figure: output tokens / wall seconds for each side (model load excluded), and the ratio
+cai / llama_cpp (target >= 0.9). Sides alternate and repeat; each keeps its best run.
+
+    python -m benchmarks.local_model [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, save
+
+__all__ = ["main", "run"]
+
+CONSTITUTION = ROOT / "constitutions" / "harmless.md"
+PROMPTS = ROOT / "examples" / "red_team_prompts.jsonl"
+
+
+class _Recorder:
+    """Passes calls to a provider and keeps each call's messages, seed and output length."""
+
+    def __init__(self, provider: Any) -> None:
+        self.provider = provider
+        self.calls: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.provider, name)
+
+    async def complete(self, messages: Any, sampling: Any, *, seed: int | None = None) -> Any:
+        completion = await self.provider.complete(messages, sampling, seed=seed)
+        self.calls.append(
+            {
+                "messages": messages,
+                "sampling": sampling,
+                "seed": seed,
+                "output_tokens": completion.usage.output_tokens,
+                "input_tokens": completion.usage.input_tokens,
+            }
+        )
+        return completion
+
+
+def _cai_side(
+    prompts: int, rounds: int, max_tokens: int, threads: int, reuse: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from cai.constitution import load_constitution
+    from cai.pipeline import GenerateConfig, run_generation
+    from cai.providers.local import LocalProvider
+    from cai.records import RunStore
+    from cai.sources import PromptSource
+
+    constitution = load_constitution(CONSTITUTION)
+    provider = LocalProvider(n_threads=threads, reuse_prefixes=reuse)
+    provider._load()  # model load is not what is measured
+    recorder = _Recorder(provider)
+    config = GenerateConfig(rounds=rounds, max_tokens=max_tokens, limit=prompts, concurrency=32)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            stats = asyncio.run(
+                run_generation(
+                    PromptSource(str(PROMPTS)), constitution, recorder, config, RunStore(tmp)
+                )
+            )
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        hits = provider.snapshot_hits
+        provider.close()
+    if stats.failed or stats.done != prompts:
+        raise RuntimeError(f"the run was not clean: {stats.done} done, {stats.failed} failed")
+    return {
+        "calls": stats.calls,
+        "input_tokens": stats.usage.input_tokens,
+        "output_tokens": stats.usage.output_tokens,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "tokens_per_s": round(stats.usage.output_tokens / wall, 2),
+        "snapshot_restores": hits,
+    }, recorder.calls
+
+
+def _llama_side(calls: list[dict[str, Any]], threads: int) -> dict[str, Any]:
+    from llama_cpp import Llama
+
+    from cai.providers.local import bundled_model_path
+
+    llama = Llama(
+        model_path=str(bundled_model_path()), n_ctx=4096, n_threads=threads, verbose=False
+    )
+    try:
+        output = prompt = 0
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        for call in calls:
+            sampling = call["sampling"]
+            result = llama.create_chat_completion(
+                messages=call["messages"],
+                temperature=sampling.temperature,
+                max_tokens=sampling.max_tokens,
+                top_p=sampling.top_p if sampling.top_p is not None else 0.95,
+                seed=call["seed"],
+            )
+            output += result["usage"]["completion_tokens"]
+            prompt += result["usage"]["prompt_tokens"]
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        llama.close()
+    return {
+        "calls": len(calls),
+        "input_tokens": prompt,
+        "output_tokens": output,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "tokens_per_s": round(output / wall, 2),
+    }
+
+
+def run(quick: bool = False, threads: int | None = None) -> dict[str, Any]:
+    import os
+
+    threads = threads or max(1, os.cpu_count() or 1)
+    prompts, rounds, max_tokens, repeats = (2, 1, 96, 1) if quick else (4, 2, 128, 2)
+    sides: dict[str, list[dict[str, Any]]] = {"cai": [], "cai_no_reuse": [], "llama_cpp": []}
+    for _ in range(repeats):
+        result, calls = _cai_side(prompts, rounds, max_tokens, threads, reuse=True)
+        sides["cai"].append(result)
+        sides["llama_cpp"].append(_llama_side(_replay_order(calls), threads))
+        result, _ = _cai_side(prompts, rounds, max_tokens, threads, reuse=False)
+        sides["cai_no_reuse"].append(result)
+    best = {name: max(runs, key=lambda r: r["tokens_per_s"]) for name, runs in sides.items()}
+    return {
+        "settings": {
+            "prompts": prompts,
+            "rounds": rounds,
+            "max_tokens": max_tokens,
+            "concurrency": 32,
+            "n_threads": threads,
+            "repeats": repeats,
+            "constitution": CONSTITUTION.name,
+        },
+        "runs": sides,
+        "best": best,
+        "ratio": round(best["cai"]["tokens_per_s"] / best["llama_cpp"]["tokens_per_s"], 3),
+        "ratio_no_reuse": round(
+            best["cai_no_reuse"]["tokens_per_s"] / best["llama_cpp"]["tokens_per_s"], 3
+        ),
+    }
+
+
+def _replay_order(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each prompt's calls together, in its chain's order (calls arrive sorted by step per chain)."""
+    order: dict[int, list[dict[str, Any]]] = {}
+    for call in calls:
+        order.setdefault(_prompt_index(call["messages"]), []).append(call)
+    return [call for index in sorted(order) for call in order[index]]
+
+
+def _prompt_index(messages: list[dict[str, str]]) -> int:
+    """Which benchmark prompt a call belongs to: the prompt's first user turn is among its turns."""
+    turns = {m["content"] for m in messages if m["role"] == "user"}
+    for i, text in enumerate(_prompt_texts()):
+        if text in turns:
+            return i
+    raise ValueError("a call whose prompt is not one of the benchmark prompts")
+
+
+_PROMPT_TEXTS: list[str] = []
+
+
+def _prompt_texts() -> list[str]:
+    from cai.sources import PromptSource
+
+    if not _PROMPT_TEXTS:
+        for item in PromptSource(str(PROMPTS)):
+            _PROMPT_TEXTS.append(next(m["content"] for m in item.messages if m["role"] == "user"))
+    return _PROMPT_TEXTS
+
+
+def report(result: dict[str, Any]) -> str:
+    best = result["best"]
+    return (
+        f"local model: cai {best['cai']['tokens_per_s']:.1f} tok/s, "
+        f"llama.cpp alone {best['llama_cpp']['tokens_per_s']:.1f} tok/s "
+        f"(ratio {result['ratio']:.2f}); without prefix reuse "
+        f"{best['cai_no_reuse']['tokens_per_s']:.1f} tok/s (ratio {result['ratio_no_reuse']:.2f})"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Fewer prompts, one repeat.")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads.")
+    args = parser.parse_args(argv)
+    result = run(args.quick, args.threads)
+    save("local_model", result)
+    print(report(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()

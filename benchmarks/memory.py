@@ -1,0 +1,132 @@
+"""Memory: peak RSS of `cai generate` at 10k and at 100k prompts.
+
+The real command runs as its own process (`--provider openai` against the fake server, which
+runs as another process with latency 0), with `--rounds 0` so that 100k prompts take
+minutes, not hours; a round adds calls, not state that outlives a prompt. The peak RSS of
+the `cai` process alone is read from `wait4`. Prompts are streamed, so the peak must not grow
+with the prompt count: target 100k / 10k <= 1.2, and under 300 MB.
+
+    python -m benchmarks.memory [--quick]        # --quick: 2k and 20k prompts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, save
+
+__all__ = ["main", "measure", "run", "write_prompts"]
+
+
+def write_prompts(path: Path, count: int) -> None:
+    """`count` distinct prompts, one JSON line each."""
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(count):
+            f.write(json.dumps({"prompt": f"Prompt {i}: how do I keep a sourdough starter alive?"}))
+            f.write("\n")
+
+
+def measure(prompts: int, url: str, tmp: Path, rounds: int = 0, concurrency: int = 64) -> dict:
+    """Run `cai generate` over `prompts` prompts; its wall time, CPU time and peak RSS."""
+    source = tmp / f"prompts-{prompts}.jsonl"
+    write_prompts(source, prompts)
+    command = [
+        sys.executable,
+        "-m",
+        "cai",
+        "generate",
+        "--constitution",
+        str(ROOT / "constitutions" / "harmless.md"),
+        "--prompts",
+        str(source),
+        "--provider",
+        "openai",
+        "--model",
+        "bench-model",
+        "--base-url",
+        url + "/v1",
+        "--rounds",
+        str(rounds),
+        "--concurrency",
+        str(concurrency),
+        "--max-retries",
+        "0",
+        "--out",
+        str(tmp / f"run-{prompts}"),
+    ]
+    # The fake server takes any key; this one exists only for this process.
+    env = dict(os.environ, OPENAI_API_KEY="sk-fake-benchmark-key")
+    with (tmp / f"log-{prompts}.txt").open("w") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=tmp, env=env, stdout=log, stderr=log)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = (tmp / f"log-{prompts}.txt").read_text()[-2000:]
+        raise RuntimeError(f"cai generate exited with {process.returncode}:\n{tail}")
+    records = sum(1 for _ in (tmp / f"run-{prompts}" / "records.jsonl").open())
+    if records != prompts:
+        raise RuntimeError(f"{records} records for {prompts} prompts")
+    return {
+        "prompts": prompts,
+        "rounds": rounds,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "cpu_ms_per_call": round(
+            (usage.ru_utime + usage.ru_stime) * 1000 / prompts / (1 + 2 * rounds), 3
+        ),
+        # ru_maxrss is KiB on Linux.
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    from benchmarks.throughput import _start_server
+
+    small, large = (2_000, 20_000) if quick else (10_000, 100_000)
+    server, url = _start_server(0.0)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cases = [measure(n, url, Path(tmp)) for n in (small, large)]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return {
+        "cases": cases,
+        "ratio": round(cases[1]["peak_rss_mib"] / cases[0]["peak_rss_mib"], 3),
+        "target_ratio": 1.2,
+        "target_peak_mib": 300,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    small, large = result["cases"]
+    return (
+        f"memory: peak RSS {small['peak_rss_mib']:.0f} MiB at {small['prompts']} prompts, "
+        f"{large['peak_rss_mib']:.0f} MiB at {large['prompts']} (ratio {result['ratio']:.2f}); "
+        f"{large['cpu_ms_per_call']:.2f} ms CPU per call"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2k and 20k prompts.")
+    args = parser.parse_args(argv)
+    result = run(args.quick)
+    save("memory", result)
+    print(report(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
