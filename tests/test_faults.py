@@ -55,8 +55,8 @@ def test_faulted_run_then_resume(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED_KEY)
     out = tmp_path / "run"
-    options = ("--concurrency", "64", "--max-retries", "2", "--timeout", "0.5", "--rounds", "2")
-    with FakeServer(fault_rate=0.2, seed=3, retry_after=0.02, slow_seconds=2.0) as server:
+    options = ("--concurrency", "64", "--max-retries", "2", "--timeout", "2", "--rounds", "2")
+    with FakeServer(fault_rate=0.2, seed=3, retry_after=0.02, slow_seconds=5.0) as server:
         first = _generate(server, mini_constitution, prompts, out, *options)
         first_requests = server.requests
         faults = dict(server.fault_counts)

@@ -110,9 +110,9 @@ def test_openai_proper_gets_max_completion_tokens(
 def test_faults_map_to_error_kinds(
     kind: str, fault: str, error: type, status: int | None, keys: None
 ) -> None:
-    with FakeServer(fault_rate=1.0, faults=[fault], retry_after=1.5, slow_seconds=5) as server:
+    with FakeServer(fault_rate=1.0, faults=[fault], retry_after=1.5, slow_seconds=10) as server:
         with pytest.raises(error) as caught:
-            asyncio.run(_complete(_provider(kind, server, timeout=0.3)))
+            asyncio.run(_complete(_provider(kind, server, timeout=1.5)))
         assert server.requests == 1, "the SDK must not retry on its own"
     e = caught.value
     assert e.retryable
