@@ -14,6 +14,7 @@ Revisions the pipeline itself rejected (cut off, refused, empty) are never used.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import re
@@ -103,8 +104,7 @@ _META_ANYWHERE = re.compile(
     re.IGNORECASE,
 )
 _LEADING_NOISE = re.compile(r"^[\s\"'*#>`_-]+")
-_NON_WORD = re.compile(r"\W+")
-_APOSTROPHE = re.compile(r"['\u2019]")  # "neighbor's" and "neighbors" are one word
+_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -145,33 +145,43 @@ class FilterResult:
     fell_back: int = 0
 
 
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("'", "").replace("\u2019", ""))
+
+
 def normalize_text(text: str) -> str:
-    """Lowercase words only: case, spacing and punctuation do not make two texts differ."""
-    return _NON_WORD.sub(" ", _APOSTROPHE.sub("", text.lower())).strip()
+    """Lowercase words only: case, spacing and punctuation do not make two texts differ.
+
+    Apostrophes go first, so "neighbor's" and "neighbors" are one word.
+    """
+    return " ".join(_words(text))
 
 
-def _matcher(a: str, b: str) -> difflib.SequenceMatcher[str]:
-    return difflib.SequenceMatcher(
-        None, normalize_text(a).split(), normalize_text(b).split(), autojunk=False
-    )
+# The same texts come up again and again (a record's first answer against each revision, the
+# requests of every round), and splitting them into words is most of a comparison's cost.
+_cached_words = functools.lru_cache(maxsize=4096)(lambda text: tuple(_words(text)))
 
 
 def similarity(a: str, b: str) -> float:
     """Word-level similarity of two texts in [0, 1] (difflib ratio over normalized words)."""
-    matcher = _matcher(a, b)
-    return matcher.ratio() if matcher.a or matcher.b else 1.0
+    wa, wb = _cached_words(a), _cached_words(b)
+    if not (wa or wb):
+        return 1.0
+    return difflib.SequenceMatcher(None, wa, wb, autojunk=False).ratio()
 
 
 def similar(a: str, b: str, threshold: float) -> bool:
-    """`similarity(a, b) >= threshold`, settled by difflib's cheap upper bounds where they can."""
-    matcher = _matcher(a, b)
-    if not (matcher.a or matcher.b):
+    """`similarity(a, b) >= threshold`, settled by cheap upper bounds where they can."""
+    wa, wb = _cached_words(a), _cached_words(b)
+    if not (wa or wb):
         return True
-    return (
-        matcher.real_quick_ratio() >= threshold
-        and matcher.quick_ratio() >= threshold
-        and matcher.ratio() >= threshold
-    )
+    # The ratio is at most 2 * min(len) / (len + len): texts of unlike lengths are unlike.
+    if 2 * min(len(wa), len(wb)) < threshold * (len(wa) + len(wb)):
+        return False
+    # Nor can it beat the share of words the two have in common, in any order.
+    if 2 * sum((Counter(wa) & Counter(wb)).values()) < threshold * (len(wa) + len(wb)):
+        return False
+    return difflib.SequenceMatcher(None, wa, wb, autojunk=False).ratio() >= threshold
 
 
 def echoes(revision: str, round_: Round) -> bool:
