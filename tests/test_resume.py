@@ -20,7 +20,13 @@ from fakes import FakeProvider, echo_reply
 
 from cai.cli import cli
 from cai.constitution import parse_constitution
-from cai.errors import BadRequestError, ConfigError, InputError, RunMismatchError
+from cai.errors import (
+    BadRequestError,
+    ConfigError,
+    InputError,
+    RateLimitError,
+    RunMismatchError,
+)
 from cai.merge import merge_runs
 from cai.pipeline import GenerateConfig, in_shard, run_generation
 from cai.records import RunStore, read_records
@@ -277,6 +283,32 @@ def test_stop_finishes_calls_in_flight_and_leaves_their_chains_for_the_next_run(
     assert ids_once(run) == ALL_IDS
     # Nothing bought twice: the first run's replies for unfinished chains were reused.
     assert len(again.history) + len(provider.history) == len(lines(run / "calls.jsonl"))
+
+
+def test_stop_does_not_wait_out_a_retry(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    stop = asyncio.Event()
+    slow_down = PROMPTS[0].messages[0]["content"]
+
+    def respond(messages):
+        if messages[-1]["content"] == slow_down:
+            return RateLimitError("slow down", status=429, retry_after=30)
+        return echo_reply(messages)
+
+    def on_event(kind: str, data: object) -> None:
+        if kind == "retry":
+            stop.set()
+
+    started = time.monotonic()
+    stats, _ = generate(
+        run, FakeProvider(respond=respond, delay=0.01), on_event=on_event, stop=stop
+    )
+    assert time.monotonic() - started < 2  # not the 30 s the server asked for
+    assert stats.interrupted and stats.retries == 1
+    assert PROMPTS[0].id not in ids_once(run)
+
+    stats, _ = generate(run, FakeProvider(respond=echo_reply))
+    assert ids_once(run) == ALL_IDS
 
 
 def _cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
