@@ -10,7 +10,7 @@ tail of unfinished chains is written once. Then, best of three:
 
 The ratio resume / baseline is the number to watch; the absolute times depend on the disk.
 
-    python benchmarks/resume.py [--records 20000]
+    python -m benchmarks.resume [--records 20000]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import best, save
 from cai.records import RunStore
 
 STEPS = ("initial", "round1.critique", "round1.revision", "round2.critique", "round2.revision")
@@ -101,20 +102,18 @@ def main() -> None:
         run_dir = Path(tmp) / "run"
         write_run(run_dir, args.records, args.unfinished)
         size = sum(p.stat().st_size for p in run_dir.iterdir()) / 2**20
-        base = min(baseline(run_dir) for _ in range(3))
-        ours = min(resume(run_dir, args.unfinished) for _ in range(3))
-    print(
-        json.dumps(
-            {
-                "records": args.records,
-                "unfinished_chains": args.unfinished,
-                "run_mib": round(size, 1),
-                "baseline_s": round(base, 3),
-                "resume_s": round(ours, 3),
-                "ratio": round(ours / base, 2),
-            }
-        )
-    )
+        base = best([baseline(run_dir) for _ in range(3)])
+        ours = best([resume(run_dir, args.unfinished) for _ in range(3)])
+    result = {
+        "records": args.records,
+        "unfinished_chains": args.unfinished,
+        "run_mib": round(size, 1),
+        "baseline_s": round(base, 3),
+        "resume_s": round(ours, 3),
+        "ratio": round(ours / base, 2),
+    }
+    print(json.dumps(result))
+    print(f"saved {save('resume', result)}")
 
 
 if __name__ == "__main__":
