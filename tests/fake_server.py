@@ -37,7 +37,10 @@ The fault kind is drawn the same way from `faults`, a subset of `FAULTS`:
 - `refused` - `finish_reason: content_filter` / `stop_reason: refusal`, empty content.
 
 `latency` seconds are added to every request. With `api_key` set, a request without
-that key gets 401. Request headers are never stored.
+that key gets 401. Request headers are never stored. Request n (1-based) carries the header
+`x-request-id` (OpenAI) or `request-id` (Anthropic) `req_fake_<n:06d>`, and reply ids
+`chatcmpl-fake<n:06d>` / `msg_fake<n:06d>`. `reset()` clears the counts and the log but not
+the per-body attempt counts, so a second run against the same server draws new faults.
 
 Use from tests (the server runs in a thread with its own event loop):
 
