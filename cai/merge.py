@@ -17,7 +17,7 @@ from typing import Any
 
 from cai import __version__
 from cai.errors import ConfigError, RunMismatchError
-from cai.pipeline import check_settings, count_statuses
+from cai.pipeline import count_statuses, settings_differences
 from cai.records import RECORDS_FILE, RunStore, best_lines, record_lines, write_lines_atomic
 
 __all__ = ["MergeResult", "merge_runs"]
@@ -49,14 +49,12 @@ def _check_inputs(run_dirs: Sequence[Path], out: Path) -> list[dict[str, Any]]:
                 f"{run_dir}: no readable manifest.json with the run's settings, so it cannot "
                 "be checked against the other runs"
             )
-        if manifests:
-            try:
-                check_settings(manifests[0]["settings"], manifest["settings"], run_dir)
-            except RunMismatchError as e:
-                raise RunMismatchError(
-                    f"{e.args[0].split('; to start')[0]} than {run_dirs[0]}; merge only runs "
-                    "made with the same constitution and settings"
-                ) from None
+        differ = manifests and settings_differences(manifests[0]["settings"], manifest["settings"])
+        if differ:
+            raise RunMismatchError(
+                f"{run_dir} was made with other settings ({'; '.join(differ)}) than "
+                f"{run_dirs[0]}; merge only runs made with the same constitution and settings"
+            )
         manifests.append(manifest)
     resolved = {p.resolve() for p in run_dirs}
     if out.resolve() in resolved:

@@ -653,13 +653,18 @@ def check_resumable(store: RunStore, settings: dict[str, Any]) -> None:
         )
 
 
-def check_settings(previous: dict[str, Any], current: dict[str, Any], run_dir: Any) -> None:
-    """Refuse to mix records made with different settings into one run."""
-    differ = [
+def settings_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two runs' settings, one "KEY was A, now B" phrase per setting."""
+    return [
         f"{key} was {previous.get(key)!r}, now {current.get(key)!r}"
         for key in sorted(set(previous) | set(current))
         if previous.get(key) != current.get(key)
     ]
+
+
+def check_settings(previous: dict[str, Any], current: dict[str, Any], run_dir: Any) -> None:
+    """Refuse to mix records made with different settings into one run."""
+    differ = settings_differences(previous, current)
     if differ:
         raise RunMismatchError(
             f"{run_dir} was made with other settings ({'; '.join(differ)}); "
