@@ -181,7 +181,7 @@ def _filters_section(filtered: FilterResult, records: list[Record], options: Exp
             f"- {filtered.fell_back} records use an earlier revision as `chosen` because a later "
             "one failed the `meta` check: that earlier revision still answers the critique.",
             f"- `unchanged` compares word sequences (lowercased, punctuation ignored) with "
-            f"difflib; threshold {options.filters.similarity}.",
+            f"difflib; threshold {options.filters.similarity} (`--similarity`).",
         ]
     )
 
@@ -307,7 +307,7 @@ def render_card(
 ) -> str:
     """The Markdown dataset card of one export, with Hub front matter naming its data files."""
     name, constitution = _constitution_section(run_dir, manifest, records)
-    kind = {"dpo": "preference (DPO)", "sft": "SFT", "hf": "preference (DPO) and SFT"}
+    kind = {"dpo": "Preference (DPO)", "sft": "SFT", "hf": "Preference (DPO) and SFT"}
     rounds = (manifest.get("config") or {}).get("rounds", "?")
     intro = (
         f"{kind[options.fmt]} data made with cai {__version__} by "

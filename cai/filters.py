@@ -72,13 +72,13 @@ FILTERS: dict[str, tuple[str, str | None]] = {
         "--keep-meta",
     ),
     "unchanged": (
-        f"preference pairs whose chosen answer is identical or nearly identical to the rejected "
-        f"one (word similarity >= {SIMILARITY_THRESHOLD}): no preference signal",
+        "preference pairs whose chosen answer is identical or nearly identical to the rejected "
+        "one (word similarity at or above the threshold): no preference signal",
         "--keep-unchanged",
     ),
     "duplicate": (
-        "records whose prompt repeats an earlier kept prompt (ignoring case, spacing and "
-        "punctuation)",
+        "records whose prompt repeats another kept record's (ignoring case, spacing and "
+        "punctuation); the one first in the prompts file stays",
         "--keep-duplicates",
     ),
 }

@@ -601,3 +601,10 @@ def test_push_to_hub_uploads_the_files_and_the_card(
             ],
         },
     ]
+
+
+def test_cli_similarity_default_is_the_filters_threshold() -> None:
+    from cai.filters import SIMILARITY_THRESHOLD
+
+    option = next(p for p in cli.commands["export"].params if p.name == "similarity")
+    assert option.default == SIMILARITY_THRESHOLD
