@@ -144,6 +144,17 @@ def test_no_api_key_in_any_file_a_run_writes(
             assert PLANTED_KEY not in result.output
     runs = list((tmp_path / "outputs").iterdir())
     assert runs and all((run / "records.jsonl").exists() for run in runs)
+    # Through the whole pipeline, Anthropic calls wrote the constitution prefix to the cache
+    # once per distinct prefix and read it after; the records carry those counts.
+    usage = json.loads((tmp_path / "outputs" / "anthropic" / "manifest.json").read_text())["stats"][
+        "usage"
+    ]
+    assert usage["cache_creation_input_tokens"] > 0 and usage["cache_read_input_tokens"] > 0
+    records = _records(tmp_path / "outputs" / "anthropic")
+    assert (
+        sum(r["usage"]["cache_read_input_tokens"] for r in records)
+        == (usage["cache_read_input_tokens"])
+    )
     _assert_no_key_anywhere(tmp_path)
 
 
