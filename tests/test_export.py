@@ -608,3 +608,41 @@ def test_cli_similarity_default_is_the_filters_threshold() -> None:
 
     option = next(p for p in cli.commands["export"].params if p.name == "similarity")
     assert option.default == SIMILARITY_THRESHOLD
+
+
+@pytest.mark.parametrize(
+    ("flag", "name"),
+    [
+        ("--keep-truncated", "truncated"),
+        ("--keep-empty", "empty"),
+        ("--keep-meta", "meta"),
+        ("--keep-unchanged", "unchanged"),
+        ("--keep-duplicates", "duplicate"),
+    ],
+)
+def test_each_keep_flag_turns_its_filter_off(mixed_run: Path, flag: str, name: str) -> None:
+    code, output = export(mixed_run, "--format", "sft", flag)
+    assert code == 0, output
+    card = (mixed_run / "sft.README.md").read_text()
+    assert f"| `{name}` | off |" in card
+    assert card.count("| off |") == 1
+    assert f" {name} " not in output.splitlines()[0].split(";")[1]  # not among the removed
+
+
+def test_push_of_a_jsonl_export_uploads_the_file_and_its_card_as_readme(
+    mixed_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = FakeHub()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+        code, output = export(mixed_run, "--format", "dpo", "--push-to-hub", "someone/pairs")
+    finally:
+        hub.close()
+    assert code == 0, output
+    assert sorted(hub.files) == ["README.md", "dpo.jsonl"]
+    assert hub.files["dpo.jsonl"] == (mixed_run / "dpo.jsonl").read_bytes()
+    assert hub.files["README.md"] == (mixed_run / "dpo.README.md").read_bytes()
+    assert hub.metadata["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "dpo.jsonl"}]}
+    ]
