@@ -646,3 +646,19 @@ def test_push_of_a_jsonl_export_uploads_the_file_and_its_card_as_readme(
     assert hub.metadata["configs"] == [
         {"config_name": "default", "data_files": [{"split": "train", "path": "dpo.jsonl"}]}
     ]
+
+
+def test_constitution_copy_is_exact_and_never_replaces_another(tmp_path: Path) -> None:
+    import hashlib
+
+    source = tmp_path / "c.md"
+    source.write_bytes(MINI_CONSTITUTION.encode())
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    run = tmp_path / "run"
+    save_constitution_copy(run, source, "0" * 64)  # the file changed since it was parsed
+    assert not (run / CONSTITUTION_COPY).exists()
+    save_constitution_copy(run, source, sha)
+    assert (run / CONSTITUTION_COPY).read_bytes() == source.read_bytes()
+    source.write_text("# Another constitution\n")
+    save_constitution_copy(run, source, hashlib.sha256(source.read_bytes()).hexdigest())
+    assert (run / CONSTITUTION_COPY).read_bytes() == MINI_CONSTITUTION.encode()
