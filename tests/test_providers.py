@@ -12,7 +12,7 @@ from cai import errors
 from cai.constitution import load_constitution
 from cai.prompts import build_critique_messages, build_initial_messages, build_revision_messages
 from cai.providers import create_provider
-from cai.providers.anthropic import AnthropicProvider
+from cai.providers.anthropic import AnthropicProvider, to_messages_request
 from cai.providers.base import Sampling
 from cai.providers.openai import OpenAIProvider
 
@@ -247,3 +247,20 @@ def test_openai_ignores_the_cache_marker(keys: None, mini_constitution: Path) ->
         body = server.log[0].body
     assert body["messages"] == [dict(m) for m in turns]
     assert "cache_control" not in str(body)
+
+
+def test_anthropic_never_sends_an_empty_turn() -> None:
+    request = to_messages_request(
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "Critique that."},
+        ]
+    )
+    assert request == {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "(empty response)"},
+            {"role": "user", "content": "Critique that."},
+        ]
+    }

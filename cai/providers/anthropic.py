@@ -23,6 +23,7 @@ _FINISH = {
     "refusal": "refusal",
 }
 _CACHE = {"type": "ephemeral"}
+_EMPTY = "(empty response)"
 # Models released after Claude Opus 4.6 refuse `temperature` and `top_p` (HTTP 400), and the
 # SDK no longer takes them as arguments; older models still honour them, sent in the body.
 _SAMPLING_MODELS = re.compile(
@@ -42,15 +43,17 @@ def to_messages_request(messages: list[dict[str, str]]) -> dict[str, Any]:
     chat: list[dict[str, Any]] = []
     for index, m in enumerate(messages):
         cached = index == prefix - 1
+        # The API refuses empty turns; an empty (refused or filtered) answer is still critiqued.
+        text = m["content"] or _EMPTY
         if m["role"] == "system":
-            system.append({"type": "text", "text": m["content"]})
+            system.append({"type": "text", "text": text})
             if cached:
                 system[-1]["cache_control"] = _CACHE
         elif cached:
-            block = {"type": "text", "text": m["content"], "cache_control": _CACHE}
+            block = {"type": "text", "text": text, "cache_control": _CACHE}
             chat.append({"role": m["role"], "content": [block]})
         else:
-            chat.append({"role": m["role"], "content": m["content"]})
+            chat.append({"role": m["role"], "content": text})
     request: dict[str, Any] = {"messages": chat}
     if system:
         request["system"] = system
