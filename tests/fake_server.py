@@ -34,7 +34,8 @@ The fault kind is drawn the same way from `faults`, a subset of `FAULTS`:
 - `slow` - the reply comes after `slow_seconds` (set it above the client's timeout);
 - `malformed` - status 200 with a body that is not JSON;
 - `truncated` - a cut-off reply: `finish_reason: length` / `stop_reason: max_tokens`;
-- `refused` - `finish_reason: content_filter` / `stop_reason: refusal`, empty content.
+- `refused` - `finish_reason: content_filter` / `stop_reason: refusal`, empty content;
+- `quota` (not drawn unless asked for) - OpenAI's 429 `insufficient_quota`, no `retry-after`.
 
 `latency` seconds are added to every request. With `api_key` set, a request without
 that key gets 401. Request headers are never stored. Request n (1-based) carries the header
@@ -77,9 +78,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FAULTS", "FakeServer", "LogEntry", "count_tokens", "reply_text"]
+__all__ = ["FAULTS", "OTHER_FAULTS", "FakeServer", "LogEntry", "count_tokens", "reply_text"]
 
 FAULTS = ("429", "500", "529", "drop", "slow", "malformed", "truncated", "refused")
+# Not among the defaults: it ends a run. OpenAI's 429 for an account with no quota left.
+OTHER_FAULTS = ("quota",)
 NO_CHANGE = "NO CHANGES NEEDED"
 _REASONS = {
     200: "OK",
@@ -152,9 +155,10 @@ def _reply(
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 class FakeServer:
@@ -175,9 +179,10 @@ class FakeServer:
         log_path: str | None = None,
         keep_bodies: bool = True,
     ) -> None:
-        unknown = set(faults) - set(FAULTS)
+        unknown = set(faults) - set(FAULTS + OTHER_FAULTS)
         if unknown:
-            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULTS}")
+            known = FAULTS + OTHER_FAULTS
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {known}")
         self.host = host
         self.port = port
         self.latency = latency
@@ -355,6 +360,8 @@ class FakeServer:
                 return 200, self._id_header(api, n), b'{"id": "broken", "choices": [ {"mess'
             if fault in ("429", "500", "529"):
                 raise _HTTPError(int(fault), f"fake fault {fault}")
+            if fault == "quota":
+                raise _HTTPError(429, "You exceeded your current quota.", "insufficient_quota")
             answer = self._openai if api == "openai" else self._anthropic
             payload = answer(body, n, fault)
             entry.status = 200
@@ -362,7 +369,7 @@ class FakeServer:
         except _HTTPError as e:
             entry.status = e.status
             extra = self._id_header(api, n)
-            if e.status == 429:
+            if e.status == 429 and e.code is None:
                 extra["retry-after"] = f"{self.retry_after:g}"
             return e.status, extra, json.dumps(self._error(api, e)).encode()
         finally:
@@ -399,7 +406,7 @@ class FakeServer:
         }.get(e.status, "api_error")
         if api == "anthropic":
             return {"type": "error", "error": {"type": kind, "message": str(e)}}
-        return {"error": {"message": str(e), "type": kind, "code": None, "param": None}}
+        return {"error": {"message": str(e), "type": kind, "code": e.code, "param": None}}
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -251,13 +251,28 @@ def test_dry_run_calls_nothing_and_writes_nothing(
     assert lines[4].startswith(f"Cost: at most {format_cost(plan.cost_usd)} (claude-sonnet-5-5")
 
 
+@pytest.mark.parametrize(
+    ("server_options", "message"),
+    [
+        ({"api_key": "sk-right"}, r"the server refused the key \(401\) - check OPENAI_API_KEY"),
+        (
+            {"fault_rate": 1.0, "faults": ["quota"]},
+            r"the account of the key in OPENAI_API_KEY has no quota left "
+            r"\(429 insufficient_quota\) - check its plan and billing",
+        ),
+    ],
+)
 def test_a_refused_key_stops_the_run_with_one_line(
-    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    mini_constitution: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server_options: dict,
+    message: str,
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"Prompt {i}\n" for i in range(50)))
-    with FakeServer(api_key="sk-right") as server:
+    with FakeServer(**server_options) as server:
         result = _generate(
             server, mini_constitution, prompts, tmp_path / "run", "--concurrency", "4"
         )
@@ -265,8 +280,7 @@ def test_a_refused_key_stops_the_run_with_one_line(
         assert server.requests <= 4
     assert result.exit_code == 2
     assert re.fullmatch(
-        r"Error: the server refused the key \(401\) - check OPENAI_API_KEY "
-        r"\(request id req_fake_\d{6}\)",
+        rf"Error: {message} \(request id req_fake_\d{{6}}\)",
         result.stderr.strip().splitlines()[-1],
     )
     assert "sk-wrong" not in result.output

@@ -62,6 +62,13 @@ def translate_sdk_error(e: Exception, sdk: ModuleType, key_variable: str) -> err
         cls = errors.APITimeoutError
     elif isinstance(e, sdk.APIConnectionError):
         cls = errors.APIConnectionError
+    elif isinstance(e, sdk.RateLimitError) and getattr(e, "code", None) == "insufficient_quota":
+        # Not a passing limit: no retry helps, and every call would fail the same way.
+        cls = errors.AuthenticationError
+        message = (
+            f"the account of the key in {key_variable} has no quota left "
+            "(429 insufficient_quota) - check its plan and billing"
+        )
     elif isinstance(e, sdk.RateLimitError):
         cls = errors.RateLimitError
     elif isinstance(e, sdk.AuthenticationError | sdk.PermissionDeniedError):
