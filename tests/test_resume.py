@@ -490,6 +490,16 @@ def test_merge_prefers_a_usable_record_to_a_failure(tmp_path: Path) -> None:
     assert by_id == {PROMPTS[0].id: "failed", **{p.id: "ok" for p in PROMPTS[1:4]}}
 
 
+def test_merge_leaves_out_a_torn_line_of_a_killed_shard(tmp_path: Path) -> None:
+    generate(tmp_path / "a", FakeProvider(respond=echo_reply), PROMPTS[:3])
+    with (tmp_path / "a" / "records.jsonl").open("a") as f:
+        f.write('{"id": "0123456789abcdef", "prompt": [{"ro')  # killed mid-write
+    result = merge_runs([tmp_path / "a"], tmp_path / "m")
+    assert result.counts == {"records": 3, "ok": 3}
+    assert ids_once(tmp_path / "m") == sorted(p.id for p in PROMPTS[:3])
+    assert (tmp_path / "a" / "records.jsonl").read_text().endswith('[{"ro')  # inputs untouched
+
+
 def test_merge_refuses_runs_of_other_settings_or_constitutions(tmp_path: Path) -> None:
     generate(tmp_path / "a", FakeProvider(respond=echo_reply), PROMPTS[:2])
     generate(tmp_path / "b", FakeProvider(respond=echo_reply), PROMPTS[2:4], rounds=2)
