@@ -46,6 +46,12 @@ def _generate(server: FakeServer, constitution: Path, prompts: Path, out: Path, 
     )  # fmt: skip
 
 
+def _prompt_file(tmp_path: Path, *prompts: str) -> Path:
+    path = tmp_path / "p.txt"
+    path.write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")
+    return path
+
+
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
 
@@ -131,8 +137,7 @@ def test_no_api_key_in_any_file_a_run_writes(
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED_KEY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", PLANTED_KEY)
     monkeypatch.chdir(tmp_path)
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("Say hi.\nSay bye.\n")
+    prompts = _prompt_file(tmp_path, "Say hi.", "Say bye.")
     # The server insists on the planted key: the run can only succeed if it was really sent.
     with FakeServer(api_key=PLANTED_KEY, fault_rate=0.2, faults=["429", "500"]) as server:
         for provider, url in (("openai", server.url + "/v1"), ("anthropic", server.url)):
@@ -162,8 +167,7 @@ def test_rpm_spaces_requests_out(
     tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("".join(f"Prompt {i}\n" for i in range(25)))
+    prompts = _prompt_file(tmp_path, *(f"Prompt {i}" for i in range(25)))
     with FakeServer() as server:
         result = _generate(
             server, mini_constitution, prompts, tmp_path / "run", "--rounds", "0", "--rpm", "600"
@@ -183,8 +187,7 @@ def test_cost_in_summary_and_manifest_from_a_price_table(
     tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("Say hi.\nSay bye.\n")
+    prompts = _prompt_file(tmp_path, "Say hi.", "Say bye.")
     table = tmp_path / "prices.json"
     table.write_text(
         json.dumps(
@@ -211,8 +214,7 @@ def test_a_bad_price_table_is_a_clear_error(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     table = tmp_path / "prices.json"
     table.write_text('{"models": {\n  "m": {"input": 1,}\n}}')
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("Say hi.\n")
+    prompts = _prompt_file(tmp_path, "Say hi.")
     with FakeServer() as server:
         result = _generate(
             server, mini_constitution, prompts, tmp_path / "run", "--price-table", str(table)
@@ -228,8 +230,7 @@ def test_dry_run_calls_nothing_and_writes_nothing(
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("".join(f"Prompt {i}\n" for i in range(7)))
+    prompts = _prompt_file(tmp_path, *(f"Prompt {i}" for i in range(7)))
     result = _cli(
         mini_constitution, prompts, "--provider", "anthropic", "--rounds", "3",
         "--max-tokens", "100", "--dry-run",
@@ -270,8 +271,7 @@ def test_a_refused_key_stops_the_run_with_one_line(
     message: str,
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("".join(f"Prompt {i}\n" for i in range(50)))
+    prompts = _prompt_file(tmp_path, *(f"Prompt {i}" for i in range(50)))
     with FakeServer(**server_options) as server:
         result = _generate(
             server, mini_constitution, prompts, tmp_path / "run", "--concurrency", "4"
