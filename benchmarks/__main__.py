@@ -128,7 +128,11 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                 "Local model, output tokens/s",
                 f"{data['ratio']:.2f}x llama.cpp alone ({best['cai']['tokens_per_s']:.1f} vs "
                 f"{best['llama_cpp']['tokens_per_s']:.1f} tok/s); without prefix reuse "
-                f"{best['cai_no_reuse']['tokens_per_s']:.1f} tok/s ({data['ratio_no_reuse']:.2f}x)",
+                f"{best['cai_no_reuse']['tokens_per_s']:.1f} tok/s ({data['ratio_no_reuse']:.2f}x); "
+                f"prompt tokens evaluated {best['cai']['prompt_tokens_evaluated']:,} vs "
+                f"{best['llama_cpp']['prompt_tokens_evaluated']:,} (of "
+                f"{best['cai']['input_tokens']:,} sent); llama.cpp busy "
+                f"{best['cai']['llama_busy_fraction']:.0%} of cai's wall time",
                 ">= 0.9x",
                 _verdict(data["ratio"] >= 0.9),
                 data["measured"],

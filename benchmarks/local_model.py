@@ -11,7 +11,9 @@ Three sides make the same kind of calls, on the same model file, context size an
   natural plain loop, in which llama.cpp reuses each call's prefix for the next.
 
 Figure: output tokens / wall seconds for each side (model load excluded), and the ratio
-cai / llama_cpp (target >= 0.9). Sides alternate and repeat; each keeps its best run.
+cai / llama_cpp (target >= 0.9). Sides alternate and repeat; each keeps its best run. From
+llama.cpp's own counters, each side also reports how many prompt tokens it really evaluated
+(the rest came from the cache) and the share of its wall time llama.cpp spent evaluating.
 
     python -m benchmarks.local_model [--quick]
 """
@@ -69,7 +71,7 @@ def _cai_side(
 
     constitution = load_constitution(CONSTITUTION)
     provider = LocalProvider(n_threads=threads, reuse_prefixes=reuse)
-    provider._load()  # model load is not what is measured
+    _perf(provider._load(), reset=True)  # model load is not what is measured
     recorder = _Recorder(provider)
     config = GenerateConfig(rounds=rounds, max_tokens=max_tokens, limit=prompts, concurrency=32)
     try:
@@ -81,6 +83,7 @@ def _cai_side(
                 )
             )
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        perf = _perf(provider._llama)
     finally:
         hits = provider.snapshot_hits
         provider.close()
@@ -94,6 +97,7 @@ def _cai_side(
         "cpu_s": round(cpu, 2),
         "tokens_per_s": round(stats.usage.output_tokens / wall, 2),
         "snapshot_restores": hits,
+        **perf,
     }, recorder.calls
 
 
@@ -105,6 +109,7 @@ def _llama_side(calls: list[dict[str, Any]], threads: int) -> dict[str, Any]:
     llama = Llama(
         model_path=str(bundled_model_path()), n_ctx=4096, n_threads=threads, verbose=False
     )
+    _perf(llama, reset=True)
     try:
         output = prompt = 0
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -120,6 +125,7 @@ def _llama_side(calls: list[dict[str, Any]], threads: int) -> dict[str, Any]:
             output += result["usage"]["completion_tokens"]
             prompt += result["usage"]["prompt_tokens"]
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        perf = _perf(llama)
     finally:
         llama.close()
     return {
@@ -129,6 +135,23 @@ def _llama_side(calls: list[dict[str, Any]], threads: int) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
         "tokens_per_s": round(output / wall, 2),
+        **perf,
+    }
+
+
+def _perf(llama: Any, reset: bool = False) -> dict[str, Any]:
+    """llama.cpp's own counters: tokens it evaluated in batches (prompts) and one by one."""
+    import llama_cpp
+
+    if reset:
+        llama_cpp.llama_perf_context_reset(llama.ctx)
+        return {}
+    data = llama_cpp.llama_perf_context(llama.ctx)
+    return {
+        "prompt_tokens_evaluated": data.n_p_eval,
+        "prompt_eval_s": round(data.t_p_eval_ms / 1000, 2),
+        "tokens_generated": data.n_eval,
+        "generation_s": round(data.t_eval_ms / 1000, 2),
     }
 
 
@@ -145,6 +168,12 @@ def run(quick: bool = False, threads: int | None = None) -> dict[str, Any]:
         if not sides["cai_no_reuse"]:  # once: it only shows what the reuse is worth
             result, _ = _cai_side(prompts, rounds, max_tokens, threads, reuse=False)
             sides["cai_no_reuse"].append(result)
+    for runs in sides.values():
+        for r in runs:
+            # The share of the wall time llama.cpp spent evaluating: the rest is overhead.
+            r["llama_busy_fraction"] = round(
+                (r["prompt_eval_s"] + r["generation_s"]) / r["wall_s"], 3
+            )
     best = {name: max(runs, key=lambda r: r["tokens_per_s"]) for name, runs in sides.items()}
     return {
         "settings": {

@@ -2,10 +2,12 @@
 
 The fake server runs as its own process with latency L. First `cai generate --provider openai`
 runs N prompts x R rounds at concurrency C as its own process; then a bare script, also its own
-process, makes exactly as many chat calls with `AsyncOpenAI` under an `asyncio.Semaphore(C)`,
-each carrying a critique-sized request (system prompt, few-shot turns, prompt, answer,
-critique request) built from the same constitution and prompts. Both pay their own interpreter
-start and imports. The two alternate and repeat; each keeps its best wall time.
+process, makes exactly as many chat calls with `AsyncOpenAI.chat.completions.create` under an
+`asyncio.Semaphore(C)`, each carrying a critique-sized request (system prompt, few-shot turns,
+prompt, answer, critique request) built from the same constitution. The bare script runs twice:
+with the SDK's defaults, and with the SDK's aiohttp transport and a C-connection pool (the
+faster baseline, which the target ratio is taken against). Every side pays its own interpreter
+start and imports. The sides alternate and repeat; each keeps its best wall time.
 
 Figures: wall-time ratio cai / bare (target <= 1.15 at C=64, L=50 ms) and CPU ms per call of
 each process (from `wait4`).
