@@ -8,7 +8,7 @@ from typing import Any
 
 from cai import errors
 from cai.providers.base import Completion, Sampling, Usage
-from cai.providers.sdk_errors import make_http_client, translate_sdk_error
+from cai.providers.sdk import SDKProvider, translate_sdk_error
 
 __all__ = ["DEFAULT_MODEL", "AnthropicProvider", "to_messages_request"]
 
@@ -60,8 +60,10 @@ def to_messages_request(messages: list[dict[str, str]]) -> dict[str, Any]:
     return request
 
 
-class AnthropicProvider:
+class AnthropicProvider(SDKProvider):
     name = "anthropic"
+    sdk_module = "anthropic"
+    client_class = "AsyncAnthropic"
 
     def __init__(
         self,
@@ -74,35 +76,18 @@ class AnthropicProvider:
         key = os.environ.get(KEY_VARIABLE)
         if not key:
             raise errors.MissingKeyError(f"No key found - set {KEY_VARIABLE}")
-        self.model = model or DEFAULT_MODEL
-        self.base_url = base_url
-        self._key = key
-        self._timeout = timeout
-        self._connections = connections
-        self._client: Any = None
+        super().__init__(
+            model or DEFAULT_MODEL,
+            key=key,
+            base_url=base_url,
+            timeout=timeout,
+            connections=connections,
+        )
 
     @property
     def takes_sampling(self) -> bool:
         """Whether the model accepts `temperature` and `top_p` (newer models reject them)."""
         return _SAMPLING_MODELS.match(self.model) is not None
-
-    def __repr__(self) -> str:
-        # Never the key.
-        return f"AnthropicProvider(model={self.model!r}, base_url={self.base_url!r})"
-
-    def _get_client(self) -> Any:
-        if self._client is None:
-            import anthropic
-
-            # Retries are ours (cai.retry), so the SDK makes exactly one attempt per call.
-            self._client = anthropic.AsyncAnthropic(
-                api_key=self._key,
-                base_url=self.base_url,
-                max_retries=0,
-                timeout=self._timeout,
-                http_client=make_http_client(anthropic, self._connections, self._timeout),
-            )
-        return self._client
 
     async def complete(
         self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
@@ -138,8 +123,3 @@ class AnthropicProvider:
             ),
             request_id=getattr(response, "_request_id", None) or response.id,
         )
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None

@@ -8,7 +8,7 @@ from typing import Any
 
 from cai import errors
 from cai.providers.base import Completion, Sampling, Usage
-from cai.providers.sdk_errors import make_http_client, translate_sdk_error
+from cai.providers.sdk import SDKProvider, translate_sdk_error
 
 __all__ = ["DEFAULT_MODEL", "OpenAIProvider"]
 
@@ -20,8 +20,10 @@ _NO_KEY = "no-key-needed"
 _FINISH = {"length": "length", "content_filter": "content_filter", "refusal": "refusal"}
 
 
-class OpenAIProvider:
+class OpenAIProvider(SDKProvider):
     name = "openai"
+    sdk_module = "openai"
+    client_class = "AsyncOpenAI"
 
     def __init__(
         self,
@@ -36,30 +38,13 @@ class OpenAIProvider:
             raise errors.MissingKeyError(
                 f"No key found - set {KEY_VARIABLE}, or pass --base-url for a server that needs none"
             )
-        self.model = model or DEFAULT_MODEL
-        self.base_url = base_url
-        self._key = key or _NO_KEY
-        self._timeout = timeout
-        self._connections = connections
-        self._client: Any = None
-
-    def __repr__(self) -> str:
-        # Never the key.
-        return f"OpenAIProvider(model={self.model!r}, base_url={self.base_url!r})"
-
-    def _get_client(self) -> Any:
-        if self._client is None:
-            import openai
-
-            # Retries are ours (cai.retry), so the SDK makes exactly one attempt per call.
-            self._client = openai.AsyncOpenAI(
-                api_key=self._key,
-                base_url=self.base_url,
-                max_retries=0,
-                timeout=self._timeout,
-                http_client=make_http_client(openai, self._connections, self._timeout),
-            )
-        return self._client
+        super().__init__(
+            model or DEFAULT_MODEL,
+            key=key or _NO_KEY,
+            base_url=base_url,
+            timeout=timeout,
+            connections=connections,
+        )
 
     async def complete(
         self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
@@ -103,11 +88,6 @@ class OpenAIProvider:
                 f"the server's reply is not a chat completion (id {request_id}): {raw[:200]!r}",
                 request_id=request_id,
             ) from None
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
 
 def _completion(data: dict[str, Any]) -> Completion:

@@ -5,13 +5,57 @@ Both SDKs are generated from the same template, so their exception classes share
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 from cai import errors
 
-__all__ = ["make_http_client", "parse_retry_after", "translate_sdk_error"]
+__all__ = ["SDKProvider", "make_http_client", "parse_retry_after", "translate_sdk_error"]
+
+
+class SDKProvider:
+    """A provider backed by an official async SDK client, made on first use and closed once.
+
+    Subclasses name the SDK module and its client class, and implement `complete`.
+    """
+
+    name: ClassVar[str]
+    sdk_module: ClassVar[str]  # "openai" | "anthropic"
+    client_class: ClassVar[str]  # "AsyncOpenAI" | "AsyncAnthropic"
+
+    def __init__(
+        self, model: str, *, key: str, base_url: str | None, timeout: float, connections: int
+    ) -> None:
+        self.model = model
+        self.base_url = base_url
+        self._key = key
+        self._timeout = timeout
+        self._connections = connections
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        # Never the key.
+        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            sdk = importlib.import_module(self.sdk_module)
+            # Retries are ours (cai.retry), so the SDK makes exactly one attempt per call.
+            self._client = getattr(sdk, self.client_class)(
+                api_key=self._key,
+                base_url=self.base_url,
+                max_retries=0,
+                timeout=self._timeout,
+                http_client=make_http_client(sdk, self._connections, self._timeout),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
 
 def make_http_client(sdk: ModuleType, connections: int, timeout: float) -> Any:
