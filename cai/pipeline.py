@@ -594,7 +594,7 @@ async def _run_locked(
                 stats.revised += any(
                     r.revision is not None and r.problem is None for r in record.rounds
                 )
-                stats.skipped_rounds += sum(r.skipped for r in record.rounds)
+                stats.skipped_rounds += sum(r.skipped and r.problem is None for r in record.rounds)
                 stats.problem_rounds += sum(r.problem is not None for r in record.rounds)
             on_event("record", record)
 

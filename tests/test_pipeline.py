@@ -254,3 +254,14 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     generate(tmp_path, FakeProvider(respond=echo_reply), [item("a")], rounds=1)
     with pytest.raises(RunMismatchError, match="rounds was 1, now 2"):
         generate(tmp_path, FakeProvider(respond=echo_reply), [item("a")], rounds=2)
+
+
+def test_run_counts_skipped_and_cut_off_rounds_apart(tmp_path: Path) -> None:
+    provider = FakeProvider().enqueue(
+        "answer a",
+        Completion("", "refusal", Usage(calls=1)),
+        "answer b",
+        f"Fine.\n{NO_CHANGE_MARKER}",
+    )
+    stats, _ = generate(tmp_path, provider, [item("a"), item("b")], rounds=1, concurrency=1)
+    assert (stats.skipped_rounds, stats.problem_rounds, stats.revised) == (1, 1, 0)
