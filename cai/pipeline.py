@@ -18,6 +18,7 @@ from typing import Any
 
 from cai.constitution import Constitution, Principle
 from cai.errors import AuthenticationError, ConfigError, ProviderError, RunMismatchError
+from cai.idset import IdSet
 from cai.pricing import Price, estimate_tokens
 from cai.prompts import (
     build_critique_messages,
@@ -532,6 +533,9 @@ async def _run_locked(
     for notice in store.notices:
         on_event("notice", notice)
     done = set(statuses)
+    # Counts, not a status per id: nothing kept per new prompt may grow with the prompt count.
+    counts = count_statuses(statuses)
+    del statuses
     journal = store.journal(done)
     manifest = dict(manifest or {}, settings=settings, status="running")
     store.write_manifest(manifest)
@@ -550,7 +554,7 @@ async def _run_locked(
         return await caller(record_id, step, messages, usage)
 
     async def produce() -> None:
-        seen: set[str] = set()
+        seen = IdSet()
         taken = 0
         for item in prompts:
             if stop.is_set() or (config.limit is not None and taken >= config.limit):
@@ -584,7 +588,8 @@ async def _run_locked(
                 except _Abandoned:
                     continue
             store.append_record(record)
-            statuses[record.id] = record.status
+            counts["records"] += 1
+            counts[record.status] = counts.get(record.status, 0) + 1
             if record.status == "skipped":
                 stats.too_long += 1
             elif record.status == "failed":
@@ -620,7 +625,7 @@ async def _run_locked(
         store.close()
         stats.interrupted = stop.is_set()
         status = _final_status(stats, ended)
-        manifest.update(status=status, stats=stats.to_dict(), counts=count_statuses(statuses))
+        manifest.update(status=status, stats=stats.to_dict(), counts=counts)
         store.write_manifest(manifest)
     return stats
 
