@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
-import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS", "ROOT", "best", "machine", "peak_rss_mib", "save"]
+__all__ = ["RESULTS", "ROOT", "best", "machine", "main", "run_process", "save"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -23,11 +24,6 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-
-
-def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
-    """Peak resident set size so far; ru_maxrss is KiB on Linux."""
-    return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
 def best(samples: list[float]) -> float:
@@ -47,3 +43,49 @@ def save(name: str, data: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def run_process(command: list[str], cwd: Path, log: Path) -> dict[str, float]:
+    """Run a process to its end with a fake API key; its wall time, CPU seconds and peak RSS.
+
+    Figures come from `wait4`, so they are this process's alone, not its siblings'.
+    """
+    import os
+    import subprocess
+
+    env = dict(os.environ, OPENAI_API_KEY="sk-fake-benchmark-key")  # the fake server's
+    with log.open("w") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=out)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(
+            f"{' '.join(command[:4])} exited with {code}:\n{log.read_text()[-2000:]}"
+        )
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        # ru_maxrss is KiB on Linux.
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+    }
+
+
+def main(
+    name: str,
+    doc: str,
+    run: Callable[..., dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    argv: list[str] | None,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> dict[str, Any]:
+    """A benchmark's command line: `--quick` plus its `options`; runs, saves and reports."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Smaller cases, fewer repeats.")
+    if options is not None:
+        options(parser)
+    result = run(**vars(parser.parse_args(argv)))
+    save(name, result)
+    print(report(result), flush=True)
+    return result

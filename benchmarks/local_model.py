@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, save
+from benchmarks import common
+from benchmarks.common import ROOT
 
 __all__ = ["main", "run"]
 
@@ -233,15 +234,12 @@ def report(result: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Fewer prompts, one repeat.")
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads.")
-    args = parser.parse_args(argv)
-    result = run(args.quick, args.threads)
-    save("local_model", result)
-    print(report(result), flush=True)
-    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return common.main("local_model", __doc__, run, report, argv, options=_options)
 
 
 if __name__ == "__main__":

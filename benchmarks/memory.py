@@ -11,17 +11,14 @@ with the prompt count: target 100k / 10k <= 1.2, and under 300 MB.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, save
+from benchmarks import common
+from benchmarks.common import ROOT
 
 __all__ = ["main", "measure", "run", "write_prompts"]
 
@@ -62,30 +59,17 @@ def measure(prompts: int, url: str, tmp: Path, rounds: int = 0, concurrency: int
         "--out",
         str(tmp / f"run-{prompts}"),
     ]
-    # The fake server takes any key; this one exists only for this process.
-    env = dict(os.environ, OPENAI_API_KEY="sk-fake-benchmark-key")
-    with (tmp / f"log-{prompts}.txt").open("w") as log:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=tmp, env=env, stdout=log, stderr=log)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        tail = (tmp / f"log-{prompts}.txt").read_text()[-2000:]
-        raise RuntimeError(f"cai generate exited with {process.returncode}:\n{tail}")
+    result = common.run_process(command, tmp, tmp / f"log-{prompts}.txt")
     records = sum(1 for _ in (tmp / f"run-{prompts}" / "records.jsonl").open())
     if records != prompts:
         raise RuntimeError(f"{records} records for {prompts} prompts")
     return {
         "prompts": prompts,
         "rounds": rounds,
-        "wall_s": round(wall, 2),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "cpu_ms_per_call": round(
-            (usage.ru_utime + usage.ru_stime) * 1000 / prompts / (1 + 2 * rounds), 3
-        ),
-        # ru_maxrss is KiB on Linux.
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "wall_s": round(result["wall_s"], 2),
+        "cpu_s": round(result["cpu_s"], 2),
+        "cpu_ms_per_call": round(result["cpu_s"] * 1000 / prompts / (1 + 2 * rounds), 3),
+        "peak_rss_mib": result["peak_rss_mib"],
     }
 
 
@@ -118,13 +102,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2k and 20k prompts.")
-    args = parser.parse_args(argv)
-    result = run(args.quick)
-    save("memory", result)
-    print(report(result), flush=True)
-    return result
+    return common.main("memory", __doc__, run, report, argv)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,14 @@ each process (from `wait4`).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, save
+from benchmarks import common
+from benchmarks.common import ROOT
 from benchmarks.memory import write_prompts
 
 __all__ = ["BARE_LOOP", "main", "run"]
@@ -74,20 +71,6 @@ asyncio.run(main())
 """
 
 
-def _child(command: list[str], cwd: Path, log: Path) -> dict[str, float]:
-    """Run a process to the end; its wall time and CPU seconds."""
-    env = dict(os.environ, OPENAI_API_KEY="sk-fake-benchmark-key")
-    with log.open("w") as out:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=out)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{command[:4]} exited with {code}:\n{log.read_text()[-2000:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
-
-
 def _cai(url: str, prompts: Path, rounds: int, concurrency: int, out: Path) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -113,7 +96,7 @@ def _cai(url: str, prompts: Path, rounds: int, concurrency: int, out: Path) -> d
         "--out",
         str(out),
     ]
-    result = _child(command, out.parent, out.parent / f"{out.name}.log")
+    result = common.run_process(command, out.parent, out.parent / f"{out.name}.log")
     manifest = json.loads((out / "manifest.json").read_text())
     result["calls"] = manifest["stats"]["calls"]
     return result
@@ -158,7 +141,7 @@ def run(quick: bool = False, latency: float = 0.05, concurrency: int = 64) -> di
                     bare = [sys.executable, "-c", BARE_LOOP, str(plan), transport]
                     log = tmp_path / f"bare-{transport}{k}.log"
                     name = "bare_sdk" if transport == "httpx" else "bare_sdk_aiohttp"
-                    runs[name].append(_child(bare, tmp_path, log))
+                    runs[name].append(common.run_process(bare, tmp_path, log))
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -205,13 +188,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="500 prompts, one repeat.")
-    args = parser.parse_args(argv)
-    result = run(args.quick)
-    save("overhead", result)
-    print(report(result), flush=True)
-    return result
+    return common.main("overhead", __doc__, run, report, argv)
 
 
 if __name__ == "__main__":

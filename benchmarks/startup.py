@@ -10,7 +10,6 @@ slowest imports (from `python -X importtime`).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -18,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, save
+from benchmarks import common
+from benchmarks.common import ROOT
 
 __all__ = ["COMMANDS", "main", "run"]
 
@@ -115,13 +115,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Fewer repeats.")
-    args = parser.parse_args(argv)
-    result = run(args.quick)
-    save("startup", result)
-    print(report(result), flush=True)
-    return result
+    return common.main("startup", __doc__, run, report, argv)
 
 
 if __name__ == "__main__":
