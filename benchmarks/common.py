@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS", "ROOT", "best", "machine", "main", "run_process", "save"]
+__all__ = ["RESULTS", "ROOT", "best", "machine", "main", "run_generate", "run_process", "save"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -89,3 +89,22 @@ def main(
     save(name, result)
     print(report(result), flush=True)
     return result
+
+
+def run_generate(url: str, prompts: Path, out: Path, *, rounds: int, concurrency: int) -> dict:
+    """`cai generate --provider openai` against the fake server at `url`, as its own process.
+
+    Returns `run_process`'s figures and the run's call count from its manifest.
+    """
+    import sys
+
+    command = [
+        *(sys.executable, "-m", "cai", "generate"),
+        *("--constitution", str(ROOT / "constitutions" / "harmless.md")),
+        *("--prompts", str(prompts), "--out", str(out)),
+        *("--provider", "openai", "--model", "bench-model", "--base-url", url + "/v1"),
+        *("--rounds", str(rounds), "--concurrency", str(concurrency), "--max-retries", "0"),
+    ]
+    result = run_process(command, out.parent, out.parent / f"{out.name}.log")
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    return {**result, "calls": manifest["stats"]["calls"]}

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.common import ROOT
 
 __all__ = ["main", "measure", "run", "write_prompts"]
 
@@ -35,32 +34,9 @@ def measure(prompts: int, url: str, tmp: Path, rounds: int = 0, concurrency: int
     """Run `cai generate` over `prompts` prompts; its wall time, CPU time and peak RSS."""
     source = tmp / f"prompts-{prompts}.jsonl"
     write_prompts(source, prompts)
-    command = [
-        sys.executable,
-        "-m",
-        "cai",
-        "generate",
-        "--constitution",
-        str(ROOT / "constitutions" / "harmless.md"),
-        "--prompts",
-        str(source),
-        "--provider",
-        "openai",
-        "--model",
-        "bench-model",
-        "--base-url",
-        url + "/v1",
-        "--rounds",
-        str(rounds),
-        "--concurrency",
-        str(concurrency),
-        "--max-retries",
-        "0",
-        "--out",
-        str(tmp / f"run-{prompts}"),
-    ]
-    result = common.run_process(command, tmp, tmp / f"log-{prompts}.txt")
-    records = sum(1 for _ in (tmp / f"run-{prompts}" / "records.jsonl").open())
+    out = tmp / f"run-{prompts}"
+    result = common.run_generate(url, source, out, rounds=rounds, concurrency=concurrency)
+    records = sum(1 for _ in (out / "records.jsonl").open())
     if records != prompts:
         raise RuntimeError(f"{records} records for {prompts} prompts")
     return {
@@ -68,7 +44,7 @@ def measure(prompts: int, url: str, tmp: Path, rounds: int = 0, concurrency: int
         "rounds": rounds,
         "wall_s": round(result["wall_s"], 2),
         "cpu_s": round(result["cpu_s"], 2),
-        "cpu_ms_per_call": round(result["cpu_s"] * 1000 / prompts / (1 + 2 * rounds), 3),
+        "cpu_ms_per_call": round(result["cpu_s"] * 1000 / result["calls"], 3),
         "peak_rss_mib": result["peak_rss_mib"],
     }
 

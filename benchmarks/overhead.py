@@ -71,37 +71,6 @@ asyncio.run(main())
 """
 
 
-def _cai(url: str, prompts: Path, rounds: int, concurrency: int, out: Path) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        "-m",
-        "cai",
-        "generate",
-        "--constitution",
-        str(CONSTITUTION),
-        "--prompts",
-        str(prompts),
-        "--provider",
-        "openai",
-        "--model",
-        "bench-model",
-        "--base-url",
-        url + "/v1",
-        "--rounds",
-        str(rounds),
-        "--concurrency",
-        str(concurrency),
-        "--max-retries",
-        "0",
-        "--out",
-        str(out),
-    ]
-    result = common.run_process(command, out.parent, out.parent / f"{out.name}.log")
-    manifest = json.loads((out / "manifest.json").read_text())
-    result["calls"] = manifest["stats"]["calls"]
-    return result
-
-
 def _plan(url: str, prompts: int, calls: int, concurrency: int, path: Path) -> None:
     from cai.constitution import load_constitution
     from cai.prompts import build_critique_messages, critique_request
@@ -133,7 +102,10 @@ def run(quick: bool = False, latency: float = 0.05, concurrency: int = 64) -> di
             source = tmp_path / "prompts.jsonl"
             write_prompts(source, prompts)
             for k in range(repeats):
-                runs["cai"].append(_cai(url, source, rounds, concurrency, tmp_path / f"run{k}"))
+                out = tmp_path / f"run{k}"
+                runs["cai"].append(
+                    common.run_generate(url, source, out, rounds=rounds, concurrency=concurrency)
+                )
                 plan = tmp_path / "plan.json"
                 if not plan.exists():
                     _plan(url, prompts, runs["cai"][0]["calls"], concurrency, plan)
