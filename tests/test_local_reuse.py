@@ -66,3 +66,8 @@ def test_concurrent_calls_all_complete_and_close_stops_the_worker() -> None:
         provider.close()
     assert len(texts) == 3 and all(texts)
     assert provider._worker is None and provider._llama is None
+    try:  # closed is not broken: the next call loads the model again
+        again = asyncio.run(calls())
+    finally:
+        provider.close()
+    assert len(again) == 3 and all(again)

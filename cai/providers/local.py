@@ -53,7 +53,9 @@ def bundled_model_path() -> Path:
 
 
 def default_threads() -> int:
-    """Half the logical CPUs (llama.cpp's own default): one thread per physical core.
+    """Threads for generation: half the logical CPUs, one per physical core (llama.cpp's default).
+
+    Prompt evaluation keeps llama.cpp's default of every logical CPU.
 
     More threads than free cores is far worse than fewer: llama.cpp's threads wait for each
     other after every layer, so one preempted thread stalls them all. On a busy 2-CPU machine
@@ -149,8 +151,6 @@ class LocalProvider:
     ) -> Completion:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._ready:
-            if self._closing:
-                raise RuntimeError("the local provider is closed")
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, name="cai-llama", daemon=True)
                 self._worker.start()
@@ -316,7 +316,9 @@ class LocalProvider:
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join()
         self._worker = None
+        self._closing = False  # a later call loads the model again
         self._snapshots.clear()
+        self._last_prompt = None
         if self._llama is not None:
             self._llama.close()
             self._llama = None
