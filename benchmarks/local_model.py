@@ -15,7 +15,7 @@ cai / llama_cpp (target >= 0.9). Sides alternate and repeat; each keeps its best
 llama.cpp's own counters, each side also reports how many prompt tokens it really evaluated
 (the rest came from the cache) and the share of its wall time llama.cpp spent evaluating.
 
-    python -m benchmarks.local_model [--quick]
+    python -m benchmarks.local_model [--quick] [--staggered]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class _Recorder:
 
 
 def _cai_side(
-    prompts: int, rounds: int, max_tokens: int, threads: int, reuse: bool
+    prompts: int, rounds: int, max_tokens: int, threads: int, reuse: bool, concurrency: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from cai.constitution import load_constitution
     from cai.pipeline import GenerateConfig, run_generation
@@ -74,7 +74,9 @@ def _cai_side(
     provider = LocalProvider(n_threads=threads, reuse_prefixes=reuse)
     _perf(provider._load(), reset=True)  # model load is not what is measured
     recorder = _Recorder(provider)
-    config = GenerateConfig(rounds=rounds, max_tokens=max_tokens, limit=prompts, concurrency=32)
+    config = GenerateConfig(
+        rounds=rounds, max_tokens=max_tokens, limit=prompts, concurrency=concurrency
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
             wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -156,18 +158,25 @@ def _perf(llama: Any, reset: bool = False) -> dict[str, Any]:
     }
 
 
-def run(quick: bool = False, threads: int | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    threads: int | None = None,
+    concurrency: int = 32,
+    staggered: bool = False,
+) -> dict[str, Any]:
     from cai.providers.local import default_threads
 
     threads = threads or default_threads()
     prompts, rounds, max_tokens, repeats = (2, 1, 64, 1) if quick else (3, 2, 96, 2)
+    if staggered:  # more prompts than calls in flight: chains start as others end
+        prompts, rounds, max_tokens, concurrency = 5, 1, 48, 2
     sides: dict[str, list[dict[str, Any]]] = {"cai": [], "cai_no_reuse": [], "llama_cpp": []}
     for _ in range(repeats):
-        result, calls = _cai_side(prompts, rounds, max_tokens, threads, reuse=True)
+        result, calls = _cai_side(prompts, rounds, max_tokens, threads, True, concurrency)
         sides["cai"].append(result)
         sides["llama_cpp"].append(_llama_side(_replay_order(calls), threads))
         if not sides["cai_no_reuse"]:  # once: it only shows what the reuse is worth
-            result, _ = _cai_side(prompts, rounds, max_tokens, threads, reuse=False)
+            result, _ = _cai_side(prompts, rounds, max_tokens, threads, False, concurrency)
             sides["cai_no_reuse"].append(result)
     for runs in sides.values():
         for r in runs:
@@ -181,7 +190,7 @@ def run(quick: bool = False, threads: int | None = None) -> dict[str, Any]:
             "prompts": prompts,
             "rounds": rounds,
             "max_tokens": max_tokens,
-            "concurrency": 32,
+            "concurrency": concurrency,
             "n_threads": threads,
             "repeats": repeats,
             "constitution": CONSTITUTION.name,
@@ -236,10 +245,18 @@ def report(result: dict[str, Any]) -> str:
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads.")
+    parser.add_argument(
+        "--staggered",
+        action="store_true",
+        help="5 prompts, 1 round, concurrency 2: chains start as others end, so initial "
+        "answers fall between critiques (results in local_model_staggered.json).",
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return common.main("local_model", __doc__, run, report, argv, options=_options)
+    staggered = "--staggered" in (sys.argv[1:] if argv is None else argv)
+    name = "local_model_staggered" if staggered else "local_model"
+    return common.main(name, __doc__, run, report, argv, options=_options)
 
 
 if __name__ == "__main__":
