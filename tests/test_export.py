@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -555,16 +556,20 @@ class FakeHub:
         self.server.server_close()
 
 
-def test_push_to_hub_uploads_the_files_and_the_card(
-    mixed_run: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hub = FakeHub()
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A fake Hub on loopback, with the environment pointing at it."""
+    server = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
     try:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-        code, output = export(mixed_run, "--format", "hf", "--push-to-hub", "someone/cai-data")
+        yield server
     finally:
-        hub.close()
+        server.close()
+
+
+def test_push_to_hub_uploads_the_files_and_the_card(mixed_run: Path, hub: FakeHub) -> None:
+    code, output = export(mixed_run, "--format", "hf", "--push-to-hub", "someone/cai-data")
     assert code == 0, output
     assert output.splitlines()[-1] == f"Pushed to {hub.url}/datasets/someone/cai-data"
     out = mixed_run / "hf"
@@ -630,15 +635,9 @@ def test_each_keep_flag_turns_its_filter_off(mixed_run: Path, flag: str, name: s
 
 
 def test_push_of_a_jsonl_export_uploads_the_file_and_its_card_as_readme(
-    mixed_run: Path, monkeypatch: pytest.MonkeyPatch
+    mixed_run: Path, hub: FakeHub
 ) -> None:
-    hub = FakeHub()
-    try:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-        code, output = export(mixed_run, "--format", "dpo", "--push-to-hub", "someone/pairs")
-    finally:
-        hub.close()
+    code, output = export(mixed_run, "--format", "dpo", "--push-to-hub", "someone/pairs")
     assert code == 0, output
     assert sorted(hub.files) == ["README.md", "dpo.jsonl"]
     assert hub.files["dpo.jsonl"] == (mixed_run / "dpo.jsonl").read_bytes()
