@@ -383,9 +383,12 @@ def generate(
             err=True,
         )
     settings = run_settings(config, parsed, backend)
-    run_dir = out or _default_run_dir(parsed.name, settings, prompts_spec, config.shard)
-    if fresh and out is None:
+    if out is not None:
+        run_dir = out
+    elif fresh:
         run_dir = _new_run_dir(parsed.name)
+    else:
+        run_dir = _default_run_dir(parsed.name, settings, prompts_spec, config.shard)
     store = RunStore(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file; pass a directory for the run")
