@@ -5,7 +5,7 @@ The format, in short (see README "Authoring a constitution")::
     ---                 optional YAML front matter: name, description, version
     ---
     ## System           optional system prompt for the initial response
-    ## Principle: NAME  Weight: / Critique: / Revision:
+    ## Principle: NAME  Weight: / Critique: / Revision: / Comparison: (for cai label)
     ## Example: TITLE   Principle: / User: / Assistant: / Critique: / Revision:
 
 Key words are case-insensitive at the start of a line; a value runs to the next key line
@@ -34,21 +34,27 @@ __all__ = [
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _SECTION = re.compile(r"^(system|principle|example)\b\s*(?::\s*(.*))?$", re.IGNORECASE)
 _KEY = re.compile(
-    r"^(weight|critique|revision|principle|user|assistant)\s*:\s?(.*)$", re.IGNORECASE
+    r"^(weight|critique|revision|comparison|principle|user|assistant)\s*:\s?(.*)$",
+    re.IGNORECASE,
 )
-_PRINCIPLE_KEYS = {"weight", "critique", "revision"}
+_PRINCIPLE_KEYS = {"weight", "critique", "revision", "comparison"}
 _EXAMPLE_KEYS = {"principle", "user", "assistant", "critique", "revision"}
 
 
 @dataclass(frozen=True)
 class Principle:
-    """One principle: how to critique a response against it, and how to revise it."""
+    """One principle: how to critique a response against it, and how to revise it.
+
+    `comparison` is the question a feedback model answers when it compares two responses
+    under this principle (`cai label`); None means one built from the name and critique.
+    """
 
     name: str
     critique: str
     revision: str
     weight: float = 1.0
     line: int = 0
+    comparison: str | None = None
 
 
 @dataclass(frozen=True)
@@ -308,8 +314,21 @@ class _Parser:
                 ok = False
         if not ok:
             return None
+        comparison = fields["comparison"][1] if "comparison" in fields else None
+        if comparison is not None and not comparison:
+            self.error(
+                fields["comparison"][0],
+                f"principle '{section.title}' has an empty 'Comparison:'; write the question "
+                "a feedback model answers, or remove the line",
+            )
+            return None
         return Principle(
-            section.title, fields["critique"][1], fields["revision"][1], weight, section.line
+            section.title,
+            fields["critique"][1],
+            fields["revision"][1],
+            weight,
+            section.line,
+            comparison=comparison,
         )
 
     def _example(self, section: _Section) -> Example | None:

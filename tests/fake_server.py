@@ -15,7 +15,19 @@ Replies are a deterministic function of the request (never of arrival order):
 - the last user turn contains "revised response only" -> a revision, "Revised: ...";
 - it contains "NO CHANGES NEEDED" -> a critique; about one in three (by a hash of the
   request) ends with the line `NO CHANGES NEEDED`, so both paths of the pipeline run;
+- it is a comparison (`cai label`: lines "(A) ..." and "(B) ..." after "Options:") -> the
+  feedback mode below;
 - otherwise -> an answer, "Answer to: <start of the last user turn>".
+
+Feedback mode. The fake prefers the option whose text contains `PREFERRED` ("Revised:", as
+every fake revision does) with probability `PREFERENCE` (0.70), 0.5 when both or neither do,
+and adds `FIRST_BIAS` (0.15) to option (A), whichever response is shown there. With
+`logprobs`/`top_logprobs` in an OpenAI request, the reply is " (A)" or " (B)" and carries
+those probabilities in `logprobs.content` (the first position is " (", with no letter among
+its top tokens). A chain-of-thought request ("Let's think step by step") gets reasoning that
+names both options, then the more likely letter on its last line. An option containing
+`NO_LETTER` gets a reply with no answer letter at all.
+
 
 Usage is counted as about one token per four characters. For Anthropic, when a block of
 `system` or `messages` carries `cache_control`, the tokens up to and including the last such
@@ -70,6 +82,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
+import re
 import signal
 import sys
 import threading
@@ -78,12 +92,29 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FAULTS", "OTHER_FAULTS", "FakeServer", "LogEntry", "count_tokens", "reply_text"]
+__all__ = [
+    "FAULTS",
+    "FIRST_BIAS",
+    "NO_LETTER",
+    "OTHER_FAULTS",
+    "PREFERENCE",
+    "PREFERRED",
+    "FakeServer",
+    "LogEntry",
+    "comparison_p_first",
+    "count_tokens",
+    "reply_text",
+]
 
 FAULTS = ("429", "500", "529", "drop", "slow", "malformed", "truncated", "refused")
 # Not among the defaults: it ends a run. OpenAI's 429 for an account with no quota left.
 OTHER_FAULTS = ("quota",)
 NO_CHANGE = "NO CHANGES NEEDED"
+PREFERRED = "Revised:"
+PREFERENCE = 0.70
+FIRST_BIAS = 0.15
+NO_LETTER = "[no letter]"
+_OPTION = re.compile(r"^\(([AB])\) (.*?)(?=^\([AB]\) |\Z)", re.MULTILINE | re.DOTALL)
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -120,6 +151,14 @@ def _digest(*parts: object) -> int:
 def reply_text(last_user: str, key: str) -> str:
     """The reply to a conversation whose last user turn is `last_user`; `key` varies it."""
     h = _digest(key)
+    p_first = comparison_p_first(last_user)
+    if p_first is not None:
+        letter = "A" if p_first >= 0.5 else "B"
+        if NO_LETTER in last_user:
+            return "Both options have merits, and I cannot decide between them."
+        if "step by step" in last_user:
+            return f"Option (A) and option (B) differ; weighing them, one is better.\n({letter})"
+        return f" ({letter})"
     if "revised response only" in last_user:
         return f"Revised: a careful, honest and harmless answer (variant {h % 1000})."
     if NO_CHANGE in last_user:
@@ -127,6 +166,51 @@ def reply_text(last_user: str, key: str) -> str:
         return f"The response is fine as it stands.\n{NO_CHANGE}" if h % 3 == 0 else critique
     head = " ".join(last_user.split())[:60]
     return f"Answer to: {head}"
+
+
+def comparison_p_first(last_user: str) -> float | None:
+    """The fake feedback model's p(A) for a comparison prompt, or None if it is not one."""
+    if "\nOptions:\n" not in last_user:
+        return None
+    options = dict(_OPTION.findall(last_user.split("\nOptions:\n", 1)[1]))
+    if set(options) != {"A", "B"}:
+        return None
+    a, b = (PREFERRED in options["A"]), (PREFERRED in options["B"])
+    p = 0.5 if a == b else (PREFERENCE if a else 1 - PREFERENCE)
+    return min(max(p + FIRST_BIAS, 0.01), 0.99)
+
+
+def _comparison_logprobs(last_user: str, k: int) -> dict[str, Any] | None:
+    """OpenAI's `logprobs` of the reply " (A)" / " (B)", with `k` top tokens a position."""
+    p = comparison_p_first(last_user)
+    if p is None:
+        return None
+    if NO_LETTER in last_user:
+        positions = [{" I": -0.1, " We": -2.4}, {" cannot": -0.05, " can": -3.0}]
+    else:
+        letter = "A" if p >= 0.5 else "B"
+        positions = [
+            {" (": math.log(0.98), " The": math.log(0.02)},
+            {"A": math.log(p), "B": math.log(1 - p), "C": -9.0},
+            {")": 0.0},
+        ]
+        positions[1] = dict(sorted(positions[1].items(), key=lambda t: -t[1]))
+        assert max(positions[1], key=positions[1].get) == letter
+    content = []
+    for top in positions:
+        token = max(top, key=top.get)
+        content.append(
+            {
+                "token": token,
+                "logprob": top[token],
+                "bytes": list(token.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                    for t, lp in list(top.items())[: max(k, 1)]
+                ],
+            }
+        )
+    return {"content": content, "refusal": None}
 
 
 def _text_of(content: Any) -> str:
@@ -420,6 +504,12 @@ class FakeServer:
     def _openai(self, body: dict[str, Any], n: int, fault: str | None) -> dict[str, Any]:
         messages = body.get("messages") or []
         text, finish = _reply(messages, fault, ("stop", "length", "content_filter"))
+        logprobs = None
+        if body.get("logprobs") and finish == "stop":
+            last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+            logprobs = _comparison_logprobs(
+                _text_of(last.get("content")), int(body.get("top_logprobs") or 0)
+            )
         prompt_tokens = sum(count_tokens(_text_of(m.get("content"))) for m in messages)
         completion_tokens = count_tokens(text)
         return {
@@ -432,7 +522,7 @@ class FakeServer:
                     "index": 0,
                     "message": {"role": "assistant", "content": text, "refusal": None},
                     "finish_reason": finish,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                 }
             ],
             "usage": {
