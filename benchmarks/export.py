@@ -20,7 +20,7 @@ from pathlib import Path
 from benchmarks.common import best, save
 from cai.export import ExportOptions, export_run
 from cai.filters import apply_filters
-from cai.records import read_records
+from cai.rundir import read_records
 
 # A vocabulary of 3000 words drawn with Zipf-like weights, as in English text.
 WORDS = [f"w{i}" for i in range(3000)]

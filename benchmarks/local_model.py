@@ -67,7 +67,7 @@ def _cai_side(
     from cai.constitution import load_constitution
     from cai.pipeline import GenerateConfig, run_generation
     from cai.providers.local import LocalProvider
-    from cai.records import RunStore
+    from cai.rundir import RunStore
     from cai.sources import PromptSource
 
     constitution = load_constitution(CONSTITUTION)

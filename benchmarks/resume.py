@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import best, save
-from cai.records import RunStore
+from cai.rundir import RunStore
 
 STEPS = ("initial", "round1.critique", "round1.revision", "round2.critique", "round2.revision")
 
@@ -86,7 +86,7 @@ def resume(run_dir: Path, unfinished: int) -> float:
     started = time.perf_counter()
     store = RunStore(run_dir)
     store.repair()
-    done = set(store.compact(retry_failed=True))
+    done = set(store.compact())
     journal = store.journal(done)
     elapsed = time.perf_counter() - started
     assert len(journal) == 2 * unfinished

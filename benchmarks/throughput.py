@@ -69,7 +69,7 @@ async def _generate(prompts: Path, run_dir: Path, url: str, rounds: int, concurr
     from cai.constitution import load_constitution
     from cai.pipeline import GenerateConfig, run_generation
     from cai.providers.openai import OpenAIProvider
-    from cai.records import RunStore
+    from cai.rundir import RunStore
     from cai.sources import PromptSource
 
     constitution = load_constitution(ROOT / "constitutions" / "harmless.md")

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from cai.errors import CaiError, ConfigError, ConstitutionError, InputError, ProviderError
     from cai.pipeline import GenerateConfig, RunStats, run_chain, run_generation
     from cai.providers import Completion, Provider, Sampling, Usage, create_provider
-    from cai.records import Record, Round, RunStore, read_records
+    from cai.records import Record, Round
+    from cai.rundir import Manifest, RunStore, load_run, read_records
     from cai.sources import PromptItem, PromptSource
 
 # Names are imported on first use, so `cai --help` does not pay for the pipeline and asyncio.
@@ -36,7 +37,8 @@ _HOMES = {
     "cai.errors": ("CaiError", "ConfigError", "ConstitutionError", "InputError", "ProviderError"),
     "cai.pipeline": ("GenerateConfig", "RunStats", "run_chain", "run_generation"),
     "cai.providers": ("Completion", "Provider", "Sampling", "Usage", "create_provider"),
-    "cai.records": ("Record", "Round", "RunStore", "read_records"),
+    "cai.records": ("Record", "Round"),
+    "cai.rundir": ("Manifest", "RunStore", "load_run", "read_records"),
     "cai.sources": ("PromptItem", "PromptSource"),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
@@ -62,6 +64,7 @@ __all__ = [
     "Example",
     "GenerateConfig",
     "InputError",
+    "Manifest",
     "Principle",
     "PromptItem",
     "PromptSource",
@@ -76,6 +79,7 @@ __all__ = [
     "__version__",
     "create_provider",
     "load_constitution",
+    "load_run",
     "parse_constitution",
     "read_records",
     "run_chain",

@@ -9,9 +9,7 @@ with.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,57 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 from cai import __version__
 from cai.filters import FILTERS, FilterResult
+from cai.pricing import run_cost
 from cai.records import Record
+from cai.rundir import find_constitution_text
 
 if TYPE_CHECKING:
     from cai.export import ExportOptions
 
-__all__ = ["CONSTITUTION_COPY", "find_constitution_text", "render_card", "save_constitution_copy"]
+__all__ = ["EXPORT_MARK", "is_export_card", "render_card"]
 
-CONSTITUTION_COPY = "constitution.md"
-
-
-def save_constitution_copy(run_dir: Path, source: Path, sha256: str) -> None:
-    """Keep the constitution's exact bytes in the run, so its card can quote it later.
-
-    Written only when the bytes still hash to the run's sha256, and never over a copy that
-    belongs to another constitution (that run's settings check will refuse the mix).
-    """
-    data = source.read_bytes()
-    copy = run_dir / CONSTITUTION_COPY
-    if hashlib.sha256(data).hexdigest() != sha256 or copy.exists():
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = copy.with_name(f".{copy.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, copy)
-
-
-def find_constitution_text(
-    run_dir: Path, manifest: dict[str, Any], records: list[Record]
-) -> tuple[str | None, str]:
-    """The constitution text the run was made with, if it can be found, and where it came from."""
-    info = manifest.get("constitution") or {}
-    sha = info.get("sha256") or next(
-        (r.constitution.get("sha256") for r in records if r.constitution.get("sha256")), ""
-    )
-    candidates = [run_dir / CONSTITUTION_COPY]
-    if info.get("path"):
-        candidates.append(Path(info["path"]))
-    changed = []
-    for path in candidates:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if not sha or digest == sha:
-            return data.decode("utf-8", errors="replace"), f"read from `{path}`"
-        changed.append(f"`{path}` has changed since the run (its sha256 is now {digest})")
-    if changed:
-        return None, "; ".join(changed) + ", so its text is not shown here"
-    where = f" at `{info['path']}`" if info.get("path") else ""
-    return None, f"the constitution file{where} was not found, so its text is not shown here"
+# The card's last line: what marks an export as cai's, so that a later export may replace it
+# and nothing else.
+EXPORT_MARK = "<!-- cai export:"
 
 
 def _fence(text: str) -> str:
@@ -145,8 +104,6 @@ def _models_section(manifest: dict[str, Any], records: list[Record]) -> str:
             f"Tokens: {usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out, "
             f"over {usage.get('calls', 0)} calls."
         )
-    from cai.stats import run_cost
-
     cost = run_cost(records, manifest)
     if cost is not None:
         parts.append(f"Estimated cost: ${cost:.4f}.")
@@ -315,11 +272,20 @@ def render_card(
         "its answer against a principle drawn from the constitution below and revised it, for "
         f"{rounds} rounds. The revised answer is `chosen`, the first answer `rejected`."
     )
-    created = manifest.get("created")
-    source = (manifest.get("prompts") or {}).get("source")
-    details = [f"Run: `{run_dir}`" + (f", created {created}" if created else "") + "."]
-    if source:
-        details.append(f"Prompts: `{source}`.")
+    created, updated = manifest.get("created"), manifest.get("updated")
+    prompts = manifest.get("prompts") or {}
+    details = [
+        f"Run: `{run_dir}`"
+        + (f", created {created}" if created else "")
+        + (f", last updated {updated}" if updated and updated != created else "")
+        + "."
+    ]
+    if prompts.get("name"):
+        details.append(
+            f"Prompts: `{prompts['name']}`"
+            + (f" (sha256 `{prompts['sha256']}`)" if prompts.get("sha256") else "")
+            + "."
+        )
     details.append(
         f"Export: `--format {options.fmt} --style {options.style}`"
         + (
@@ -341,5 +307,15 @@ def render_card(
         constitution,
         _columns_section(options),
         _usage_section(options, out_name),
+        f"{EXPORT_MARK} {out_name} (--format {options.fmt}); a later cai export may replace "
+        "this card and its data -->",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def is_export_card(text: str, out_name: str | None = None) -> bool:
+    """Whether `text` is a card cai export wrote (for `out_name`, when given)."""
+    for line in reversed(text.splitlines()[-5:]):
+        if line.startswith(EXPORT_MARK):
+            return out_name is None or line.startswith(f"{EXPORT_MARK} {out_name} (")
+    return False

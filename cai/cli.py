@@ -140,35 +140,6 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-def _default_run_dir(
-    constitution_name: str, settings: dict[str, Any], source: str, shard: Any
-) -> Path:
-    """The run to resume for the same command, or a new timestamped directory."""
-    outputs = Path("outputs")
-    for manifest_path in sorted(outputs.glob(f"{constitution_name}-*/manifest.json"), reverse=True):
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if (
-            manifest.get("settings") == settings
-            and manifest.get("prompts", {}).get("source") == source
-            and manifest.get("config", {}).get("shard") == (list(shard) if shard else None)
-        ):
-            return manifest_path.parent
-    return _new_run_dir(constitution_name)
-
-
-def _new_run_dir(constitution_name: str) -> Path:
-    """outputs/<constitution>-<timestamp>, with a suffix if a run of that second exists."""
-    base = Path("outputs") / f"{constitution_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir, n = base, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = base.with_name(f"{base.name}-{n}")
-    return run_dir
-
-
 @cli.command()
 @click.option(
     "--constitution",
@@ -313,12 +284,17 @@ def generate(
     Exit codes: 0 done, 2 bad input, 3 some prompts failed (rerun to retry them), 130 interrupted.
     """
     from cai.constitution import load_constitution
-    from cai.pipeline import GenerateConfig, check_resumable, run_settings
+    from cai.pipeline import GenerateConfig, build_manifest, run_settings
     from cai.pricing import FREE, load_price_table
     from cai.providers import create_provider, default_model
-    from cai.records import RunStore
+    from cai.rundir import RunStore, choose_run_dir
     from cai.sources import PromptSource
 
+    if fresh and out is not None:
+        raise ConfigError(
+            "--fresh goes without --out: --out DIR resumes the run in DIR; "
+            "to start afresh, pass --out with a new directory"
+        )
     config = GenerateConfig(
         rounds=rounds,
         seed=seed,
@@ -332,11 +308,6 @@ def generate(
         rpm=rpm,
         tpm=tpm,
     )
-    if fresh and out is not None:
-        raise ConfigError(
-            "--fresh goes without --out: --out DIR resumes the run in DIR; "
-            "to start afresh, pass --out with a new directory"
-        )
     parsed = load_constitution(constitution_path)
     source = PromptSource(prompts_spec, prompt_field=prompt_field, skip_bad_lines=skip_bad_lines)
     total = _check_prompts(source)
@@ -382,49 +353,28 @@ def generate(
             "(add it with --price-table FILE).",
             err=True,
         )
-    settings = run_settings(config, parsed, backend)
-    if out is not None:
-        run_dir = out
-    elif fresh:
-        run_dir = _new_run_dir(parsed.name)
-    else:
-        run_dir = _default_run_dir(parsed.name, settings, prompts_spec, config.shard)
-    store = RunStore(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file; pass a directory for the run")
-    check_resumable(store, settings)  # before any output, so a refusal is the only line
-    manifest = {
-        "cai_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "constitution": {
-            "name": parsed.name,
-            "path": str(constitution_path),
-            "sha256": parsed.sha256,
-        },
-        "prompts": {
-            "source": prompts_spec,
-            "field": prompt_field,
-            "count": total,
-            "skipped_bad_lines": len(source.skipped),
-        },
-        "config": {
-            **{k: v for k, v in vars(config).items() if k != "shard"},
-            "shard": list(config.shard) if config.shard else None,
-            "provider": provider,
-            "model": backend.model,
-            "base_url": _public_url(base_url),
-            "timeout": timeout,
-            "price_table": str(price_table) if price_table else None,
-            "prices_as_of": prices.as_of,
-        },
-        "versions": _versions(provider),
-    }
+    run_dir = choose_run_dir(
+        out,
+        fresh=fresh,
+        name=parsed.name,
+        settings=run_settings(config, parsed, backend),
+        source=prompts_spec,
+        shard=config.shard,
+    )
+    manifest = build_manifest(
+        parsed,
+        source,
+        config,
+        backend,
+        count=total,
+        base_url=base_url,
+        timeout=timeout,
+        price_table=price_table,
+        prices_as_of=prices.as_of,
+    )
     if config.limit is not None and total is not None:
         total = min(total, config.limit)
-    click.echo(f"Run directory: {run_dir}", err=True)
-    from cai.card import save_constitution_copy
-
-    save_constitution_copy(run_dir, constitution_path, parsed.sha256)
+    store = RunStore(run_dir)
     stats = _run_with_progress(source, parsed, backend, config, store, manifest, total, price=price)
     resume = (
         "Run the same command again"
@@ -438,34 +388,11 @@ def generate(
         sys.exit(EXIT_PARTIAL)
 
 
-def _public_url(url: str | None) -> str | None:
-    """`url` without a user, password or query string, which may hold credentials."""
-    if url is None:
-        return None
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def _check_prompts(source: Any) -> int | None:
     """Read every prompt once before any call, so bad input stops the run before it costs anything."""
     if source.spec.startswith("hf:"):
         return None
     return sum(1 for _ in source)
-
-
-def _versions(provider: str) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = {"local": "llama-cpp-python", "anthropic": "anthropic", "openai": "openai"}
-    result = {"python": sys.version.split()[0], "cai": __version__}
-    with contextlib.suppress(PackageNotFoundError):
-        result[names[provider]] = version(names[provider])
-    return result
 
 
 def _run_with_progress(
@@ -487,9 +414,18 @@ def _run_with_progress(
     from cai.pipeline import RunStats, run_generation
 
     stats = RunStats(total=total, price=price)
-    bar = tqdm(total=total, unit="prompt", desc="generate", file=sys.stderr, dynamic_ncols=True)
+    bar: Any = None
 
     def on_event(kind: str, data: Any) -> None:
+        nonlocal bar
+        if kind == "start":  # the run is taken: no refusal can follow
+            click.echo(f"Run directory: {data}", err=True)
+            bar = tqdm(
+                total=total, unit="prompt", desc="generate", file=sys.stderr, dynamic_ncols=True
+            )
+            return
+        if bar is None:
+            return
         if kind == "notice":
             bar.write(f"Note: {data}", file=sys.stderr)
         if kind in ("record", "skip"):
@@ -513,7 +449,7 @@ def _run_with_progress(
             if presses > 1:
                 _quit_now(store)
             stop.set()
-            bar.write(
+            (bar or tqdm).write(
                 "Stopping: finishing calls in flight, starting no new ones. "
                 "Press Ctrl-C again to quit now.",
                 file=sys.stderr,
@@ -543,7 +479,8 @@ def _run_with_progress(
     try:
         return asyncio.run(run())
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         close = getattr(backend, "close", None)
         if close is not None:
             close()
@@ -555,7 +492,8 @@ def _quit_now(store: Any) -> None:
     with contextlib.suppress(Exception):
         manifest = store.read_manifest()
         if manifest is not None:
-            store.write_manifest({**manifest, "status": "interrupted"})
+            manifest.status = "interrupted"
+            store.write_manifest(manifest)
     sys.stderr.write(
         f"\nQuit. To resume, run the same command with --out {store.dir} (and without --fresh).\n"
     )

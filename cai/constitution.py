@@ -20,6 +20,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cai.errors import ConstitutionError, InputError, Problem
 
@@ -37,6 +38,7 @@ _KEY = re.compile(
     r"^(weight|critique|revision|comparison|principle|user|assistant)\s*:\s?(.*)$",
     re.IGNORECASE,
 )
+_MAX_YAML_DEPTH = 20
 _PRINCIPLE_KEYS = {"weight", "critique", "revision", "comparison"}
 _EXAMPLE_KEYS = {"principle", "user", "assistant", "critique", "revision"}
 
@@ -213,8 +215,11 @@ class _Parser:
             return {}, len(self.lines)
         import yaml  # only constitutions with front matter pay for it
 
+        text = "\n".join(self.lines[1:i])
         try:
-            meta = yaml.safe_load("\n".join(self.lines[1:i])) or {}
+            if not self._plain_yaml(yaml, text):
+                return {}, i + 1
+            meta = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = mark.line + 2 if mark is not None else 1
@@ -230,6 +235,40 @@ class _Parser:
             self.error(2, "front matter 'name' must be a non-empty string")
             meta = {k: v for k, v in meta.items() if k != "name"}
         return meta, i + 1
+
+    def _plain_yaml(self, yaml: Any, text: str) -> bool:
+        """Refuse anchors, aliases and deep nesting before anything is built from the YAML.
+
+        An alias repeats a whole value, so a few hundred bytes of aliases to aliases expand to
+        billions of values (the "billion laughs"); and PyYAML builds nested values by
+        recursion. The scan takes time in proportion to the text and builds nothing.
+        """
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = event.start_mark.line + 2  # the front matter starts on line 2
+            anchor = getattr(event, "anchor", None)
+            if anchor is not None:
+                sign, kind = (
+                    ("*", "alias") if isinstance(event, yaml.AliasEvent) else ("&", "anchor")
+                )
+                self.error(
+                    line,
+                    f"front matter uses a YAML {kind} ('{sign}{anchor}'); anchors and aliases "
+                    "are not allowed, write each value out in full",
+                )
+                return False
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_YAML_DEPTH:
+                    self.error(
+                        line,
+                        f"front matter is nested more than {_MAX_YAML_DEPTH} levels deep; "
+                        "use plain values such as 'name: harmless'",
+                    )
+                    return False
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return True
 
     def _sections(self, start: int) -> list[_Section]:
         sections: list[_Section] = []

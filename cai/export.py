@@ -18,15 +18,16 @@ import json
 import math
 import os
 import random
-import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cai.card import is_export_card, render_card
 from cai.errors import CaiError, ConfigError
 from cai.filters import FilterConfig, FilterResult, Verdict, apply_filters, prompt_key
-from cai.records import MANIFEST_FILE, RECORDS_FILE, Record, read_records
+from cai.records import Record
+from cai.rundir import RUN_FILES, atomic_dir, is_run_dir, load_run, write_atomic
 
 __all__ = [
     "FORMATS",
@@ -35,8 +36,8 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "PushError",
+    "check_out",
     "export_run",
-    "load_run",
     "prompt_text",
     "push_export",
     "record_to_dpo",
@@ -214,29 +215,17 @@ def split_verdicts(
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write rows to `path` atomically (a temp file renamed into place); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write rows to `path` atomically (`write_atomic`); returns the count."""
     count = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def lines() -> Iterator[bytes]:
+        nonlocal count
+        for row in rows:
+            yield (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+            count += 1
+
+    write_atomic(path, lines())
     return count
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _kind(split: str) -> str:
@@ -273,66 +262,100 @@ def _dataset(rows: list[dict[str, Any]], features: Any, split: str) -> Any:
     return Dataset.from_dict(columns, features=features, split=split)
 
 
-def _is_replaceable(out: Path) -> bool:
-    """An existing --out may be replaced only when it is empty or an earlier export."""
-    if not out.exists():
-        return True
+# What an hf export holds; anything else in its folder was put there by someone else.
+_HF_ENTRIES = {CARD_FILE, "dataset_dict.json", "data", *SPLITS}
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def check_out(out: Path, fmt: str) -> None:
+    """Refuse an --out that holds anything an earlier cai export did not write.
+
+    A file export may replace a file whose card beside it (<stem>.README.md) is an export
+    card naming it; an hf export may replace a folder holding only an export and its card.
+    """
+    new = "pass --out with a new path"
+    if fmt != "hf":
+        card = _card_path(out, fmt)
+        if out.is_dir():
+            raise ConfigError(f"--out {out} is a directory; --format {fmt} writes a .jsonl file")
+        if out.name in RUN_FILES and is_run_dir(out.parent):
+            raise ConfigError(f"--out {out} is a file of the run {out.parent}; {new}")
+        for path, name in ((out, out.name), (card, out.name)):
+            if not path.exists():
+                continue
+            if not _is_card(card, name):
+                raise ConfigError(
+                    f"--out {out}: {path} exists and was not written by cai export "
+                    f"(no export card {card.name} beside it names it); {new}"
+                )
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; --format hf writes a directory; {new}")
     if not out.is_dir():
+        return
+    if is_run_dir(out):
+        raise ConfigError(f"--out {out} is a run directory; {new}")
+    entries = list(out.iterdir())
+    runs = [p.name for p in entries if p.is_dir() and is_run_dir(p)]
+    if runs:
+        raise ConfigError(f"--out {out} holds the run(s) {_listed(runs)}; {new}")
+    if not entries:
+        return
+    if not _is_card(out / CARD_FILE):
+        raise ConfigError(
+            f"--out {out} holds files cai export did not write ({_listed([p.name for p in entries])}); "
+            f"{new}"
+        )
+    foreign = [p.name for p in entries if p.name not in _HF_ENTRIES]
+    if foreign:
+        raise ConfigError(
+            f"--out {out} is an earlier export but also holds {_listed(foreign)}, which cai "
+            f"did not write; {new}"
+        )
+
+
+def _is_card(path: Path, out_name: str | None = None) -> bool:
+    try:
+        return path.is_file() and is_export_card(path.read_text(encoding="utf-8"), out_name)
+    except (OSError, UnicodeDecodeError):
         return False
-    return not any(out.iterdir()) or (out / "dataset_dict.json").exists()
+
+
+def _card_path(out: Path, fmt: str) -> Path:
+    return out / CARD_FILE if fmt == "hf" else out.with_name(f"{out.stem}.{CARD_FILE}")
 
 
 def _write_hf(splits: dict[str, list[dict[str, Any]]], out: Path, style: str, card: str) -> None:
     """Write a DatasetDict (save_to_disk), Parquet files and the card, then swap them into place."""
     import datasets
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     bars = not datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # one summary line from the CLI says it all
     try:
-        data = datasets.DatasetDict(
-            {
-                name: _dataset(rows, _features(_kind(name), style), name)
-                for name, rows in splits.items()
+        with atomic_dir(out) as tmp:
+            data = datasets.DatasetDict(
+                {
+                    name: _dataset(rows, _features(_kind(name), style), name)
+                    for name, rows in splits.items()
+                }
+            )
+            # An empty split must still get one (empty) shard, or load_from_disk cannot read it.
+            shards = {
+                name: max(1, math.ceil(d.data.nbytes / _SHARD_BYTES)) for name, d in data.items()
             }
-        )
-        # An empty split must still get one (empty) shard, or load_from_disk cannot read it.
-        shards = {name: max(1, math.ceil(d.data.nbytes / _SHARD_BYTES)) for name, d in data.items()}
-        data.save_to_disk(str(tmp), num_shards=shards)
-        (tmp / "data").mkdir()
-        for name, dataset in data.items():
-            if not dataset.num_rows:
-                continue  # load_dataset refuses an empty Parquet split; the card omits it too
-            dataset.to_parquet(str(tmp / "data" / f"{name}-00000-of-00001.parquet"))
-        (tmp / CARD_FILE).write_text(card, encoding="utf-8")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
+            data.save_to_disk(str(tmp), num_shards=shards)
+            (tmp / "data").mkdir()
+            for name, dataset in data.items():
+                if not dataset.num_rows:
+                    continue  # load_dataset refuses an empty Parquet split; the card omits it too
+                dataset.to_parquet(str(tmp / "data" / f"{name}-00000-of-00001.parquet"))
+            write_atomic(tmp / CARD_FILE, card)
     finally:
         if not bars:
             datasets.enable_progress_bars()
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
-    """A run's manifest ({} if it has none) and records; a clear error if it is not a run."""
-    run_dir = Path(run_dir)
-    if not (run_dir / RECORDS_FILE).exists():
-        raise ConfigError(
-            f"{run_dir}: no {RECORDS_FILE} here; pass a directory made by cai generate"
-        )
-    path = run_dir / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        manifest = {}
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e}); was it edited by hand?") from None
-    return manifest, list(read_records(run_dir))
 
 
 def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptions) -> ExportResult:
@@ -340,20 +363,16 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
 
     `dpo` and `sft` write one JSONL file (default RUN_DIR/<fmt>.jsonl) and its card as
     <name>.README.md; `hf` writes a directory (default RUN_DIR/hf) holding the card as README.md.
-    Nothing is left half-written when anything fails.
+    Nothing is left half-written when anything fails, nothing that an earlier export did not
+    write is replaced (`check_out`), and a run a live process is still writing is refused.
     """
-    from cai.card import render_card
-
     run_dir = Path(run_dir)
-    manifest, records = load_run(run_dir)
+    manifest, records = load_run(run_dir, while_running=False)
     default = "hf" if options.fmt == "hf" else f"{options.fmt}.jsonl"
     out = Path(out) if out is not None else run_dir / default
-    if options.fmt == "hf" and not _is_replaceable(out):
-        raise ConfigError(
-            f"{out} exists and is not an earlier hf export; pass --out with a new directory"
-        )
-    if options.fmt != "hf" and out.is_dir():
-        raise ConfigError(f"{out} is a directory; --format {options.fmt} writes a .jsonl file")
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))  # written through, the link stays
+    check_out(out, options.fmt)
     filtered = apply_filters(records, options.filters)
 
     if options.fmt == "hf":
@@ -371,7 +390,6 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
             for name in SPLITS
         }
         data_files = {name: f"data/{name}-*.parquet" for name in SPLITS}
-        card_path = out / CARD_FILE
     else:
         split = "train"
         if options.fmt == "dpo":
@@ -379,12 +397,12 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
         else:
             rows = {split: [_sft_row(v) for v in filtered.kept]}
         data_files = {split: out.name}
-        card_path = out.with_name(f"{out.stem}.{CARD_FILE}")
+    card_path = _card_path(out, options.fmt)
     counts = {name: len(r) for name, r in rows.items()}
     data_files = {name: path for name, path in data_files.items() if counts[name]}
     card = render_card(
         run_dir=run_dir,
-        manifest=manifest,
+        manifest=manifest.to_dict(),
         records=records,
         filtered=filtered,
         counts=counts,
@@ -395,8 +413,10 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
     if options.fmt == "hf":
         _write_hf(rows, out, options.style, card)
     else:
+        # The card first: it is what marks the data file as cai's, so a kill between the two
+        # writes leaves nothing that blocks the next export.
+        write_atomic(card_path, card)
         write_jsonl(rows["train"], out)
-        _write_text_atomic(card_path, card)
     return ExportResult(out, card_path, counts, filtered, len(records), data_files)
 
 

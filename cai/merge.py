@@ -3,22 +3,33 @@
 Each prompt ends up once in the result: where runs overlap, a usable record wins over a
 skipped one and a skipped one over a failure. Runs are only merged when they were made with
 the same constitution and settings (their manifests' `settings`), so records never mix
-silently. The inputs are only read; the result is written atomically and can be exported,
+silently. The inputs are only read; the result is built in a temporary folder and renamed
+into place, so a killed merge leaves nothing in the way of the next one. It can be exported,
 or resumed with `cai generate --out` like any run.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai import __version__
 from cai.errors import ConfigError, RunMismatchError
 from cai.pipeline import count_statuses, settings_differences
-from cai.records import RECORDS_FILE, RunStore, best_lines, record_lines, write_lines_atomic
+from cai.rundir import (
+    CONSTITUTION_COPY,
+    RECORDS_FILE,
+    Manifest,
+    RunStore,
+    atomic_dir,
+    best_lines,
+    read_manifest,
+    record_lines,
+    save_constitution_copy,
+    write_atomic,
+    write_manifest,
+)
 
 __all__ = ["MergeResult", "merge_runs"]
 
@@ -34,7 +45,7 @@ class MergeResult:
     missing_shards: list[int] = field(default_factory=list)
 
 
-def _check_inputs(run_dirs: Sequence[Path], out: Path) -> list[dict[str, Any]]:
+def _check_inputs(run_dirs: Sequence[Path], out: Path) -> list[Manifest]:
     if not run_dirs:
         raise ConfigError("give at least one run directory to merge")
     manifests = []
@@ -43,13 +54,13 @@ def _check_inputs(run_dirs: Sequence[Path], out: Path) -> list[dict[str, Any]]:
             raise ConfigError(
                 f"{run_dir}: no {RECORDS_FILE} here; pass run directories made by cai generate"
             )
-        manifest = RunStore(run_dir).read_manifest()
-        if manifest is None or not isinstance(manifest.get("settings"), dict):
+        manifest = read_manifest(run_dir)
+        if manifest is None or not manifest.settings:
             raise RunMismatchError(
-                f"{run_dir}: no readable manifest.json with the run's settings, so it cannot "
+                f"{run_dir}: no manifest.json with the run's settings, so it cannot "
                 "be checked against the other runs"
             )
-        differ = manifests and settings_differences(manifests[0]["settings"], manifest["settings"])
+        differ = manifests and settings_differences(manifests[0].settings, manifest.settings)
         if differ:
             raise RunMismatchError(
                 f"{run_dir} was made with other settings ({'; '.join(differ)}) than "
@@ -70,13 +81,12 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
     out = Path(out)
     manifests = _check_inputs(dirs, out)
     stores = [RunStore(d) for d in dirs]
-    result_store = RunStore(out)
     locked: list[RunStore] = []
     try:
         # Not while a generate process is still writing one of them.
-        unique = {store.dir.resolve(): store for store in [*stores, result_store]}
+        unique = {store.dir.resolve(): store for store in stores}
         for store in unique.values():
-            store.lock()
+            store.lock("merge")
             locked.append(store)
         lines = 0
 
@@ -96,9 +106,8 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
                     if (index, lineno) in keep:
                         yield raw if raw.endswith(b"\n") else raw + b"\n"
 
-        write_lines_atomic(result_store.records_path, chosen())
         counts = count_statuses({i: status for i, (_, _, status) in best.items()})
-        shards = [m.get("config", {}).get("shard") for m in manifests]
+        shards = [m.config.get("shard") for m in manifests]
         result = MergeResult(out, counts, duplicates=lines - len(best))
         if shards and all(isinstance(s, list) and len(s) == 2 for s in shards):
             result.shards = sorted(shards)
@@ -107,30 +116,33 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
                 (n,) = totals
                 result.missing_shards = sorted(set(range(1, n + 1)) - {k for k, _ in shards})
         first = manifests[0]
-        result_store.write_manifest(
-            {
-                "cai_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "constitution": first.get("constitution"),
-                "prompts": first.get("prompts"),
-                "config": {**first.get("config", {}), "shard": None},
-                "versions": first.get("versions"),
-                "settings": first["settings"],
-                "status": "merged",
+        manifest = Manifest(
+            constitution=first.constitution,
+            prompts=first.prompts,
+            config={**first.config, "shard": None},
+            versions=first.versions,
+            settings=first.settings,
+            status="merged",
+            counts=counts,
+            extra={
                 "merged_from": [
                     {
                         "run_dir": str(d),
-                        "shard": m.get("config", {}).get("shard"),
-                        "status": m.get("status"),
-                        "counts": m.get("counts"),
+                        "shard": m.config.get("shard"),
+                        "status": m.status,
+                        "counts": m.counts,
                     }
                     for d, m in zip(dirs, manifests, strict=True)
                 ],
-                "counts": counts,
                 "duplicates_dropped": result.duplicates,
                 "missing_shards": result.missing_shards,
-            }
+            },
         )
+        with atomic_dir(out) as tmp:
+            write_atomic(tmp / RECORDS_FILE, chosen())
+            write_manifest(tmp, manifest)
+            sha = first.constitution.get("sha256") or ""
+            save_constitution_copy(tmp, dirs[0] / CONSTITUTION_COPY, sha)
         return result
     finally:
         for store in locked:

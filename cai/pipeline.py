@@ -8,14 +8,18 @@ arrives, and each record is appended as its chain ends, so a crash loses only ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from cai import __version__
 from cai.constitution import Constitution, Principle
 from cai.errors import AuthenticationError, ConfigError, ProviderError, RunMismatchError
 from cai.idset import IdSet
@@ -30,13 +34,23 @@ from cai.prompts import (
 )
 from cai.providers.base import Completion, Provider, Sampling, Usage
 from cai.ratelimit import RateLimiter
-from cai.records import Record, Round, RunStore
+from cai.records import Record, Round
 from cai.retry import call_with_retries
+from cai.rundir import (
+    Manifest,
+    RunStore,
+    check_run_dir,
+    file_sha256,
+    public_url,
+    save_constitution_copy,
+    writer_info,
+)
 from cai.sources import PromptItem
 
 __all__ = [
     "GenerateConfig",
     "RunStats",
+    "build_manifest",
     "pick_principles",
     "run_chain",
     "run_generation",
@@ -121,6 +135,68 @@ def run_settings(
         "seed": config.seed,
         "sampling": config.sampling.to_dict(),
     }
+
+
+def build_manifest(
+    constitution: Constitution,
+    prompts: Any,
+    config: GenerateConfig,
+    provider: Provider,
+    *,
+    count: int | None = None,
+    base_url: str | None = None,
+    timeout: float | None = None,
+    price_table: str | Path | None = None,
+    prices_as_of: str | None = None,
+) -> Manifest:
+    """The manifest of a generate run: what made it, from which prompts, with which settings.
+
+    `prompts` is a `PromptSource`; a prompts file is recorded by name and sha256, so the card
+    never shows the user's directory layout.
+    """
+    spec = str(getattr(prompts, "spec", prompts))
+    info: dict[str, Any] = {"source": spec, "name": spec}
+    path = Path(spec)
+    if not spec.startswith("hf:") and path.exists():
+        info["name"] = path.name
+        if path.is_file():
+            info["sha256"] = file_sha256(path)
+    info.update(
+        field=getattr(prompts, "prompt_field", None),
+        count=count,
+        skipped_bad_lines=len(getattr(prompts, "skipped", ())),
+    )
+    return Manifest(
+        kind="generate",
+        constitution={
+            "name": constitution.name,
+            "path": constitution.path,
+            "sha256": constitution.sha256,
+        },
+        prompts=info,
+        config={
+            **{k: v for k, v in vars(config).items() if k != "shard"},
+            "shard": list(config.shard) if config.shard else None,
+            "provider": provider.name,
+            "model": provider.model,
+            "base_url": public_url(base_url),
+            "timeout": timeout,
+            "price_table": str(price_table) if price_table else None,
+            "prices_as_of": prices_as_of,
+        },
+        versions=_versions(provider.name),
+    )
+
+
+def _versions(provider: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = {"local": "llama-cpp-python", "anthropic": "anthropic", "openai": "openai"}
+    result = {"python": sys.version.split()[0], "cai": __version__}
+    if provider in names:
+        with contextlib.suppress(PackageNotFoundError):
+            result[names[provider]] = version(names[provider])
+    return result
 
 
 def _stable_int(*parts: object) -> int:
@@ -208,10 +284,14 @@ class _Caller:
     ) -> Completion:
         cached = self.journal.pop((record_id, step), None)
         if cached is not None:
-            self.stats.journal_hits += 1
-            completion = Completion.from_dict(cached)
-            usage.add(completion.usage)
-            return completion
+            try:
+                completion = Completion.from_dict(cached)
+            except ValueError:
+                pass  # a journal line of another shape (e.g. an older version's): call again
+            else:
+                self.stats.journal_hits += 1
+                usage.add(completion.usage)
+                return completion
         seed = _stable_int(self.config.seed, record_id, step)
         limiter = self.limiter
         # Reserve the prompt and the longest reply; `settle` gives back what was not used.
@@ -484,19 +564,22 @@ async def run_generation(
     config: GenerateConfig,
     store: RunStore,
     *,
-    manifest: dict[str, Any] | None = None,
+    manifest: Manifest | dict[str, Any] | None = None,
     on_event: Callable[[str, Any], None] = lambda kind, data: None,
     stop: asyncio.Event | None = None,
     stats: RunStats | None = None,
 ) -> RunStats:
     """Run (or resume) a job into `store`; returns the counts. `prompts` is an iterable of `PromptItem`.
 
-    Raises `RunMismatchError` when the store holds a run made with other settings. Setting
-    `stop` ends the run cleanly: no new prompt or call starts, calls in flight finish and are
-    journaled, chains they belong to are left for the next run to continue.
+    Raises `ConfigError` when the directory is neither new, empty, nor a run of cai's, and
+    `RunMismatchError` when it holds a run made with other settings; nothing is written then.
+    Once the run is taken, `on_event("start", run_dir)` is sent. Setting `stop` ends the run
+    cleanly: no new prompt or call starts, calls in flight finish and are journaled, chains
+    they belong to are left for the next run to continue.
     """
     settings = run_settings(config, constitution, provider)
-    store.lock()
+    check_run_dir(store.dir)  # before the lock file, which is a write into the directory
+    store.lock("generate")
     try:
         return await _run_locked(
             prompts,
@@ -521,23 +604,37 @@ async def _run_locked(
     config: GenerateConfig,
     store: RunStore,
     settings: dict[str, Any],
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | dict[str, Any] | None,
     on_event: Callable[[str, Any], None],
     stop: asyncio.Event | None,
     stats: RunStats | None,
 ) -> RunStats:
-    check_resumable(store, settings)
+    previous = check_resumable(store, settings)
+    on_event("start", store.dir)
+    if previous is not None and previous.status == "running":
+        gone = store.previous_writer or previous.writer or {}
+        who = f"process {gone['pid']}" if gone.get("pid") else "its process"
+        on_event(
+            "notice",
+            f"the last run of {store.dir} ended without cleaning up ({who} is gone, killed?); resuming it",
+        )
+    if constitution.path and Path(constitution.path).is_file():
+        save_constitution_copy(store.dir, Path(constitution.path), constitution.sha256)
     stats = stats or RunStats()
     store.repair()
-    statuses = store.compact(retry_failed=config.retry_failed)
+    statuses = store.compact()
     for notice in store.notices:
         on_event("notice", notice)
-    done = set(statuses)
-    # Counts, not a status per id: nothing kept per new prompt may grow with the prompt count.
-    counts = count_statuses(statuses)
+    # A failed prompt is retried unless told not to; its record stays until a retry replaces it.
+    done = {i for i, status in statuses.items() if status != "failed" or not config.retry_failed}
     del statuses
     journal = store.journal(done)
-    manifest = dict(manifest or {}, settings=settings, status="running")
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.from_dict({"cai_version": __version__, **(manifest or {})})
+    if previous is not None:
+        manifest.created = previous.created
+    manifest.settings, manifest.status = settings, "running"
+    manifest.writer = writer_info("generate")
     store.write_manifest(manifest)
     stop = stop or asyncio.Event()
     semaphore = asyncio.Semaphore(config.concurrency)
@@ -588,8 +685,6 @@ async def _run_locked(
                 except _Abandoned:
                     continue
             store.append_record(record)
-            counts["records"] += 1
-            counts[record.status] = counts.get(record.status, 0) + 1
             if record.status == "skipped":
                 stats.too_long += 1
             elif record.status == "failed":
@@ -624,8 +719,10 @@ async def _run_locked(
         await asyncio.gather(*tasks, watcher, return_exceptions=True)
         store.close()
         stats.interrupted = stop.is_set()
-        status = _final_status(stats, ended)
-        manifest.update(status=status, stats=stats.to_dict(), counts=counts)
+        # Counted from the file, where a retried prompt's new record replaces its failure.
+        manifest.counts = count_statuses(store.compact())
+        manifest.status = _final_status(stats, ended)
+        manifest.stats = stats.to_dict()
         store.write_manifest(manifest)
     return stats
 
@@ -646,16 +743,18 @@ def count_statuses(statuses: dict[str, str]) -> dict[str, int]:
     return counts
 
 
-def check_resumable(store: RunStore, settings: dict[str, Any]) -> None:
-    """Refuse to add to a run made with other settings, or with unknown ones."""
+def check_resumable(store: RunStore, settings: dict[str, Any]) -> Manifest | None:
+    """Refuse to add to a run made with other settings, or with unknown ones; the run's
+    manifest, None for a new run."""
     previous = store.read_manifest()
     if previous is not None:
-        check_settings(previous.get("settings", {}), settings, store.dir)
+        check_settings(previous.settings, settings, store.dir)
     elif store.has_data():
         raise RunMismatchError(
             f"{store.dir} holds records but no readable manifest.json, so the settings they "
             "were made with are unknown; to start a new run, pass --out with a new directory"
         )
+    return previous
 
 
 def settings_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""What calls cost: the price table (cai/data/prices.json, or the user's) and token estimates."""
+"""What calls cost: the price table (cai/data/prices.json, or the user's), token estimates, and
+the cost of a run's records."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cai.errors import InputError
+from cai.errors import CaiError, InputError
 from cai.providers.base import Usage
+
+if TYPE_CHECKING:
+    from cai.records import Record
 
 __all__ = [
     "FREE",
@@ -17,8 +22,10 @@ __all__ = [
     "Price",
     "PriceTable",
     "estimate_tokens",
+    "find_cost",
     "format_cost",
     "load_price_table",
+    "run_cost",
 ]
 
 PRICES_FILE = Path(__file__).parent / "data" / "prices.json"
@@ -112,3 +119,35 @@ def estimate_tokens(messages: Iterable[dict[str, str]] | str) -> int:
 
 def format_cost(usd: float) -> str:
     return f"${usd:,.4f}" if usd < 1 else f"${usd:,.2f}"
+
+
+def find_cost(manifest: dict[str, Any]) -> float | None:
+    """The cost in USD that `cai generate` wrote to the manifest, if any."""
+    stats = manifest.get("stats") or {}
+    for value in (stats.get("cost_usd"), manifest.get("cost_usd")):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def run_cost(records: Iterable[Record], manifest: dict[str, Any]) -> float | None:
+    """The cost in USD of every call behind `records`, priced from their summed usage.
+
+    The records' usage covers every session of a resumed run, where the manifest's figure
+    covers only the last; the manifest's figure is the fallback when a model has no price.
+    """
+    by_model: dict[tuple[str, str], Usage] = {}
+    for r in records:
+        by_model.setdefault((r.provider, r.model), Usage()).add(Usage.from_dict(r.usage))
+    table_path = (manifest.get("config") or {}).get("price_table")
+    try:
+        table = load_price_table(table_path)
+    except CaiError:
+        table = load_price_table()  # the user's table has moved since the run
+    total = 0.0
+    for (provider, model), usage in by_model.items():
+        price = FREE if provider == "local" else table.lookup(model)
+        if price is None:
+            return find_cost(manifest)
+        total += price.cost(usage)
+    return total if by_model else find_cost(manifest)

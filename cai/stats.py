@@ -9,11 +9,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cai.errors import CaiError
 from cai.filters import SIMILARITY_THRESHOLD, FilterConfig, apply_filters, similar
+from cai.pricing import format_cost, run_cost
 from cai.records import Record
+from cai.rundir import describe_status, load_run
 
-__all__ = ["compute_stats", "find_cost", "format_stats", "run_cost", "run_stats"]
+__all__ = ["compute_stats", "format_stats", "run_stats"]
 
 _USAGE_KEYS = (
     "input_tokens",
@@ -22,41 +23,6 @@ _USAGE_KEYS = (
     "cache_creation_input_tokens",
     "calls",
 )
-
-
-def find_cost(manifest: dict[str, Any]) -> float | None:
-    """The cost in USD that `cai generate` wrote to the manifest, if any."""
-    stats = manifest.get("stats") or {}
-    for value in (stats.get("cost_usd"), manifest.get("cost_usd")):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def run_cost(records: list[Record], manifest: dict[str, Any]) -> float | None:
-    """The cost in USD of every call behind `records`, priced from their summed usage.
-
-    The records' usage covers every session of a resumed run, where the manifest's figure
-    covers only the last; the manifest's figure is the fallback when a model has no price.
-    """
-    from cai.pricing import FREE, load_price_table
-    from cai.providers.base import Usage
-
-    by_model: dict[tuple[str, str], Usage] = {}
-    for r in records:
-        by_model.setdefault((r.provider, r.model), Usage()).add(Usage.from_dict(r.usage))
-    table_path = (manifest.get("config") or {}).get("price_table")
-    try:
-        table = load_price_table(table_path)
-    except CaiError:
-        table = load_price_table()  # the user's table has moved since the run
-    total = 0.0
-    for (provider, model), usage in by_model.items():
-        price = FREE if provider == "local" else table.lookup(model)
-        if price is None:
-            return find_cost(manifest)
-        total += price.cost(usage)
-    return total if by_model else find_cost(manifest)
 
 
 def _lengths(texts: list[str]) -> dict[str, float]:
@@ -139,19 +105,16 @@ def compute_stats(
 
 
 def run_stats(run_dir: str | Path) -> dict[str, Any]:
-    """`compute_stats` of the run in `run_dir`."""
-    from cai.export import load_run
-
+    """`compute_stats` of the run in `run_dir`; a run whose writer died shows as interrupted."""
     run_dir = Path(run_dir)
     manifest, records = load_run(run_dir)
-    data = compute_stats(records, manifest)
-    config = manifest.get("config") or {}
+    data = compute_stats(records, manifest.to_dict())
     data["run"] = {
         "dir": str(run_dir),
-        "status": manifest.get("status"),
-        "constitution": (manifest.get("constitution") or {}).get("name"),
-        "provider": config.get("provider"),
-        "model": config.get("model"),
+        "status": describe_status(run_dir, manifest) if manifest.cai_version else None,
+        "constitution": manifest.constitution.get("name"),
+        "provider": manifest.config.get("provider"),
+        "model": manifest.config.get("model"),
     }
     return data
 
@@ -219,8 +182,6 @@ def format_stats(data: dict[str, Any]) -> str:
         )
     )
     cost = data["cost_usd"]
-    from cai.pricing import format_cost
-
     lines.append(
         f"Cost: {format_cost(cost)}"
         if cost is not None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,39 @@ def test_cli_show_prints_a_table(mini_constitution: Path) -> None:
     assert any(line.startswith("harm       3       75%") for line in lines)
     assert any(line.startswith("honesty    1       25%") for line in lines)
     assert lines[-1] == "2 few-shot examples; system prompt: yes"
+
+
+PRINCIPLE = "## Principle: a\nCritique: c\nRevision: r\n"
+
+
+def test_yaml_anchors_and_aliases_in_front_matter_are_refused() -> None:
+    text = "---\nname: x\nbase: &b hello\ndescription: *b\n---\n" + PRINCIPLE
+    assert problems_of(text) == [
+        (
+            3,
+            "front matter uses a YAML anchor ('&b'); "
+            "anchors and aliases are not allowed, write each value out in full",
+        )
+    ]
+    alias_only = "---\nname: x\ndescription: *b\n---\n" + PRINCIPLE
+    [(line, message)] = problems_of(alias_only)
+    assert line == 3 and "alias ('*b')" in message
+
+
+def test_billion_laughs_front_matter_is_refused_at_once() -> None:
+    # Nine levels of nine aliases: 9**9 strings once expanded, from well under 1 KB of text.
+    levels = ['l0: &l0 "lol"'] + [
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)
+    ]
+    text = "---\nname: bomb\n" + "\n".join(levels) + "\ndescription: *l9\n---\n" + PRINCIPLE
+    assert len(text.encode()) < 1000
+    start = time.monotonic()
+    [(line, message)] = problems_of(text)
+    assert time.monotonic() - start < 1
+    assert line == 3 and "anchor ('&l0')" in message
+
+
+def test_deeply_nested_front_matter_is_an_error_not_a_crash() -> None:
+    text = "---\nname: x\ndescription: " + "[" * 5000 + "]" * 5000 + "\n---\n" + PRINCIPLE
+    [(line, message)] = problems_of(text)
+    assert line == 3 and "nested" in message

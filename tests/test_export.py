@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from conftest import MINI_CONSTITUTION
 from fakes import FakeProvider
 
-from cai.card import CONSTITUTION_COPY, save_constitution_copy
 from cai.cli import cli
 from cai.constitution import load_constitution
 from cai.errors import BadRequestError, ConfigError
@@ -26,7 +25,8 @@ from cai.export import (
 from cai.filters import apply_filters
 from cai.pipeline import GenerateConfig, run_generation
 from cai.providers.base import Completion, Usage
-from cai.records import Record, Round, RunStore, read_records
+from cai.records import Record, Round
+from cai.rundir import CONSTITUTION_COPY, RunStore, read_records, save_constitution_copy
 from cai.sources import PromptItem, prompt_id
 
 GOOD = "A safer answer: talk to someone you trust first, and ask a professional for help."
@@ -391,8 +391,8 @@ def test_hf_export_replaces_an_earlier_export_but_not_another_directory(mixed_ru
     code, output = export(mixed_run, "--format", "hf", "--out", other)
     assert code == 2
     assert (
-        output
-        == f"Error: {other} exists and is not an earlier hf export; pass --out with a new directory\n"
+        output == f"Error: --out {other} holds files cai export did not write (notes.txt); "
+        "pass --out with a new path\n"
     )
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
 

@@ -13,7 +13,8 @@ from cai.errors import BadRequestError, ConfigError, RunMismatchError
 from cai.pipeline import GenerateConfig, pick_principles, run_chain, run_generation
 from cai.prompts import NO_CHANGE_MARKER, is_no_change
 from cai.providers.base import Completion, Usage
-from cai.records import Record, RunStore, read_records
+from cai.records import Record
+from cai.rundir import RunStore, read_records
 from cai.sources import PromptItem, prompt_id
 
 CONSTITUTION = parse_constitution(MINI_CONSTITUTION, path="mini.md")

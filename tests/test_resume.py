@@ -29,7 +29,7 @@ from cai.errors import (
 )
 from cai.merge import merge_runs
 from cai.pipeline import GenerateConfig, in_shard, run_generation
-from cai.records import RunStore, read_records
+from cai.rundir import RunStore, read_records
 from cai.sources import PromptItem, prompt_id
 
 CONSTITUTION = parse_constitution(MINI_CONSTITUTION, path="mini.md")
@@ -205,7 +205,7 @@ def test_duplicate_and_foreign_lines_are_compacted_to_one_per_prompt(tmp_path: P
 def test_two_processes_never_write_one_run(tmp_path: Path) -> None:
     first, second = RunStore(tmp_path / "run"), RunStore(tmp_path / "run")
     first.lock()
-    with pytest.raises(ConfigError, match="is being written by another cai process"):
+    with pytest.raises(ConfigError, match=r"is being written by process \d+ \(cai\) on "):
         second.lock()
     first.unlock()
     second.lock()
@@ -614,10 +614,10 @@ def test_a_key_echoed_back_by_a_server_is_redacted(
 
 
 def test_base_url_is_stored_without_credentials() -> None:
-    from cai.cli import _public_url
+    from cai.rundir import public_url
 
-    assert _public_url(f"https://user:{PLANTED}@llm.example:8443/v1?api-key={PLANTED}") == (
+    assert public_url(f"https://user:{PLANTED}@llm.example:8443/v1?api-key={PLANTED}") == (
         "https://llm.example:8443/v1"
     )
-    assert _public_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
-    assert _public_url(None) is None
+    assert public_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert public_url(None) is None

@@ -8,8 +8,9 @@ from click.testing import CliRunner
 from test_export import MIXED, make_run
 
 from cai.cli import cli
+from cai.pricing import run_cost
 from cai.records import Record
-from cai.stats import compute_stats, format_stats, run_cost, run_stats
+from cai.stats import compute_stats, format_stats, run_stats
 
 
 @pytest.fixture(scope="module")
