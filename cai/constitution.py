@@ -38,6 +38,7 @@ _KEY = re.compile(
     r"^(weight|critique|revision|comparison|principle|user|assistant)\s*:\s?(.*)$",
     re.IGNORECASE,
 )
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 _MAX_YAML_DEPTH = 20
 _PRINCIPLE_KEYS = {"weight", "critique", "revision", "comparison"}
 _EXAMPLE_KEYS = {"principle", "user", "assistant", "critique", "revision"}
@@ -273,12 +274,22 @@ class _Parser:
     def _sections(self, start: int) -> list[_Section]:
         sections: list[_Section] = []
         current = _Section("doc", "", start)
-        in_fence = False
+        fence = ""  # the open code fence's marker, such as "```"; headings inside are code
+        fence_line = 0
         for index in range(start, len(self.lines)):
             raw = self.lines[index]
             lineno = index + 1
-            if raw.lstrip().startswith("```"):
-                in_fence = not in_fence
+            marker = _FENCE.match(raw)
+            if marker and not fence:
+                fence, fence_line = marker.group(1), lineno
+            elif (
+                marker
+                and marker.group(1)[0] == fence[0]
+                and len(marker.group(1)) >= len(fence)
+                and not raw.strip().strip(fence[0])
+            ):
+                fence = ""
+            in_fence = bool(fence) or bool(marker)
             heading = None if in_fence else _HEADING.match(raw)
             if heading:
                 level, title = len(heading.group(1)), heading.group(2)
@@ -316,6 +327,12 @@ class _Parser:
                         lineno,
                         f"text before any key in {current.kind} '{current.title}'; start the line with one of {keys}",
                     )
+        if fence:
+            self.error(
+                fence_line,
+                f"code fence '{fence}' is never closed, so everything after it is read as code; "
+                f"add a closing '{fence}' line",
+            )
         return sections
 
     def _principle(self, section: _Section) -> Principle | None:

@@ -198,3 +198,28 @@ def test_deeply_nested_front_matter_is_an_error_not_a_crash() -> None:
     text = "---\nname: x\ndescription: " + "[" * 5000 + "]" * 5000 + "\n---\n" + PRINCIPLE
     [(line, message)] = problems_of(text)
     assert line == 3 and "nested" in message
+
+
+def test_unclosed_code_fence_is_an_error_with_its_line() -> None:
+    text = PRINCIPLE + "\n```\nsome code\n\n## Principle: b\nCritique: c\nRevision: r\n"
+    assert problems_of(text) == [
+        (
+            5,
+            "code fence '```' is never closed, so everything after it is read as code; "
+            "add a closing '```' line",
+        )
+    ]
+    tilde = PRINCIPLE + "~~~~\n## Principle: b\n```\n~~~\n"
+    assert problems_of(tilde) == [
+        (
+            4,
+            "code fence '~~~~' is never closed, so everything after it is read as code; "
+            "add a closing '~~~~' line",
+        )
+    ]
+
+
+def test_closed_code_fences_hide_headings_and_keys() -> None:
+    text = PRINCIPLE + "\n~~~markdown\n## Principle: shown\n```\nCritique: not a key\n~~~\n"
+    c = parse_constitution(text, path="c.md")
+    assert [p.name for p in c.principles] == ["a"]
