@@ -10,6 +10,8 @@ __all__ = [
     "BadResponseError",
     "CaiError",
     "ConfigError",
+    "ConflictError",
+    "ConnectionRefused",
     "ConstitutionError",
     "InputError",
     "MissingKeyError",
@@ -67,7 +69,8 @@ class ConstitutionError(InputError):
         first = problems[0]
         super().__init__(first.path, first.line, first.message)
         if len(problems) > 1:
-            self.args = (f"{first} (and {len(problems) - 1} more problem(s))",)
+            more = len(problems) - 1
+            self.args = (f"{first} (and {more} more problem{'s' if more > 1 else ''})",)
 
 
 class ConfigError(CaiError):
@@ -96,11 +99,15 @@ class ProviderError(CaiError):
         status: int | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.request_id = request_id
         self.retry_after = retry_after
+        if retryable is not None:
+            # The server said so (`x-should-retry`), which wins over the kind's default.
+            self.retryable = retryable
 
     def to_dict(self) -> dict:
         return {
@@ -133,6 +140,19 @@ class APITimeoutError(ProviderError):
 
 class APIConnectionError(ProviderError):
     kind = "connection"
+    retryable = True
+
+
+class ConnectionRefused(APIConnectionError):
+    """Nothing listens at the address (wrong URL, or the server is down)."""
+
+    kind = "connection_refused"
+
+
+class ConflictError(ProviderError):
+    """409: the request conflicted with another in progress; the SDKs retry it."""
+
+    kind = "conflict"
     retryable = True
 
 

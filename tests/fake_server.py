@@ -28,7 +28,6 @@ its top tokens). A chain-of-thought request ("Let's think step by step") gets re
 names both options, then the more likely letter on its last line. An option containing
 `NO_LETTER` gets a reply with no answer letter at all.
 
-
 Usage is counted as about one token per four characters. For Anthropic, when a block of
 `system` or `messages` carries `cache_control`, the tokens up to and including the last such
 block are the cached prefix: the first request with a given prefix reports them as
@@ -49,8 +48,13 @@ The fault kind is drawn the same way from `faults`, a subset of `FAULTS`:
 - `refused` - `finish_reason: content_filter` / `stop_reason: refusal`, empty content;
 - `quota` (not drawn unless asked for) - OpenAI's 429 `insufficient_quota`, no `retry-after`.
 
+Canned replies: `server.enqueue(Canned(status=200, body=..., headers={...}, trickle=0.05),
+match="text", times=3)` answers the next requests whose body contains `match` with exactly
+that reply (a body of any shape; `trickle` sends it one byte at a time), e.g. to test replies
+of the wrong shape, `x-should-retry` or `retry-after` headers, or a body that never ends.
+
 `latency` seconds are added to every request. With `api_key` set, a request without
-that key gets 401. Request headers are never stored. Request n (1-based) carries the header
+that key gets 401; with `basic_auth=(user, password)`, one without that HTTP basic auth. Request headers are never stored. Request n (1-based) carries the header
 `x-request-id` (OpenAI) or `request-id` (Anthropic) `req_fake_<n:06d>`, and reply ids
 `chatcmpl-fake<n:06d>` / `msg_fake<n:06d>`. `reset()` clears the counts and the log but not
 the per-body attempt counts, so a second run against the same server draws new faults.
@@ -79,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -89,7 +94,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
@@ -99,6 +104,7 @@ __all__ = [
     "OTHER_FAULTS",
     "PREFERENCE",
     "PREFERRED",
+    "Canned",
     "FakeServer",
     "LogEntry",
     "comparison_p_first",
@@ -245,6 +251,29 @@ class _HTTPError(Exception):
         self.code = code
 
 
+@dataclass
+class Canned:
+    """A reply queued with `FakeServer.enqueue`: any status, headers and body (JSON-encoded
+    unless bytes), optionally sent one byte every `trickle` seconds."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    trickle: float = 0.0
+
+    def payload(self) -> bytes:
+        return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
+
+
+class _Trickle(bytes):
+    """A reply body to send one byte every `delay` seconds."""
+
+    def __new__(cls, data: bytes, delay: float) -> _Trickle:
+        obj = super().__new__(cls, data)
+        obj.delay = delay
+        return obj
+
+
 class FakeServer:
     """The fake API server; see the module docstring."""
 
@@ -262,6 +291,7 @@ class FakeServer:
         api_key: str | None = None,
         log_path: str | None = None,
         keep_bodies: bool = True,
+        basic_auth: tuple[str, str] | None = None,
     ) -> None:
         unknown = set(faults) - set(FAULTS + OTHER_FAULTS)
         if unknown:
@@ -288,6 +318,8 @@ class FakeServer:
         self._log_file: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.basic_auth = basic_auth
+        self._canned: list[list[Any]] = []  # [match, Canned, times left]
 
     @property
     def url(self) -> str:
@@ -387,10 +419,20 @@ class FakeServer:
                     writer.transport.abort()
                     return
                 status, extra, payload = reply
+                trickle = payload.delay if isinstance(payload, _Trickle) else 0.0
+                payload = bytes(payload)
                 head_out = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
                 head_out += [f"{k}: {v}" for k, v in extra.items()]
                 head_out += ["content-type: application/json", f"content-length: {len(payload)}"]
-                writer.write(("\r\n".join(head_out) + "\r\n\r\n").encode("latin-1") + payload)
+                head_bytes = ("\r\n".join(head_out) + "\r\n\r\n").encode("latin-1")
+                if trickle:
+                    writer.write(head_bytes)
+                    for i in range(len(payload)):
+                        writer.write(payload[i : i + 1])
+                        await writer.drain()
+                        await asyncio.sleep(trickle)
+                else:
+                    writer.write(head_bytes + payload)
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     return
@@ -428,6 +470,18 @@ class FakeServer:
                 await asyncio.sleep(self.latency)
             if api == "other" or method != "POST":
                 raise _HTTPError(404, f"no route {method} {path}")
+            if self.basic_auth is not None and headers.get("authorization") != "Basic " + (
+                base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            ):
+                raise _HTTPError(401, "basic auth required")
+            canned = self._take_canned(raw)
+            if canned is not None:
+                entry.status = canned.status
+                payload = canned.payload()
+                headers_out = {**self._id_header(api, n), **canned.headers}
+                if canned.trickle:
+                    return canned.status, headers_out, _Trickle(payload, canned.trickle)
+                return canned.status, headers_out, payload
             if self.api_key is not None and self.api_key not in (
                 headers.get("x-api-key"),
                 headers.get("authorization", "").removeprefix("Bearer "),
@@ -462,6 +516,24 @@ class FakeServer:
                 self._log_file.flush()
             if not self.keep_bodies:
                 entry.body = None
+
+    def enqueue(self, *replies: Canned, match: str | None = None, times: int = 1) -> FakeServer:
+        """Answer the next requests whose body contains `match` (any, if None) with `replies`,
+        in order, each `times` times, instead of the generated reply (auth is still checked)."""
+        for reply in replies:
+            self._canned.append([match, reply, times])
+        return self
+
+    def _take_canned(self, raw: bytes) -> Canned | None:
+        text = raw.decode("utf-8", "replace")
+        for slot in self._canned:
+            match, reply, _ = slot
+            if match is None or match in text:
+                slot[2] -= 1
+                if slot[2] <= 0:
+                    self._canned.remove(slot)
+                return reply
+        return None
 
     def _draw_fault(self, raw: bytes) -> str | None:
         if not self.fault_rate or not self.faults:

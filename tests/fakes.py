@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cai.errors import ProviderError
-from cai.providers.base import Completion, Sampling, Usage
+from cai.providers.base import Completion, Provider, Sampling, Usage
 
 Reply = str | Completion | ProviderError
 
@@ -20,7 +20,7 @@ class Call:
 
 
 @dataclass
-class FakeProvider:
+class FakeProvider(Provider):
     """Returns queued replies in order; when the queue is empty, `respond(messages)` answers."""
 
     name: str = "fake"

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from pathlib import Path
 
 import pytest
-from fake_server import FakeServer, count_tokens
+from fake_server import Canned, FakeServer, count_tokens
 
 from cai import errors
 from cai.constitution import load_constitution
 from cai.prompts import build_critique_messages, build_initial_messages, build_revision_messages
 from cai.providers import create_provider
 from cai.providers.anthropic import AnthropicProvider, to_messages_request
-from cai.providers.base import Sampling
+from cai.providers.base import Completion, Sampling
 from cai.providers.openai import OpenAIProvider
 
 SAMPLING = Sampling(temperature=0.5, max_tokens=64)
@@ -264,3 +266,278 @@ def test_anthropic_never_sends_an_empty_turn() -> None:
             {"role": "user", "content": "Critique that."},
         ]
     }
+
+
+# -- replies of the wrong shape ---------------------------------------------------------------
+
+_OPENAI_OK = {
+    "id": "chatcmpl-x",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+}
+_ANTHROPIC_OK = {
+    "id": "msg_x",
+    "type": "message",
+    "content": [{"type": "text", "text": "Hi."}],
+    "stop_reason": "end_turn",
+    "usage": {"input_tokens": 5, "output_tokens": 2},
+}
+
+
+def _with(base: dict, path: tuple, value: object) -> dict:
+    """A deep copy of `base` with the value at `path` replaced (or deleted, for `...`)."""
+    import copy
+
+    data = copy.deepcopy(base)
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    if value is ...:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return data
+
+
+WRONG_SHAPES = [
+    ("openai", _with(_OPENAI_OK, ("choices", 0, "message", "content"), ["a", "list"])),
+    ("openai", _with(_OPENAI_OK, ("choices", 0, "message", "content"), 42)),
+    ("openai", _with(_OPENAI_OK, ("choices", 0, "message", "content"), None)),
+    ("openai", _with(_OPENAI_OK, ("choices", 0, "message"), "Hi.")),
+    ("openai", _with(_OPENAI_OK, ("choices",), ...)),
+    ("openai", _with(_OPENAI_OK, ("choices",), [])),
+    ("openai", _with(_OPENAI_OK, ("usage",), ...)),
+    ("openai", _with(_OPENAI_OK, ("usage", "completion_tokens"), "many")),
+    ("openai", [_OPENAI_OK]),
+    ("openai", 7),
+    ("openai", None),
+    ("anthropic", _with(_ANTHROPIC_OK, ("content",), ...)),
+    ("anthropic", _with(_ANTHROPIC_OK, ("content",), 42)),
+    ("anthropic", _with(_ANTHROPIC_OK, ("content",), "Hi.")),
+    ("anthropic", _with(_ANTHROPIC_OK, ("content", 0), "Hi.")),
+    ("anthropic", _with(_ANTHROPIC_OK, ("content", 0, "text"), None)),
+    ("anthropic", _with(_ANTHROPIC_OK, ("content", 0, "text"), ["a"])),
+    ("anthropic", _with(_ANTHROPIC_OK, ("usage",), ...)),
+    ("anthropic", _with(_ANTHROPIC_OK, ("usage",), None)),
+    ("anthropic", _with(_ANTHROPIC_OK, ("usage", "output_tokens"), "2")),
+    ("anthropic", [_ANTHROPIC_OK]),
+    ("anthropic", 7),
+    ("anthropic", None),
+]
+
+
+@pytest.mark.parametrize(("kind", "body"), WRONG_SHAPES)
+def test_a_reply_of_the_wrong_shape_is_a_retryable_bad_response(
+    kind: str, body: object, keys: None
+) -> None:
+    with FakeServer() as server:
+        server.enqueue(Canned(body=body))
+        with pytest.raises(errors.BadResponseError) as caught:
+            asyncio.run(_complete(_provider(kind, server)))
+    assert caught.value.retryable and caught.value.kind == "bad_response"
+
+
+@pytest.mark.parametrize(("kind", "body"), [("openai", _OPENAI_OK), ("anthropic", _ANTHROPIC_OK)])
+def test_the_canned_good_reply_parses(kind: str, body: dict, keys: None) -> None:
+    # The shapes above differ from this one in one place only; this one is an answer.
+    with FakeServer() as server:
+        server.enqueue(Canned(body=body))
+        completion = asyncio.run(_complete(_provider(kind, server)))
+    assert (completion.text, completion.usage.output_tokens) == ("Hi.", 2)
+
+
+def test_a_completion_is_always_well_formed() -> None:
+    with pytest.raises(TypeError):
+        Completion(["not", "text"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Completion.from_dict({"text": "hi", "usage": {"output_tokens": "many"}})
+    with pytest.raises(ValueError):
+        Completion.from_dict({"text": None})
+
+
+# -- the whole call is bounded by --timeout ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_timeout_bounds_a_body_that_trickles_in(kind: str, keys: None) -> None:
+    body = _OPENAI_OK if kind == "openai" else _ANTHROPIC_OK
+    with FakeServer() as server:
+        # ~200 bytes at one every 50 ms: 10 s, each read well inside the SDK's read timeout.
+        server.enqueue(Canned(body=body, trickle=0.05))
+        started = time.monotonic()
+        with pytest.raises(errors.APITimeoutError, match="within 1s"):
+            asyncio.run(_complete(_provider(kind, server, timeout=1.0)))
+        elapsed = time.monotonic() - started
+    assert elapsed < 4, f"the call ran {elapsed:.1f}s past a 1s --timeout"
+
+
+# -- retries follow the SDKs' rules -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize(
+    ("status", "headers", "retryable", "error_kind"),
+    [
+        (408, {}, True, "timeout"),
+        (409, {}, True, "conflict"),
+        (500, {"x-should-retry": "false"}, False, "server_error"),
+        (429, {"x-should-retry": "false"}, False, "rate_limit"),
+        (400, {"x-should-retry": "true"}, True, "bad_request"),
+        (400, {}, False, "bad_request"),
+    ],
+)
+def test_which_statuses_are_retried(
+    kind: str, status: int, headers: dict, retryable: bool, error_kind: str, keys: None
+) -> None:
+    with FakeServer() as server:
+        server.enqueue(Canned(status=status, body={"error": {"message": "no"}}, headers=headers))
+        with pytest.raises(errors.ProviderError) as caught:
+            asyncio.run(_complete(_provider(kind, server)))
+    assert (caught.value.kind, caught.value.retryable) == (error_kind, retryable)
+    assert caught.value.status == status
+
+
+def test_408_then_409_then_an_answer_through_the_retry_loop(keys: None) -> None:
+    from cai.retry import call_with_retries
+
+    async def run(provider) -> Completion:
+        try:
+            return await call_with_retries(
+                lambda: provider.complete(HELLO, SAMPLING), max_retries=2, base_delay=0.001
+            )
+        finally:
+            await provider.aclose()
+
+    with FakeServer() as server:
+        server.enqueue(Canned(status=408, body={}), Canned(status=409, body={}))
+        completion = asyncio.run(run(_provider("openai", server)))
+        assert server.requests == 3
+    assert completion.text.startswith("Answer to:")
+
+
+def test_retry_after_as_seconds_milliseconds_and_an_http_date() -> None:
+    from email.utils import formatdate
+
+    from cai.providers.sdk import parse_retry_after
+
+    now = 1_800_000_000.0
+    assert parse_retry_after({"retry-after": "2.5"}, now) == 2.5
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}, now) == 1.5
+    date = formatdate(now + 7, usegmt=True)
+    assert parse_retry_after({"retry-after": date}, now) == pytest.approx(7, abs=1)
+    assert parse_retry_after({"retry-after": formatdate(now - 60, usegmt=True)}, now) == 0
+    assert parse_retry_after({"retry-after": "soon"}, now) is None
+    assert parse_retry_after({}, now) is None
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_429_with_an_http_date_waits_that_long(kind: str, keys: None) -> None:
+    from email.utils import formatdate
+
+    with FakeServer() as server:
+        when = formatdate(time.time() + 30, usegmt=True)
+        server.enqueue(Canned(status=429, body={}, headers={"retry-after": when}))
+        with pytest.raises(errors.RateLimitError) as caught:
+            asyncio.run(_complete(_provider(kind, server)))
+    assert caught.value.retry_after == pytest.approx(30, abs=2)
+
+
+# -- capabilities, the table, an injected HTTP client -----------------------------------------
+
+
+def test_capabilities_are_declared_on_the_base_class(keys: None) -> None:
+    from cai.providers import PROVIDERS, Provider
+
+    openai_, anthropic_ = OpenAIProvider(), AnthropicProvider("claude-opus-4-7")
+    assert isinstance(openai_, Provider) and isinstance(anthropic_, Provider)
+    assert (openai_.supports_seed, openai_.supports_logprobs) == (True, True)
+    assert (anthropic_.supports_seed, anthropic_.supports_logprobs) == (False, False)
+    assert anthropic_.takes_sampling is False and openai_.takes_sampling is True
+    assert openai_.context_window is None and not openai_.has_tokenizer
+    assert openai_.count_tokens("12345678") == 2  # the estimate
+    assert set(PROVIDERS) == {"local", "openai", "anthropic"}
+    assert openai_.model == PROVIDERS["openai"].default_model
+    assert anthropic_.info.key_variable == "ANTHROPIC_API_KEY"
+
+
+def test_logprobs_only_from_providers_that_support_them(keys: None) -> None:
+    with pytest.raises(errors.ConfigError, match="cannot return logprobs"):
+        asyncio.run(_complete(AnthropicProvider(), sampling=Sampling(max_tokens=5, logprobs=2)))
+
+
+def _mock_client(handler):
+    import httpx2
+
+    return httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_an_injected_http_client_carries_the_calls(kind: str, keys: None) -> None:
+    import httpx2
+
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        body = _OPENAI_OK if kind == "openai" else _ANTHROPIC_OK
+        return httpx2.Response(200, json=body, headers={"request-id": "req_mock"})
+
+    provider = create_provider(
+        kind, base_url="http://mock.invalid/v1" if kind == "openai" else "http://mock.invalid",
+        http_client=_mock_client(handler),
+    )  # fmt: skip
+    completion = asyncio.run(_complete(provider))
+    assert completion.text == "Hi." and len(seen) == 1
+    sent = json.loads(seen[0].content)
+    assert sent["messages"][-1]["content"] == HELLO[0]["content"]
+    if kind == "openai":
+        assert seen[0].url.path == "/v1/chat/completions"
+        assert seen[0].headers["authorization"] == "Bearer sk-openai-test"
+        assert completion.request_id == "chatcmpl-x"
+    else:
+        assert seen[0].url.path == "/v1/messages"
+        # The SDK sends the key as `x-api-key` or, in newer versions, as a bearer token.
+        headers = seen[0].headers
+        sent_key = headers.get("x-api-key") or headers["authorization"].removeprefix("Bearer ")
+        assert sent_key == "sk-ant-test"
+        assert completion.request_id == "req_mock"
+
+
+def test_logprobs_come_back_with_the_completion(keys: None) -> None:
+    import httpx2
+
+    reply = _with(
+        _OPENAI_OK,
+        ("choices", 0, "logprobs"),
+        {
+            "content": [
+                {
+                    "token": "Hi",
+                    "logprob": -0.1,
+                    "top_logprobs": [
+                        {"token": "Hi", "logprob": -0.1},
+                        {"token": "Yo", "logprob": -2.5},
+                    ],
+                }
+            ]
+        },
+    )
+    bodies: list[dict] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        bodies.append(json.loads(request.content))
+        return httpx2.Response(200, json=reply)
+
+    provider = OpenAIProvider(base_url="http://mock.invalid/v1", http_client=_mock_client(handler))
+    completion = asyncio.run(_complete(provider, sampling=Sampling(max_tokens=5, logprobs=2)))
+    assert (bodies[0]["logprobs"], bodies[0]["top_logprobs"]) == (True, 2)
+    assert completion.logprobs == [
+        {
+            "token": "Hi",
+            "logprob": -0.1,
+            "top_logprobs": [{"token": "Hi", "logprob": -0.1}, {"token": "Yo", "logprob": -2.5}],
+        }
+    ]
+    assert Completion.from_dict(completion.to_dict()) == completion

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
+import json
 import re
 from typing import Any
 
 from cai import errors
-from cai.providers.base import Completion, Sampling, Usage
+from cai.providers.base import PROVIDERS, Completion, Sampling, Usage
 from cai.providers.sdk import SDKProvider, translate_sdk_error
 
-__all__ = ["DEFAULT_MODEL", "AnthropicProvider", "to_messages_request"]
+__all__ = ["DEFAULT_MODEL", "AnthropicProvider", "parse_message", "to_messages_request"]
 
-DEFAULT_MODEL = "claude-sonnet-5-5"
-KEY_VARIABLE = "ANTHROPIC_API_KEY"
+INFO = PROVIDERS["anthropic"]
+DEFAULT_MODEL = INFO.default_model
+KEY_VARIABLE = INFO.key_variable or ""
 _FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -62,35 +63,17 @@ def to_messages_request(messages: list[dict[str, str]]) -> dict[str, Any]:
 
 class AnthropicProvider(SDKProvider):
     name = "anthropic"
+    info = INFO
     sdk_module = "anthropic"
     client_class = "AsyncAnthropic"
-
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float = 600.0,
-        connections: int = 100,
-    ) -> None:
-        key = os.environ.get(KEY_VARIABLE)
-        if not key:
-            raise errors.MissingKeyError(f"No key found - set {KEY_VARIABLE}")
-        super().__init__(
-            model or DEFAULT_MODEL,
-            key=key,
-            base_url=base_url,
-            timeout=timeout,
-            connections=connections,
-        )
 
     @property
     def takes_sampling(self) -> bool:
         """Whether the model accepts `temperature` and `top_p` (newer models reject them)."""
         return _SAMPLING_MODELS.match(self.model) is not None
 
-    async def complete(
-        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
+    async def _complete(
+        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None
     ) -> Completion:
         import anthropic
 
@@ -102,24 +85,60 @@ class AnthropicProvider(SDKProvider):
                 extra["top_p"] = sampling.top_p
             kwargs["extra_body"] = extra
         try:
-            response = await client.messages.create(
+            # The raw reply, parsed here: a reply of any shape is checked, never half-trusted
+            # (the SDK's models take whatever the server sends, unvalidated).
+            response = await client.messages.with_raw_response.create(
                 model=self.model, max_tokens=sampling.max_tokens, **kwargs
             )
+            raw = await response.read()
+            data = json.loads(raw)
         except (anthropic.APIError, ValueError) as e:
             raise translate_sdk_error(e, anthropic, KEY_VARIABLE) from None
-        text = "".join(
-            block.text for block in response.content or [] if getattr(block, "type", "") == "text"
-        )
-        usage = response.usage
-        return Completion(
-            text=text,
-            finish_reason=_FINISH.get(response.stop_reason or "end_turn", "stop"),
-            usage=Usage(
-                input_tokens=usage.input_tokens or 0,
-                output_tokens=usage.output_tokens or 0,
-                cache_read_input_tokens=getattr(usage, "cache_read_input_tokens", 0) or 0,
-                cache_creation_input_tokens=getattr(usage, "cache_creation_input_tokens", 0) or 0,
-                calls=1,
-            ),
-            request_id=getattr(response, "_request_id", None) or response.id,
-        )
+        return parse_message(data, raw, response.request_id)
+
+
+def _bad(what: str, data: Any, raw: bytes, request_id: str | None) -> errors.BadResponseError:
+    return errors.BadResponseError(
+        f"the server's reply is not a message ({what}; request id {request_id}): {raw[:200]!r}",
+        request_id=request_id,
+    )
+
+
+def parse_message(data: Any, raw: bytes = b"", request_id: str | None = None) -> Completion:
+    """A `Completion` from a Messages API reply body; `BadResponseError` for any other shape."""
+    if not isinstance(data, dict):
+        raise _bad(f"a JSON {type(data).__name__}, not an object", data, raw, request_id)
+    if not isinstance(request_id, str):
+        request_id = data.get("id") if isinstance(data.get("id"), str) else None
+    content = data.get("content")
+    if not isinstance(content, list):
+        raise _bad("no content", data, raw, request_id)
+    texts = []
+    for block in content:
+        if not isinstance(block, dict):
+            raise _bad("a content block is not an object", data, raw, request_id)
+        if block.get("type") == "text":
+            if not isinstance(block.get("text"), str):
+                raise _bad("a text block holds no text", data, raw, request_id)
+            texts.append(block["text"])
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        raise _bad("no usage", data, raw, request_id)
+    counts = {}
+    for name in (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    ):
+        value = usage.get(name) or 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _bad(f"usage.{name} is {value!r}", data, raw, request_id)
+        counts[name] = value
+    stop = data.get("stop_reason")
+    return Completion(
+        text="".join(texts),
+        finish_reason=_FINISH.get(stop, "stop") if isinstance(stop, str) else "stop",
+        usage=Usage(**counts, calls=1),
+        request_id=request_id,
+    )

@@ -1,11 +1,19 @@
-"""The one interface every model backend implements, and what a call returns."""
+"""The base class every model backend extends, what a call returns, and the provider table."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar
 
-__all__ = ["Completion", "Provider", "Sampling", "Usage"]
+__all__ = [
+    "FINISH_REASONS",
+    "PROVIDERS",
+    "Completion",
+    "Provider",
+    "ProviderInfo",
+    "Sampling",
+    "Usage",
+]
 
 # Normalised finish reasons; anything but "stop" means the text is not a usable answer.
 FINISH_REASONS = ("stop", "length", "refusal", "content_filter", "empty")
@@ -13,11 +21,16 @@ FINISH_REASONS = ("stop", "length", "refusal", "content_filter", "empty")
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings sent with every call."""
+    """Sampling settings sent with every call.
+
+    `logprobs`: how many most likely tokens to return with each output token's log
+    probability (for AI-feedback labels); only providers with `supports_logprobs` take it.
+    """
 
     temperature: float = 0.7
     max_tokens: int = 512
     top_p: float | None = None
+    logprobs: int | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -48,12 +61,29 @@ class Usage:
 
 @dataclass
 class Completion:
-    """One model reply: its text, why it stopped (normalised), and what it cost."""
+    """One model reply: its text, why it stopped (normalised), and what it cost.
+
+    `logprobs`, when asked for (`Sampling.logprobs`): one dict per output token,
+    `{"token", "logprob", "top_logprobs": [{"token", "logprob"}, ...]}`.
+    A `Completion` is always well formed (checked on creation): a reply of another shape
+    is a `BadResponseError` in the provider, never a record or journal line.
+    """
 
     text: str
     finish_reason: str = "stop"
     usage: Usage = field(default_factory=lambda: Usage(calls=1))
     request_id: str | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"Completion.text must be a string, not {type(self.text).__name__}")
+        if self.finish_reason not in FINISH_REASONS:
+            raise ValueError(f"unknown finish reason {self.finish_reason!r}")
+        if not isinstance(self.usage, Usage):
+            raise TypeError("Completion.usage must be a Usage")
+        if self.request_id is not None and not isinstance(self.request_id, str):
+            raise TypeError("Completion.request_id must be a string or None")
 
     @property
     def problem(self) -> str | None:
@@ -63,34 +93,112 @@ class Completion:
         return None if self.text.strip() else "empty"
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "text": self.text,
             "finish_reason": self.finish_reason,
             "usage": self.usage.to_dict(),
             "request_id": self.request_id,
         }
+        if self.logprobs is not None:
+            data["logprobs"] = self.logprobs
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Completion:
-        return cls(
-            text=data["text"],
-            finish_reason=data.get("finish_reason", "stop"),
-            usage=Usage.from_dict(data.get("usage", {})),
-            request_id=data.get("request_id"),
-        )
+        """The `Completion` of `to_dict`; `ValueError` when `data` is of another shape."""
+        try:
+            return cls(
+                text=data["text"],
+                finish_reason=data.get("finish_reason", "stop"),
+                usage=Usage.from_dict(data.get("usage") or {}),
+                request_id=data.get("request_id"),
+                logprobs=data.get("logprobs"),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a completion: {e}") from None
 
 
-@runtime_checkable
-class Provider(Protocol):
+class Provider:
     """A model backend. `complete` takes chat messages and returns one `Completion`.
 
     Implementations raise `cai.errors.ProviderError` subclasses, with `retryable` set for
-    failures worth another try (rate limits, overload, timeouts, dropped connections).
+    failures worth another try (rate limits, overload, timeouts, dropped connections, replies
+    of the wrong shape). What a backend can do is declared here, with the defaults of a
+    backend that can do little; subclasses override what they support.
     """
 
-    name: str
-    model: str
+    name: ClassVar[str] = ""
+    model: str = ""
+    # The provider sends `seed` to the model, so a call can be repeated exactly.
+    supports_seed: ClassVar[bool] = False
+    # `Sampling.logprobs` is honoured: replies carry `Completion.logprobs`.
+    supports_logprobs: ClassVar[bool] = False
+    # `count_tokens` is the model's own tokenizer, not an estimate.
+    has_tokenizer: ClassVar[bool] = False
+
+    @property
+    def takes_sampling(self) -> bool:
+        """Whether the model accepts `temperature` and `top_p`."""
+        return True
+
+    @property
+    def context_window(self) -> int | None:
+        """The model's context window in tokens, where the provider knows it."""
+        return None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text`: exact where `has_tokenizer`, else about four characters a token."""
+        return (len(text) + 3) // 4
 
     async def complete(
         self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
-    ) -> Completion: ...
+    ) -> Completion:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release what the provider holds inside the event loop (e.g. HTTP connections)."""
+
+    def close(self) -> None:
+        """Release what the provider holds outside any event loop (e.g. a loaded model)."""
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    """One row of the provider table."""
+
+    name: str
+    target: str  # "module:Class", imported only when the provider is made
+    default_model: str | None
+    key_variable: str | None  # the environment variable holding the API key
+    package: str  # the distribution that does the work, for the manifest's versions
+    # A key is needed even with --base-url (False: compatible servers take any key).
+    key_required_with_base_url: bool = True
+
+
+PROVIDERS: dict[str, ProviderInfo] = {
+    info.name: info
+    for info in (
+        ProviderInfo(
+            "local",
+            "cai.providers.local:LocalProvider",
+            default_model=None,
+            key_variable=None,
+            package="llama-cpp-python",
+        ),
+        ProviderInfo(
+            "anthropic",
+            "cai.providers.anthropic:AnthropicProvider",
+            default_model="claude-sonnet-5-5",
+            key_variable="ANTHROPIC_API_KEY",
+            package="anthropic",
+        ),
+        ProviderInfo(
+            "openai",
+            "cai.providers.openai:OpenAIProvider",
+            default_model="gpt-5.4-mini",
+            key_variable="OPENAI_API_KEY",
+            package="openai",
+            key_required_with_base_url=False,
+        ),
+    )
+}

@@ -3,51 +3,31 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from cai import errors
-from cai.providers.base import Completion, Sampling, Usage
+from cai.providers.base import PROVIDERS, Completion, Sampling, Usage
 from cai.providers.sdk import SDKProvider, translate_sdk_error
 
-__all__ = ["DEFAULT_MODEL", "OpenAIProvider"]
+__all__ = ["DEFAULT_MODEL", "OpenAIProvider", "parse_chat_completion"]
 
-DEFAULT_MODEL = "gpt-5.4-mini"
-KEY_VARIABLE = "OPENAI_API_KEY"
-# Local servers take any key; the SDK insists on one.
-_NO_KEY = "no-key-needed"
+INFO = PROVIDERS["openai"]
+DEFAULT_MODEL = INFO.default_model
+KEY_VARIABLE = INFO.key_variable or ""
 # Compatible servers send other values too (e.g. "eos"); those count as a normal stop.
 _FINISH = {"length": "length", "content_filter": "content_filter", "refusal": "refusal"}
 
 
 class OpenAIProvider(SDKProvider):
     name = "openai"
+    info = INFO
     sdk_module = "openai"
     client_class = "AsyncOpenAI"
+    supports_seed = True
+    supports_logprobs = True
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float = 600.0,
-        connections: int = 100,
-    ) -> None:
-        key = os.environ.get(KEY_VARIABLE)
-        if not key and not base_url:
-            raise errors.MissingKeyError(
-                f"No key found - set {KEY_VARIABLE}, or pass --base-url for a server that needs none"
-            )
-        super().__init__(
-            model or DEFAULT_MODEL,
-            key=key or _NO_KEY,
-            base_url=base_url,
-            timeout=timeout,
-            connections=connections,
-        )
-
-    async def complete(
-        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
+    async def _complete(
+        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None
     ) -> Completion:
         import openai
 
@@ -61,6 +41,9 @@ class OpenAIProvider(SDKProvider):
             body["top_p"] = sampling.top_p
         if seed is not None:
             body["seed"] = seed
+        if sampling.logprobs is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = sampling.logprobs
         # OpenAI's reasoning models refuse `max_tokens`; compatible servers may not know
         # `max_completion_tokens` yet.
         body["max_tokens" if self.base_url else "max_completion_tokens"] = sampling.max_tokens
@@ -80,34 +63,87 @@ class OpenAIProvider(SDKProvider):
             data = json.loads(raw)
         except (openai.APIError, ValueError) as e:
             raise translate_sdk_error(e, openai, KEY_VARIABLE) from None
-        try:
-            return _completion(data)
-        except (AttributeError, IndexError, KeyError, TypeError):
-            request_id = data.get("id") if isinstance(data, dict) else None
-            raise errors.BadResponseError(
-                f"the server's reply is not a chat completion (id {request_id}): {raw[:200]!r}",
-                request_id=request_id,
-            ) from None
+        return parse_chat_completion(data, raw)
 
 
-def _completion(data: dict[str, Any]) -> Completion:
-    """A `Completion` from a Chat Completions reply body."""
-    choice = data["choices"][0]
-    message = choice.get("message") or {}
-    finish = _FINISH.get(choice.get("finish_reason") or "stop", "stop")
-    text = message.get("content") or ""
-    if message.get("refusal"):
-        finish, text = "refusal", message["refusal"]
-    usage = data.get("usage") or {}
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+def _bad(what: str, data: Any, raw: bytes) -> errors.BadResponseError:
+    request_id = data.get("id") if isinstance(data, dict) else None
+    request_id = request_id if isinstance(request_id, str) else None
+    return errors.BadResponseError(
+        f"the server's reply is not a chat completion ({what}; id {request_id}): {raw[:200]!r}",
+        request_id=request_id,
+    )
+
+
+def _tokens(usage: dict[str, Any], name: str) -> int:
+    value = usage.get(name)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TypeError(f"usage.{name} is {value!r}")
+    return value
+
+
+def parse_chat_completion(data: Any, raw: bytes = b"") -> Completion:
+    """A `Completion` from a Chat Completions reply body; `BadResponseError` for any other shape."""
+    if not isinstance(data, dict):
+        raise _bad(f"a JSON {type(data).__name__}, not an object", data, raw)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _bad("no choices", data, raw)
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise _bad("no message", data, raw)
+    reason = choice.get("finish_reason")
+    finish = _FINISH.get(reason, "stop") if isinstance(reason, str) else "stop"
+    text = message.get("content")
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        finish, text = "refusal", refusal
+    elif text is None and finish != "stop":
+        text = ""  # cut off or filtered before any text
+    if not isinstance(text, str):
+        raise _bad(f"content is {type(text).__name__}, not text", data, raw)
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        raise _bad("no usage", data, raw)
+    request_id = data.get("id")
+    try:
+        details = usage.get("prompt_tokens_details") or {}
+        cached = _tokens(details, "cached_tokens") if isinstance(details, dict) else 0
+        counted = Usage(
+            input_tokens=max(_tokens(usage, "prompt_tokens") - cached, 0),
+            output_tokens=_tokens(usage, "completion_tokens"),
+            cache_read_input_tokens=cached,
+            calls=1,
+        )
+    except TypeError as e:
+        raise _bad(str(e), data, raw) from None
+    logprobs = choice.get("logprobs")
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
     return Completion(
         text=text,
         finish_reason=finish,
-        usage=Usage(
-            input_tokens=(usage.get("prompt_tokens") or 0) - cached,
-            output_tokens=usage.get("completion_tokens") or 0,
-            cache_read_input_tokens=cached,
-            calls=1,
-        ),
-        request_id=data.get("id"),
+        usage=counted,
+        request_id=request_id if isinstance(request_id, str) else None,
+        logprobs=_logprobs(tokens) if isinstance(tokens, list) else None,
     )
+
+
+def _logprobs(tokens: list[Any]) -> list[dict[str, Any]] | None:
+    """Each token's log probability and its top alternatives, as plain dicts."""
+    out = []
+    for t in tokens:
+        if not isinstance(t, dict) or not isinstance(t.get("token"), str):
+            return None
+        top = [
+            {"token": a["token"], "logprob": float(a["logprob"])}
+            for a in t.get("top_logprobs") or []
+            if isinstance(a, dict) and isinstance(a.get("logprob"), int | float)
+        ]
+        logprob = t.get("logprob")
+        if not isinstance(logprob, int | float):
+            return None
+        out.append({"token": t["token"], "logprob": float(logprob), "top_logprobs": top})
+    return out

@@ -1,56 +1,155 @@
-"""What the `openai` and `anthropic` SDK providers share: the HTTP client and error mapping.
+"""What the `openai` and `anthropic` SDK providers share: the HTTP client, the API key, the
+whole-call deadline, and the mapping of SDK errors to `cai.errors` kinds.
 
 Both SDKs are generated from the same template, so their exception classes share names.
+Retry decisions follow the SDKs' own rules (408, 409, 429 and 5xx are retried; a server's
+`x-should-retry` header wins; `retry-after-ms` and `retry-after`, in seconds or as an HTTP
+date, say how long to wait), but the retries themselves are `cai.retry`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import errno
 import importlib
 import importlib.util
+import os
+import time
+from email.utils import parsedate_to_datetime
 from types import ModuleType
 from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from cai import errors
+from cai.providers.base import Completion, Provider, ProviderInfo, Sampling
 
-__all__ = ["SDKProvider", "make_http_client", "parse_retry_after", "translate_sdk_error"]
+__all__ = [
+    "SDKProvider",
+    "api_key",
+    "make_http_client",
+    "parse_retry_after",
+    "split_credentials",
+    "translate_sdk_error",
+]
+
+# Compatible servers take any key; the SDKs insist on one.
+_NO_KEY = "no-key-needed"
 
 
-class SDKProvider:
+def api_key(info: ProviderInfo, base_url: str | None) -> str:
+    """The provider's key from its environment variable; `MissingKeyError` when there is none.
+
+    An OpenAI-compatible server (`--base-url`) may need no key: a placeholder is sent.
+    """
+    key = os.environ.get(info.key_variable or "", "").strip()
+    if key:
+        return key
+    if base_url and not info.key_required_with_base_url:
+        return _NO_KEY
+    hint = (
+        ""
+        if info.key_required_with_base_url
+        else ", or pass --base-url for a server that needs none"
+    )
+    raise errors.MissingKeyError(f"No key found - set {info.key_variable}{hint}")
+
+
+def split_credentials(url: str | None) -> tuple[str | None, tuple[str, str] | None]:
+    """`url` without `user:password@`, and the (user, password) it held, if any."""
+    if not url:
+        return url, None
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, (unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+class SDKProvider(Provider):
     """A provider backed by an official async SDK client, made on first use and closed once.
 
-    Subclasses name the SDK module and its client class, and implement `complete`.
+    Subclasses name their table row, the SDK module and its client class, and implement
+    `_complete`. `http_client` (an `httpx.AsyncClient`) replaces the pooled client the
+    provider would make, e.g. one on `httpx.MockTransport` in tests.
+
+    `--base-url` may carry `user:password@`: they are sent as HTTP basic auth (in place of
+    OpenAI's bearer key; beside Anthropic's `x-api-key`), never as part of the URL.
     """
 
-    name: ClassVar[str]
+    info: ClassVar[ProviderInfo]
     sdk_module: ClassVar[str]  # "openai" | "anthropic"
     client_class: ClassVar[str]  # "AsyncOpenAI" | "AsyncAnthropic"
 
     def __init__(
-        self, model: str, *, key: str, base_url: str | None, timeout: float, connections: int
+        self,
+        model: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 600.0,
+        connections: int = 100,
+        http_client: Any = None,
     ) -> None:
-        self.model = model
-        self.base_url = base_url
-        self._key = key
+        if not timeout > 0:
+            raise errors.ConfigError(
+                f"--timeout must be a positive number of seconds, got {timeout}"
+            )
+        self.model = model or self.info.default_model or ""
+        self.base_url, self._basic_auth = split_credentials(base_url)
+        self._key = api_key(self.info, base_url)
         self._timeout = timeout
         self._connections = connections
+        self._http_client = http_client
         self._client: Any = None
 
     def __repr__(self) -> str:
-        # Never the key.
+        # Never the key, nor a password.
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
 
     def _get_client(self) -> Any:
         if self._client is None:
             sdk = importlib.import_module(self.sdk_module)
+            headers = {}
+            if self._basic_auth is not None:
+                token = base64.b64encode(":".join(self._basic_auth).encode()).decode()
+                headers["Authorization"] = f"Basic {token}"
             # Retries are ours (cai.retry), so the SDK makes exactly one attempt per call.
             self._client = getattr(sdk, self.client_class)(
                 api_key=self._key,
                 base_url=self.base_url,
                 max_retries=0,
                 timeout=self._timeout,
-                http_client=make_http_client(sdk, self._connections, self._timeout),
+                default_headers=headers or None,
+                http_client=self._http_client
+                or make_http_client(sdk, self._connections, self._timeout),
             )
         return self._client
+
+    async def complete(
+        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
+    ) -> Completion:
+        """One call, bounded as a whole by `timeout`: the SDK's timeouts bound each read, so
+        a body that trickles in a byte at a time would otherwise never time out."""
+        if sampling.logprobs is not None and not self.supports_logprobs:
+            raise errors.ConfigError(f"provider {self.name} cannot return logprobs")
+        try:
+            return await asyncio.wait_for(
+                self._complete(messages, sampling, seed=seed), self._timeout
+            )
+        except asyncio.TimeoutError:
+            raise errors.APITimeoutError(
+                f"no complete reply within {self._timeout:g}s (--timeout)"
+            ) from None
+
+    async def _complete(
+        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None
+    ) -> Completion:
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -75,18 +174,55 @@ def make_http_client(sdk: ModuleType, connections: int, timeout: float) -> Any:
     return sdk.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
 
 
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait, from `retry-after-ms` or `retry-after` (seconds form), if present."""
-    for name in ("retry-after-ms", "retry-after"):
-        value = headers.get(name)
-        if value is None:
-            continue
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, or `retry-after` in seconds or as an HTTP date."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
         try:
-            seconds = float(value)
+            return max(float(value) / 1000, 0.0)
         except ValueError:
-            continue
-        return seconds / 1000 if name.endswith("-ms") else seconds
-    return None
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def _should_retry(headers: Any) -> bool | None:
+    """The server's `x-should-retry` header: True, False, or None when absent or unclear."""
+    value = (headers.get("x-should-retry") or "").strip().lower()
+    return {"true": True, "false": False}.get(value)
+
+
+def _refused_address(e: BaseException) -> str | None:
+    """`HOST:PORT` when `e` was caused by a refused connection, else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError) or (
+            isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED
+        ):
+            break
+        cause = cause.__cause__ or cause.__context__
+    else:
+        return None
+    request = getattr(e, "request", None)
+    url = getattr(request, "url", None)
+    if url is None:
+        return "the server"
+    port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+    return f"{url.host}:{port}"
 
 
 def translate_sdk_error(e: Exception, sdk: ModuleType, key_variable: str) -> errors.ProviderError:
@@ -97,11 +233,16 @@ def translate_sdk_error(e: Exception, sdk: ModuleType, key_variable: str) -> err
     status = getattr(e, "status_code", None)
     request_id = getattr(e, "request_id", None)
     response = getattr(e, "response", None)
-    retry_after = parse_retry_after(response.headers) if response is not None else None
+    headers = response.headers if response is not None else {}
+    retry_after = parse_retry_after(headers)
     message = f"{type(e).__name__}: {getattr(e, 'message', e)}"
-    if isinstance(e, sdk.APITimeoutError) and "disconnected" in str(e.__cause__).lower():
+    refused = _refused_address(e) if status is None else None
+    if refused is not None:
+        cls: type[errors.ProviderError] = errors.ConnectionRefused
+        message = f"connection refused by {refused} - is the server running, and is the URL right?"
+    elif isinstance(e, sdk.APITimeoutError) and "disconnected" in str(e.__cause__).lower():
         # openai's aiohttp transport reports a dropped connection as a connect timeout.
-        cls: type[errors.ProviderError] = errors.APIConnectionError
+        cls = errors.APIConnectionError
     elif isinstance(e, sdk.APITimeoutError):
         cls = errors.APITimeoutError
     elif isinstance(e, sdk.APIConnectionError):
@@ -118,6 +259,10 @@ def translate_sdk_error(e: Exception, sdk: ModuleType, key_variable: str) -> err
     elif isinstance(e, sdk.AuthenticationError | sdk.PermissionDeniedError):
         cls = errors.AuthenticationError
         message = f"the server refused the key ({status}) - check {key_variable}"
+    elif status == 408:
+        cls = errors.APITimeoutError
+    elif status == 409:
+        cls = errors.ConflictError
     elif status == 529:
         cls = errors.OverloadedError
     elif status is not None and status >= 500:
@@ -128,4 +273,10 @@ def translate_sdk_error(e: Exception, sdk: ModuleType, key_variable: str) -> err
         cls = errors.BadRequestError
     if request_id:
         message += f" (request id {request_id})"
-    return cls(message, status=status, request_id=request_id, retry_after=retry_after)
+    return cls(
+        message,
+        status=status,
+        request_id=request_id,
+        retry_after=retry_after,
+        retryable=_should_retry(headers),
+    )
