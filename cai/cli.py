@@ -76,7 +76,7 @@ def constitution_check(paths: tuple[Path, ...]) -> None:
     bad = False
     for path in paths:
         try:
-            parsed = load_constitution(path)
+            parsed = load_constitution(path, option=None)
         except ConstitutionError as e:
             bad = True
             for problem in e.problems:
@@ -85,10 +85,7 @@ def constitution_check(paths: tuple[Path, ...]) -> None:
             bad = True
             click.echo(str(e))
         else:
-            click.echo(
-                f"{path}: ok - '{parsed.name}', {len(parsed.principles)} principles, "
-                f"{len(parsed.examples)} examples"
-            )
+            click.echo(f"{path}: ok - {parsed.summary}")
     if bad:
         sys.exit(2)
 
@@ -99,7 +96,7 @@ def constitution_show(path: Path) -> None:
     """Show a constitution's principles as a table."""
     from cai.constitution import load_constitution
 
-    parsed = load_constitution(path)
+    parsed = load_constitution(path, option=None)
     click.echo(f"{parsed.name}" + (f" (version {parsed.version})" if parsed.version else ""))
     if parsed.description:
         click.echo(parsed.description)

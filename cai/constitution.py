@@ -89,23 +89,37 @@ class Constitution:
     text: str = field(default="", repr=False)
 
     def principle(self, name: str) -> Principle:
+        """The principle of that name; names are compared ignoring case, as the parser does."""
         for principle in self.principles:
-            if principle.name == name:
+            if principle.name.casefold() == name.casefold():
                 return principle
         raise KeyError(name)
+
+    @property
+    def summary(self) -> str:
+        """What `cai constitution check` reports, such as "'harmless', 14 principles, 4 examples"."""
+        return (
+            f"'{self.name}', {_count(len(self.principles), 'principle')}, "
+            f"{_count(len(self.examples), 'example')}"
+        )
 
     @property
     def weights(self) -> list[float]:
         return [p.weight for p in self.principles]
 
 
-def load_constitution(path: str | Path) -> Constitution:
-    """Read and parse a constitution file; raises `InputError`/`ConstitutionError`."""
+def load_constitution(path: str | Path, *, option: str | None = "--constitution") -> Constitution:
+    """Read and parse a constitution file; raises `InputError`/`ConstitutionError`.
+
+    `option` is the command-line option that named the file, for the hint when it is missing;
+    None for a command that takes the path as an argument.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise InputError(str(path), None, "no such file; check the --constitution path") from None
+        hint = f"; check the {option} path" if option else ""
+        raise InputError(str(path), None, f"no such file{hint}") from None
     except IsADirectoryError:
         raise InputError(str(path), None, "is a directory, not a constitution file") from None
     except OSError as e:
@@ -127,6 +141,10 @@ def parse_constitution(
     return _Parser(text, path).parse(
         default_name, sha256 or hashlib.sha256(text.encode()).hexdigest()
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _show(value: str) -> str:
@@ -158,7 +176,9 @@ class _Parser:
         system = None
         principles: list[Principle] = []
         examples: list[Example] = []
-        seen: dict[str, int] = {}
+        # casefolded name -> (line, name) of its first section, valid or not, so that a
+        # duplicate is reported even when the first one has problems of its own
+        seen: dict[str, tuple[int, str]] = {}
         for section in sections:
             if section.kind == "system":
                 if system is not None:
@@ -166,22 +186,26 @@ class _Parser:
                 system = "\n".join(section.body).strip() or None
             elif section.kind == "principle":
                 principle = self._principle(section)
-                if principle is None:
-                    continue
-                if principle.name in seen:
+                key = section.title.casefold()
+                if key and key in seen:
+                    first_line, first = seen[key]
+                    same = "" if first == section.title else f": '{first}'"
                     self.error(
                         section.line,
-                        f"duplicate principle name '{principle.name}' (first at line {seen[principle.name]}); names must be unique",
+                        f"duplicate principle name '{section.title}' (first at line "
+                        f"{first_line}{same}); names must be unique, ignoring case",
                     )
                     continue
-                seen[principle.name] = section.line
-                principles.append(principle)
+                if key:
+                    seen[key] = (section.line, section.title)
+                if principle is not None:
+                    principles.append(principle)
             elif section.kind == "example":
                 example = self._example(section)
                 if example is not None:
                     examples.append(example)
         for example in examples:
-            if example.principle is not None and example.principle not in seen:
+            if example.principle is not None and example.principle.casefold() not in seen:
                 self.error(
                     example.line,
                     f"example '{example.title}' names principle {_show(example.principle)}, which is not defined",

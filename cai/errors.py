@@ -10,8 +10,6 @@ __all__ = [
     "BadResponseError",
     "CaiError",
     "ConfigError",
-    "ConflictError",
-    "ConnectionRefused",
     "ConstitutionError",
     "InputError",
     "MissingKeyError",
@@ -99,15 +97,11 @@ class ProviderError(CaiError):
         status: int | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
-        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.request_id = request_id
         self.retry_after = retry_after
-        if retryable is not None:
-            # The server said so (`x-should-retry`), which wins over the kind's default.
-            self.retryable = retryable
 
     def to_dict(self) -> dict:
         return {
@@ -140,19 +134,6 @@ class APITimeoutError(ProviderError):
 
 class APIConnectionError(ProviderError):
     kind = "connection"
-    retryable = True
-
-
-class ConnectionRefused(APIConnectionError):
-    """Nothing listens at the address (wrong URL, or the server is down)."""
-
-    kind = "connection_refused"
-
-
-class ConflictError(ProviderError):
-    """409: the request conflicted with another in progress; the SDKs retry it."""
-
-    kind = "conflict"
     retryable = True
 
 

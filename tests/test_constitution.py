@@ -73,7 +73,7 @@ def test_missing_critique_or_revision_is_reported_with_its_line() -> None:
 def test_duplicate_names_no_principles_and_bad_weight() -> None:
     dup = "## Principle: a\nCritique: c\nRevision: r\n## Principle: a\nCritique: c\nRevision: r\n"
     assert problems_of(dup) == [
-        (4, "duplicate principle name 'a' (first at line 1); names must be unique")
+        (4, "duplicate principle name 'a' (first at line 1); names must be unique, ignoring case")
     ]
     assert problems_of("# Just prose\n") == [
         (None, "no principle found; add a '## Principle: <name>' section")
@@ -141,7 +141,8 @@ def test_cli_check_reports_every_problem_and_exits_2(
 ) -> None:
     bad = tmp_path / "bad.md"
     bad.write_text(
-        "## Principle: a\nRevision: r\n## Principle: a\nCritique: c\nRevision: r\n",
+        "## Principle: a\nRevision: r\n## Principle: a\nCritique: c\nRevision: r\n"
+        "## Principle: b\nWeight: lots\nCritique: c\nRevision: r\n",
         encoding="utf-8",
     )
     result = CliRunner().invoke(cli, ["constitution", "check", str(mini_constitution), str(bad)])
@@ -149,6 +150,8 @@ def test_cli_check_reports_every_problem_and_exits_2(
     assert result.output.splitlines() == [
         f"{mini_constitution}: ok - 'mini', 2 principles, 2 examples",
         f"{bad}:1: principle 'a' has no critique request; add a 'Critique: ...' line",
+        f"{bad}:3: duplicate principle name 'a' (first at line 1); names must be unique, ignoring case",
+        f"{bad}:7: weight 'lots' of principle 'b' must be a positive number",
     ]
     ok = CliRunner().invoke(cli, ["constitution", "check", str(mini_constitution)])
     assert ok.exit_code == 0
@@ -223,3 +226,47 @@ def test_closed_code_fences_hide_headings_and_keys() -> None:
     text = PRINCIPLE + "\n~~~markdown\n## Principle: shown\n```\nCritique: not a key\n~~~\n"
     c = parse_constitution(text, path="c.md")
     assert [p.name for p in c.principles] == ["a"]
+
+
+def test_names_that_differ_only_in_case_are_duplicates() -> None:
+    text = PRINCIPLE + "## Principle: A\nCritique: c\nRevision: r\n"
+    assert problems_of(text) == [
+        (
+            4,
+            "duplicate principle name 'A' (first at line 1: 'a'); names must be unique, ignoring case",
+        )
+    ]
+    refers = PRINCIPLE + "## Example: e\nPrinciple: A\nUser: u\nAssistant: x\nCritique: k\n"
+    c = parse_constitution(refers, path="c.md")
+    assert c.principle("A") is c.principles[0]
+
+
+def test_every_problem_is_reported_with_grammatical_counts() -> None:
+    text = "## Principle: a\nRevision: r\n## Principle: a\nCritique: c\nRevision: r\n"
+    with pytest.raises(ConstitutionError) as info:
+        parse_constitution(text, path="c.md")
+    assert [p.line for p in info.value.problems] == [1, 3]
+    assert str(info.value).endswith("(and 1 more problem)")
+    three = text + "## Principle: b\nCritique: c\n"
+    with pytest.raises(ConstitutionError) as info:
+        parse_constitution(three, path="c.md")
+    assert str(info.value).endswith("(and 2 more problems)")
+
+
+def test_cli_check_counts_in_good_grammar(tmp_path: Path) -> None:
+    one = tmp_path / "one.md"
+    one.write_text(
+        PRINCIPLE + "## Example: e\nUser: u\nAssistant: x\nCritique: k\n", encoding="utf-8"
+    )
+    result = CliRunner().invoke(cli, ["constitution", "check", str(one)])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{one}: ok - 'one', 1 principle, 1 example\n"
+
+
+def test_cli_check_and_show_of_a_missing_file_name_no_flag(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.md"
+    for command in ("check", "show"):
+        result = CliRunner().invoke(cli, ["constitution", command, str(missing)])
+        assert result.exit_code == 2
+        assert "--constitution" not in result.output
+        assert f"{missing}: no such file" in result.output
