@@ -10,6 +10,8 @@ __all__ = [
     "BadResponseError",
     "CaiError",
     "ConfigError",
+    "ConflictError",
+    "ConnectionRefused",
     "ConstitutionError",
     "InputError",
     "MissingKeyError",
@@ -97,11 +99,15 @@ class ProviderError(CaiError):
         status: int | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.request_id = request_id
         self.retry_after = retry_after
+        if retryable is not None:
+            # The server said so (`x-should-retry`), which wins over the kind's default.
+            self.retryable = retryable
 
     def to_dict(self) -> dict:
         return {
@@ -134,6 +140,19 @@ class APITimeoutError(ProviderError):
 
 class APIConnectionError(ProviderError):
     kind = "connection"
+    retryable = True
+
+
+class ConnectionRefused(APIConnectionError):
+    """Nothing listens at the address (wrong URL, or the server is down)."""
+
+    kind = "connection_refused"
+
+
+class ConflictError(ProviderError):
+    """409: the request conflicted with another in progress; the SDKs retry it."""
+
+    kind = "conflict"
     retryable = True
 
 
