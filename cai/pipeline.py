@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,11 @@ from cai.rundir import (
 from cai.sources import PromptItem
 
 __all__ = [
+    "ChainRunner",
     "GenerateConfig",
     "RunStats",
     "build_manifest",
+    "generate_chain",
     "pick_principles",
     "run_chain",
     "run_generation",
@@ -557,6 +560,72 @@ class _Abandoned(Exception):
     """The run is stopping: this chain's next call is not made, and its record not written."""
 
 
+async def generate_chain(
+    constitution: Constitution,
+    config: GenerateConfig,
+    item: PromptItem,
+    call: Callable[..., Any],
+    provider: Provider,
+) -> Record:
+    """`run_chain` as a chain function, `partial(generate_chain, constitution, config)`."""
+    return await run_chain(item, constitution, config, call, provider)
+
+
+class ChainRunner:
+    """Runs one item's chain at a time in this process, any number at once, through one caller.
+
+    `chain(item, call, provider)` makes the chain's calls with `call(record_id, step, messages,
+    usage)`: journal first, then the provider under the `config.concurrency` semaphore and the
+    rate limits, with retries; each reply goes to `store.append_call` as it arrives. Once `stop`
+    is set no new call starts and `run` returns None for the chains that needed one. The
+    default engine is one runner; each worker of the Ray engine (cai/engines/ray.py) is another.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        config: GenerateConfig,
+        store: Any,
+        journal: dict[tuple[str, str], dict[str, Any]],
+        stats: RunStats,
+        on_event: Callable[[str, Any], None],
+        stop: asyncio.Event,
+        chain: Callable[..., Any],
+    ) -> None:
+        self.in_flight = _InFlight(provider)
+        self.caller = _Caller(
+            self.in_flight,
+            config,
+            store,
+            journal,
+            asyncio.Semaphore(config.concurrency),
+            stats,
+            on_event,
+        )
+        self.journal, self.stop, self.chain = journal, stop, chain
+
+    async def call(
+        self, record_id: str, step: str, messages: list[dict[str, str]], usage: Usage
+    ) -> Completion:
+        if self.stop.is_set() and (record_id, step) not in self.journal:
+            raise _Abandoned
+        return await self.caller(record_id, step, messages, usage)
+
+    async def run(self, item: Any) -> Record | None:
+        """The item's record; None when the run stopped before its chain could end."""
+        try:
+            return await self.chain(item, self.call, self.in_flight)
+        except _Abandoned:
+            return None
+
+    def watch(self, tasks: list[asyncio.Task[Any]]) -> asyncio.Future[None]:
+        """Once `stop` is set, cancel those of `tasks` that wait with no call in flight."""
+        return asyncio.ensure_future(_abandon_waits(self.stop, tasks, self.in_flight))
+
+    async def close(self) -> None:
+        """Nothing to drain: every call ran in this process's tasks."""
+
+
 async def run_generation(
     prompts: Any,
     constitution: Constitution,
@@ -568,6 +637,7 @@ async def run_generation(
     on_event: Callable[[str, Any], None] = lambda kind, data: None,
     stop: asyncio.Event | None = None,
     stats: RunStats | None = None,
+    engine: Any = None,
 ) -> RunStats:
     """Run (or resume) a job into `store`; returns the counts. `prompts` is an iterable of `PromptItem`.
 
@@ -575,7 +645,8 @@ async def run_generation(
     `RunMismatchError` when it holds a run made with other settings; nothing is written then.
     Once the run is taken, `on_event("start", run_dir)` is sent. Setting `stop` ends the run
     cleanly: no new prompt or call starts, calls in flight finish and are journaled, chains
-    they belong to are left for the next run to continue.
+    they belong to are left for the next run to continue. `engine` (e.g. `RayEngine`) runs
+    the chains elsewhere; by default they run in this process.
     """
     settings = run_settings(config, constitution, provider)
     check_run_dir(store.dir)  # before the lock file, which is a write into the directory
@@ -592,6 +663,7 @@ async def run_generation(
             on_event,
             stop,
             stats,
+            engine,
         )
     finally:
         store.unlock()
@@ -608,6 +680,7 @@ async def _run_locked(
     on_event: Callable[[str, Any], None],
     stop: asyncio.Event | None,
     stats: RunStats | None,
+    engine: Any = None,
 ) -> RunStats:
     previous = check_resumable(store, settings)
     on_event("start", store.dir)
@@ -635,20 +708,11 @@ async def _run_locked(
         manifest.created = previous.created
     manifest.settings, manifest.status = settings, "running"
     manifest.writer = writer_info("generate")
+    manifest.config.update(engine.info if engine is not None else {"engine": "default"})
     store.write_manifest(manifest)
     stop = stop or asyncio.Event()
-    semaphore = asyncio.Semaphore(config.concurrency)
-    in_flight = _InFlight(provider)
-    caller = _Caller(in_flight, config, store, journal, semaphore, stats, on_event)
     too_long = _ContextCheck(provider, constitution, config)
     queue: asyncio.Queue[PromptItem | None] = asyncio.Queue(maxsize=config.concurrency * 2)
-
-    async def call(
-        record_id: str, step: str, messages: list[dict[str, str]], usage: Usage
-    ) -> Completion:
-        if stop.is_set() and (record_id, step) not in journal:
-            raise _Abandoned
-        return await caller(record_id, step, messages, usage)
 
     async def produce() -> None:
         seen = IdSet()
@@ -680,9 +744,8 @@ async def _run_locked(
                 record = _new_record(item, constitution, config, provider)
                 record.status, record.error = "skipped", {"kind": "too_long", "message": reason}
             else:
-                try:
-                    record = await run_chain(item, constitution, config, call, provider)
-                except _Abandoned:
+                record = await runner.run(item)
+                if record is None:
                     continue
             store.append_record(record)
             if record.status == "skipped":
@@ -700,11 +763,22 @@ async def _run_locked(
 
     workers = config.concurrency
     store.open()
+    chain = partial(generate_chain, constitution, config)
+    args = (config, store, journal, stats, on_event, stop, chain)
+    try:
+        runner = (
+            ChainRunner(provider, *args) if engine is None else await engine.start(provider, *args)
+        )
+    except BaseException:  # e.g. no Ray cluster at the address: nothing ran
+        store.close()
+        manifest.status = "error"
+        store.write_manifest(manifest)
+        raise
     tasks = [
         asyncio.ensure_future(produce()),
         *(asyncio.ensure_future(work()) for _ in range(workers)),
     ]
-    watcher = asyncio.ensure_future(_abandon_waits(stop, tasks, in_flight))
+    watcher = runner.watch(tasks)
     ended = False
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -717,7 +791,10 @@ async def _run_locked(
         for task in [*tasks, watcher]:
             task.cancel()
         await asyncio.gather(*tasks, watcher, return_exceptions=True)
-        store.close()
+        try:
+            await runner.close()  # replies still on their way are journaled before the close
+        finally:
+            store.close()
         stats.interrupted = stop.is_set()
         # Counted from the file, where a retried prompt's new record replaces its failure.
         manifest.counts = count_statuses(store.compact())
