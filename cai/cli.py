@@ -536,6 +536,7 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
             f"{resume} to resume" + (" and retry the failed prompts." if stats.failed else ".")
         )
     lines.append(f"Next: cai export {run_dir} --format dpo")
+    lines.append(f"Look at the data: cai report {run_dir} (writes {run_dir / 'report.html'})")
     click.echo("\n".join(lines), err=True)
 
 
@@ -737,3 +738,26 @@ def stats(run_dir: Path, as_json: bool) -> None:
 
     data = run_stats(run_dir)
     click.echo(json.dumps(data, indent=2) if as_json else format_stats(data))
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The HTML file to write (default: RUN_DIR/report.html).",
+)
+def report(run_dir: Path, out: Path | None) -> None:
+    """Write one self-contained HTML file to look at a run (generation or label run): a
+    summary, plots, and a searchable viewer of every pair. It opens in any browser and loads
+    nothing from the network."""
+    from cai.report import write_report
+
+    path = write_report(run_dir, out)
+    click.echo(
+        f"Wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); open it in a browser.", err=True
+    )
