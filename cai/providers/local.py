@@ -96,6 +96,7 @@ class LocalProvider:
     """Runs a GGUF model in this process, one call at a time (llama.cpp is not thread-safe)."""
 
     name = "local"
+    supports_logprobs = True
 
     def __init__(
         self,
@@ -288,12 +289,14 @@ class LocalProvider:
         if request.tokens is not None:
             self._prepare(request.tokens)
         sampling = request.sampling
+        recorder = _TopLogprobs(llama, sampling.logprobs) if sampling.logprobs else None
         result = llama.create_chat_completion(
             messages=request.messages,
             temperature=sampling.temperature,
             max_tokens=sampling.max_tokens,
             top_p=sampling.top_p if sampling.top_p is not None else 0.95,
             seed=request.seed,
+            logits_processor=None if recorder is None else [recorder],
         )
         self._last_prompt = request.tokens
         choice = result["choices"][0]
@@ -307,6 +310,7 @@ class LocalProvider:
                 calls=1,
             ),
             request_id=result.get("id"),
+            logprobs=None if recorder is None else recorder.positions,
         )
 
     def close(self) -> None:
@@ -322,6 +326,39 @@ class LocalProvider:
         if self._llama is not None:
             self._llama.close()
             self._llama = None
+
+
+class _TopLogprobs:
+    """A logits processor that notes the `k` most likely tokens at each output position.
+
+    llama-cpp-python returns log-probabilities only from a model loaded with `logits_all`,
+    which keeps a row of logits for every token of the context (n_ctx x n_vocab floats, about
+    800 MB for the bundled model); the sampler sees each position's logits anyway, so they are
+    read there. Only the top `k` are kept: `Completion.logprobs`' shape, as OpenAI returns it.
+    """
+
+    def __init__(self, llama: Any, k: int) -> None:
+        self.llama = llama
+        self.k = k
+        self.positions: list[dict[str, Any]] = []
+
+    def _token(self, token: int) -> str:
+        return self.llama.detokenize([token], special=True).decode("utf-8", "replace")
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        logits = np.asarray(scores, dtype=np.float64)
+        peak = logits.max()
+        logprobs = logits - (peak + np.log(np.exp(logits - peak).sum()))
+        k = min(self.k, len(logprobs))
+        top = np.argpartition(-logprobs, k - 1)[:k]
+        top = top[np.argsort(-logprobs[top])]
+        alternatives = [{"token": self._token(int(i)), "logprob": float(logprobs[i])} for i in top]
+        # The first alternative is what greedy sampling takes; with temperature the sampled
+        # token may differ, and the position still carries the model's distribution.
+        self.positions.append({**alternatives[0], "top_logprobs": alternatives})
+        return scores
 
 
 def _chat_formatter(llama: Any) -> Any:
