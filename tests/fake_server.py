@@ -8,7 +8,12 @@ Endpoints:
 
 - `POST /v1/chat/completions` - OpenAI Chat Completions (non-streaming).
 - `POST /v1/messages` - Anthropic Messages (non-streaming).
-- `GET /stats` - `{"requests": N, "faults": {kind: count}, "by_api": {...}}` as JSON.
+- `GET /stats` - `{"requests": N, "faults": {kind: count}, "by_api": {...}, "paid": N}` as JSON.
+- Batch APIs (see "Batches" below): OpenAI's `POST /v1/files` (multipart, purpose=batch),
+  `GET /v1/files/{id}/content`, `POST /v1/batches`, `GET /v1/batches/{id}`,
+  `POST /v1/batches/{id}/cancel`; Anthropic's `POST /v1/messages/batches`,
+  `GET /v1/messages/batches/{id}`, `POST /v1/messages/batches/{id}/cancel` and the JSONL at
+  the batch's `results_url`, `GET /v1/messages/batches/{id}/results`.
 
 Replies are a deterministic function of the request (never of arrival order):
 
@@ -56,7 +61,20 @@ of the wrong shape, `x-should-retry` or `retry-after` headers, or a body that ne
 `latency` seconds are added to every request. With `api_key` set, a request without
 that key gets 401; with `basic_auth=(user, password)`, one without that HTTP basic auth. Request headers are never stored. Request n (1-based) carries the header
 `x-request-id` (OpenAI) or `request-id` (Anthropic) `req_fake_<n:06d>`, and reply ids
-`chatcmpl-fake<n:06d>` / `msg_fake<n:06d>`. `reset()` clears the counts and the log but not
+`chatcmpl-fake<n:06d>` / `msg_fake<n:06d>`.
+
+Payment. `paid` counts, by API and a hash of the request body (model, messages, sampling),
+every reply a real API would bill: an interactive 200 reply, and each request of a batch that
+succeeded. `paid_total` sums it; a body counted twice was bought twice.
+
+Batches. A batch is `in_progress` for `batch_delay` seconds after it is created, then ends
+when next looked at: each request, by a hash of (seed, custom_id, how many times that
+custom_id was batched before), is errored with probability `batch_error_rate` (a 500
+`api_error`), expired with probability `batch_expire_rate`, and otherwise answered exactly as
+the interactive route would answer its body. A canceled batch ends with every request not yet
+answered canceled. OpenAI's succeeded requests go to the output file, the others to the error
+file (`batch_expired` / `batch_cancelled` lines with `response: null`); a batch with an
+expired request ends `expired`. `batches` holds the fake's view of each batch. `reset()` clears the counts and the log but not
 the per-body attempt counts, so a second run against the same server draws new faults.
 
 Use from tests (the server runs in a thread with its own event loop):
@@ -292,6 +310,9 @@ class FakeServer:
         log_path: str | None = None,
         keep_bodies: bool = True,
         basic_auth: tuple[str, str] | None = None,
+        batch_delay: float = 0.0,
+        batch_error_rate: float = 0.0,
+        batch_expire_rate: float = 0.0,
     ) -> None:
         unknown = set(faults) - set(FAULTS + OTHER_FAULTS)
         if unknown:
@@ -320,6 +341,14 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self.basic_auth = basic_auth
         self._canned: list[list[Any]] = []  # [match, Canned, times left]
+        self.batch_delay = batch_delay
+        self.batch_error_rate = batch_error_rate
+        self.batch_expire_rate = batch_expire_rate
+        self.paid: Counter[str] = Counter()
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._batched: Counter[str] = Counter()  # custom_id -> times batched
+        self._ids = 0
 
     @property
     def url(self) -> str:
@@ -453,6 +482,8 @@ class FakeServer:
         path = path.split("?", 1)[0]
         if method == "GET" and path == "/stats":
             return 200, {}, json.dumps(self.stats()).encode()
+        if path.startswith(("/v1/files", "/v1/batches", "/v1/messages/batches")):
+            return self._batch_route(method, path, headers, raw)
         api = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}.get(path, "other")
         self.requests += 1
         n = self.requests
@@ -502,6 +533,7 @@ class FakeServer:
                 raise _HTTPError(429, "You exceeded your current quota.", "insufficient_quota")
             answer = self._openai if api == "openai" else self._anthropic
             payload = answer(body, n, fault)
+            self._pay(api, body)
             entry.status = 200
             return 200, self._id_header(api, n), json.dumps(payload).encode()
         except _HTTPError as e:
@@ -569,7 +601,275 @@ class FakeServer:
             "requests": self.requests,
             "faults": dict(self.fault_counts),
             "by_api": dict(Counter(e.api for e in self.log)),
+            "paid": self.paid_total,
         }
+
+    # -- payment and the batch APIs --------------------------------------------------------
+
+    @property
+    def paid_total(self) -> int:
+        return sum(self.paid.values())
+
+    def _pay(self, api: str, body: dict[str, Any]) -> None:
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        self.paid[f"{api}:{key}"] += 1
+
+    def _new_id(self, prefix: str) -> str:
+        self._ids += 1
+        return f"{prefix}{self._ids:06d}"
+
+    def _batch_route(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        self.requests += 1
+        n = self.requests
+        api = "anthropic" if path.startswith("/v1/messages/") else "openai"
+        entry = LogEntry(n, f"{api}-batch", path, None, None, None, time.monotonic())
+        self.log.append(entry)
+        try:
+            if self.api_key is not None and self.api_key not in (
+                headers.get("x-api-key"),
+                headers.get("authorization", "").removeprefix("Bearer "),
+            ):
+                raise _HTTPError(401, "invalid api key")
+            parts = path.strip("/").split("/")
+            if api == "anthropic":
+                status, payload = self._anthropic_batches(method, parts[3:], raw)
+            else:
+                status, payload = self._openai_batches(method, parts[1:], headers, raw)
+            entry.status = status
+            body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            return status, self._id_header(api, n), body
+        except _HTTPError as e:
+            entry.status = e.status
+            return e.status, self._id_header(api, n), json.dumps(self._error(api, e)).encode()
+
+    def _batch_of(self, batch_id: str, api: str) -> dict[str, Any]:
+        batch = self.batches.get(batch_id)
+        if batch is None or batch["api"] != api:
+            raise _HTTPError(404, f"no batch {batch_id}")
+        self._advance(batch)
+        return batch
+
+    def _new_batch(self, api: str, requests: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        ids = [cid for cid, _ in requests]
+        if len(set(ids)) != len(ids):
+            raise _HTTPError(400, "custom_id values must be unique within a batch")
+        batch = {
+            "id": self._new_id("msgbatch_fake" if api == "anthropic" else "batch_fake"),
+            "api": api,
+            "requests": requests,
+            "created": time.time(),
+            "canceled": False,
+            "results": None,  # custom_id -> ("succeeded", reply) | ("errored" | ...,  None)
+        }
+        self.batches[batch["id"]] = batch
+        return batch
+
+    def _advance(self, batch: dict[str, Any]) -> None:
+        """End the batch once its delay is over (or it was canceled): decide every request."""
+        if batch["results"] is not None:
+            return
+        if not batch["canceled"] and time.time() < batch["created"] + self.batch_delay:
+            return
+        results: dict[str, tuple[str, Any]] = {}
+        for custom_id, body in batch["requests"]:
+            attempt = self._batched[custom_id]
+            self._batched[custom_id] += 1
+            if batch["canceled"]:
+                results[custom_id] = ("canceled", None)
+                continue
+            h = (_digest(self.seed, "batch", custom_id, attempt) % 1_000_000) / 1_000_000
+            if h < self.batch_error_rate:
+                results[custom_id] = ("errored", None)
+            elif h < self.batch_error_rate + self.batch_expire_rate:
+                results[custom_id] = ("expired", None)
+            else:
+                self._ids += 1
+                answer = self._openai if batch["api"] == "openai" else self._anthropic
+                results[custom_id] = ("succeeded", answer(body, self._ids, None))
+                self._pay(batch["api"], body)
+        batch["results"] = results
+        batch["ended"] = time.time()
+
+    def _counts(self, batch: dict[str, Any]) -> Counter[str]:
+        results = batch["results"]
+        if results is None:
+            return Counter({"processing": len(batch["requests"])})
+        return Counter(kind for kind, _ in results.values())
+
+    @staticmethod
+    def _rfc3339(t: float | None) -> str | None:
+        if t is None:
+            return None
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+    def _anthropic_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        counts = self._counts(batch)
+        ended = batch["results"] is not None
+        status = "ended" if ended else ("canceling" if batch["canceled"] else "in_progress")
+        return {
+            "id": batch["id"],
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": {
+                k: counts.get(k, 0)
+                for k in ("processing", "succeeded", "errored", "canceled", "expired")
+            },
+            "created_at": self._rfc3339(batch["created"]),
+            "ended_at": self._rfc3339(batch.get("ended")),
+            "expires_at": self._rfc3339(batch["created"] + 86400),
+            "archived_at": None,
+            "cancel_initiated_at": self._rfc3339(batch.get("cancel_at")),
+            "results_url": f"{self.url}/v1/messages/batches/{batch['id']}/results"
+            if ended
+            else None,
+        }
+
+    def _anthropic_batches(
+        self, method: str, parts: list[str], raw: bytes
+    ) -> tuple[int, dict[str, Any] | bytes]:
+        if method == "POST" and not parts:
+            body = json.loads(raw or b"null")
+            requests = body.get("requests") if isinstance(body, dict) else None
+            if not isinstance(requests, list) or not requests:
+                raise _HTTPError(400, "requests: a non-empty list is required")
+            if not all(
+                re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(r.get("custom_id"))) for r in requests
+            ):
+                raise _HTTPError(400, "custom_id must match ^[a-zA-Z0-9_-]{1,64}$")
+            pairs = [(r["custom_id"], r["params"]) for r in requests]
+            return 200, self._anthropic_batch(self._new_batch("anthropic", pairs))
+        if not parts:
+            raise _HTTPError(404, "no such route")
+        batch = self._batch_of(parts[0], "anthropic")
+        if method == "GET" and len(parts) == 1:
+            return 200, self._anthropic_batch(batch)
+        if method == "POST" and parts[1:] == ["cancel"]:
+            if batch["results"] is None:
+                batch["canceled"], batch["cancel_at"] = True, time.time()
+            return 200, self._anthropic_batch(batch)
+        if method == "GET" and parts[1:] == ["results"]:
+            if batch["results"] is None:
+                raise _HTTPError(400, f"batch {batch['id']} is still processing")
+            lines = []
+            for custom_id, (kind, reply) in batch["results"].items():
+                result: dict[str, Any] = {"type": kind}
+                if kind == "succeeded":
+                    result["message"] = reply
+                elif kind == "errored":
+                    result["error"] = {
+                        "type": "error",
+                        "error": {"type": "api_error", "message": "fake batch error"},
+                    }
+                lines.append(json.dumps({"custom_id": custom_id, "result": result}))
+            return 200, ("\n".join(lines) + "\n").encode()
+        raise _HTTPError(404, "no such route")
+
+    def _openai_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        counts = self._counts(batch)
+        results = batch["results"]
+        if results is None:
+            status = "cancelling" if batch["canceled"] else "in_progress"
+        elif batch["canceled"]:
+            status = "cancelled"
+        else:
+            status = "expired" if counts.get("expired") else "completed"
+        return {
+            "id": batch["id"],
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "errors": None,
+            "input_file_id": batch["input_file_id"],
+            "completion_window": "24h",
+            "status": status,
+            "output_file_id": batch.get("output_file_id"),
+            "error_file_id": batch.get("error_file_id"),
+            "created_at": int(batch["created"]),
+            "completed_at": int(batch["ended"]) if results is not None else None,
+            "cancelled_at": int(batch["ended"]) if batch["canceled"] and results else None,
+            "request_counts": {
+                "total": len(batch["requests"]),
+                "completed": counts.get("succeeded", 0),
+                "failed": sum(v for k, v in counts.items() if k not in ("succeeded", "processing")),
+            },
+            "metadata": batch.get("metadata"),
+        }
+
+    def _openai_files(self, batch: dict[str, Any]) -> None:
+        """Write the output and error files of an ended batch, once."""
+        if batch["results"] is None or "files_written" in batch:
+            return
+        batch["files_written"] = True
+        out, err = [], []
+        for custom_id, (kind, reply) in batch["results"].items():
+            line: dict[str, Any] = {"id": self._new_id("batch_req_"), "custom_id": custom_id}
+            if kind == "succeeded":
+                response = {"status_code": 200, "request_id": line["id"], "body": reply}
+                out.append({**line, "response": response, "error": None})
+            elif kind == "errored":
+                body = {"error": {"message": "fake batch error", "type": "server_error"}}
+                response = {"status_code": 500, "request_id": line["id"], "body": body}
+                err.append({**line, "response": response, "error": None})
+            else:
+                code = "batch_expired" if kind == "expired" else "batch_cancelled"
+                message = f"This request was not run ({kind})."
+                err.append({**line, "response": None, "error": {"code": code, "message": message}})
+        for name, lines in (("output_file_id", out), ("error_file_id", err)):
+            if lines:
+                file_id = self._new_id("file-fake")
+                self.files[file_id] = "".join(json.dumps(x) + "\n" for x in lines).encode()
+                batch[name] = file_id
+
+    def _openai_batches(
+        self, method: str, parts: list[str], headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, Any] | bytes]:
+        if parts[:1] == ["files"]:
+            if method == "POST" and len(parts) == 1:
+                fields = _multipart(headers.get("content-type", ""), raw)
+                if fields.get("purpose") != b"batch" or "file" not in fields:
+                    raise _HTTPError(400, "a file with purpose=batch is required")
+                file_id = self._new_id("file-fake")
+                self.files[file_id] = fields["file"]
+                return 200, {
+                    "id": file_id,
+                    "object": "file",
+                    "bytes": len(fields["file"]),
+                    "created_at": int(time.time()),
+                    "filename": "batch.jsonl",
+                    "purpose": "batch",
+                }
+            if method == "GET" and len(parts) == 3 and parts[2] == "content":
+                if parts[1] not in self.files:
+                    raise _HTTPError(404, f"no file {parts[1]}")
+                return 200, self.files[parts[1]]
+            raise _HTTPError(404, "no such route")
+        parts = parts[1:]
+        if method == "POST" and not parts:
+            body = json.loads(raw or b"null")
+            file_id = body.get("input_file_id") if isinstance(body, dict) else None
+            if file_id not in self.files or body.get("endpoint") != "/v1/chat/completions":
+                raise _HTTPError(400, "input_file_id and endpoint /v1/chat/completions required")
+            pairs = []
+            for line in self.files[file_id].decode().splitlines():
+                item = json.loads(line)
+                if item.get("method") != "POST" or item.get("url") != "/v1/chat/completions":
+                    raise _HTTPError(400, f"bad line in {file_id}: {line[:80]}")
+                pairs.append((item["custom_id"], item["body"]))
+            batch = self._new_batch("openai", pairs)
+            batch["input_file_id"], batch["metadata"] = file_id, body.get("metadata")
+            return 200, self._openai_batch(batch)
+        if not parts:
+            raise _HTTPError(404, "no such route")
+        batch = self._batch_of(parts[0], "openai")
+        if method == "POST" and parts[1:] == ["cancel"]:
+            if batch["results"] is None:
+                batch["canceled"] = True
+                self._advance(batch)
+        elif not (method == "GET" and len(parts) == 1):
+            raise _HTTPError(404, "no such route")
+        self._openai_files(batch)
+        return 200, self._openai_batch(batch)
 
     # -- the two APIs ----------------------------------------------------------------------
 
@@ -641,6 +941,20 @@ class FakeServer:
                 "cache_read_input_tokens": cache_read,
             },
         }
+
+
+def _multipart(content_type: str, raw: bytes) -> dict[str, bytes]:
+    """The fields of a multipart/form-data body, by name."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if match is None:
+        raise _HTTPError(400, "not a multipart/form-data body")
+    fields = {}
+    for part in raw.split(b"--" + match.group(1).encode())[1:]:
+        head, _, data = part.partition(b"\r\n\r\n")
+        name = re.search(rb'name="([^"]*)"', head)
+        if name is not None:
+            fields[name.group(1).decode()] = data.removesuffix(b"\r\n")
+    return fields
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -72,24 +72,35 @@ class AnthropicProvider(SDKProvider):
         """Whether the model accepts `temperature` and `top_p` (newer models reject them)."""
         return _SAMPLING_MODELS.match(self.model) is not None
 
+    def request_body(
+        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
+    ) -> dict[str, Any]:
+        """The Messages API body of one call (also a Message Batches request's `params`)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": sampling.max_tokens,
+            **to_messages_request(messages),
+        }
+        if self.takes_sampling:
+            body["temperature"] = sampling.temperature
+            if sampling.top_p is not None:
+                body["top_p"] = sampling.top_p
+        return body
+
     async def _complete(
         self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None
     ) -> Completion:
         import anthropic
 
         client = self._get_client()
-        kwargs = to_messages_request(messages)
-        if self.takes_sampling:
-            extra = {"temperature": sampling.temperature}
-            if sampling.top_p is not None:
-                extra["top_p"] = sampling.top_p
+        kwargs = self.request_body(messages, sampling)
+        extra = {k: kwargs.pop(k) for k in ("temperature", "top_p") if k in kwargs}
+        if extra:
             kwargs["extra_body"] = extra
         try:
             # The raw reply, parsed here: a reply of any shape is checked, never half-trusted
             # (the SDK's models take whatever the server sends, unvalidated).
-            response = await client.messages.with_raw_response.create(
-                model=self.model, max_tokens=sampling.max_tokens, **kwargs
-            )
+            response = await client.messages.with_raw_response.create(**kwargs)
             raw = await response.read()
             data = json.loads(raw)
         except (anthropic.APIError, ValueError) as e:

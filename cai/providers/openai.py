@@ -26,12 +26,10 @@ class OpenAIProvider(SDKProvider):
     supports_seed = True
     supports_logprobs = True
 
-    async def _complete(
-        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None
-    ) -> Completion:
-        import openai
-
-        client = self._get_client()
+    def request_body(
+        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
+    ) -> dict[str, Any]:
+        """The Chat Completions body of one call (also a Batch API input line's `body`)."""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
@@ -47,6 +45,15 @@ class OpenAIProvider(SDKProvider):
         # OpenAI's reasoning models refuse `max_tokens`; compatible servers may not know
         # `max_completion_tokens` yet.
         body["max_tokens" if self.base_url else "max_completion_tokens"] = sampling.max_tokens
+        return body
+
+    async def _complete(
+        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None
+    ) -> Completion:
+        import openai
+
+        client = self._get_client()
+        body = self.request_body(messages, sampling, seed=seed)
         try:
             # The SDK still makes the request, authenticates it and turns HTTP errors into its
             # exceptions; but `chat.completions.create` runs every message through its type
