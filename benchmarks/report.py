@@ -241,6 +241,7 @@ def screenshot(path: Path, records: int = 60) -> None:
     """The report of a small run, with one record searched for and expanded, as PNG."""
     from browser import chromium
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     from cai.report import write_report
 
@@ -255,6 +256,9 @@ def screenshot(path: Path, records: int = 60) -> None:
             target = next(r for r in recs if r.status == "ok" and len(r.rounds) == 2)
             search_and_expand(driver, target.id)
             driver.find_element(By.CSS_SELECTOR, "#list details.round summary").click()
+            WebDriverWait(driver, 10).until(
+                lambda d: "Critique" in d.find_element(By.CSS_SELECTOR, "#list details.round").text
+            )
             driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(str(path))
 

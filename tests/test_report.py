@@ -204,6 +204,15 @@ def _labels() -> list[dict]:
             "status": "ok",
             "votes": [{**vote, "p_first": 0.9}, {**vote, "order": "ba", "p_first": 0.7}],
         },
+        {
+            "id": "pair-3",
+            "prompt": [{"role": "user", "content": "hello"}],
+            "response_a": "a",
+            "response_b": "b",
+            "status": "failed",
+            "error": {"kind": "rate_limit", "message": "429"},
+            "votes": [{**vote, "p_first": None, "reply": "maybe", "problem": "no_answer"}],
+        },
     ]
 
 
@@ -213,11 +222,17 @@ def test_label_run_data() -> None:
     assert viewer["mode"] == "labels"
     first = _by_id(data)["pair-1"]
     assert (first["A"], first["B"], first["pa"], first["pc"]) == (FIRST, SAFER, 0.25, True)
-    assert first["v"] == "prefers B" and _by_id(data)["pair-2"]["v"] == "dropped: inconsistent"
-    assert labels["pairs"] == 2 and labels["p_a"] == [0.25, 0.6]
+    rows = _by_id(data)
+    assert first["v"] == "prefers B" and rows["pair-2"]["v"] == "dropped: inconsistent"
+    assert (
+        rows["pair-3"]["v"] == "dropped: unlabelled" and rows["pair-3"]["le"] == "rate_limit: 429"
+    )
+    assert rows["pair-3"]["vt"] == [[0, "ab", None, "maybe", "no_answer"]]
+    assert labels["pairs"] == 3 and labels["p_a"] == [0.25, 0.6]
     assert sum(labels["p_a_hist"]) == 2 and labels["b_preferred"] == 1
-    assert labels["votes"] == 4 and labels["first_preferred"] == 3
+    assert labels["votes"] == 5 and labels["first_preferred"] == 3
     assert (labels["consistent"], labels["consistency_known"]) == (1, 2)
+    assert data["plots"]["failures"] == {"pair failed: rate_limit": 1, "vote: no_answer": 1}
     page = render_report(data)
     assert 'id="labels"' in page and 'id="plot-labels"' in page
 
@@ -229,6 +244,7 @@ def test_labels_beside_records_join_by_id() -> None:
     rows = _by_id(data)
     assert rows["pref"]["pa"] == 0.25 and len(rows["pref"]["vt"]) == 2
     assert "pair-1" not in rows and "pair-2" not in rows  # the viewer shows the run's records
+    assert rows["pref"]["vt"][0] == [0, "ab", 0.3, "(A)", ""]
 
 
 def _write_run(run_dir: Path, records: list[Record], labels: list[dict] | None = None) -> None:
@@ -316,7 +332,9 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
         assert diff.find_elements(By.TAG_NAME, "del") and diff.find_elements(By.TAG_NAME, "ins")
         # Open the round: critique and revision appear.
         driver.find_element(By.CSS_SELECTOR, "#list details.round summary").click()
-        assert SAFER in driver.find_element(By.CSS_SELECTOR, "#list details.round").text
+        WebDriverWait(driver, 10).until(
+            lambda d: SAFER in d.find_element(By.CSS_SELECTOR, "#list details.round").text
+        )
         assert driver.execute_script("return window.__pwned") is None
         assert not driver.find_elements(By.CSS_SELECTOR, "#list img, #list script")
 
@@ -336,3 +354,19 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
         shot = tmp_path / "report.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
+
+        # A label run: the pair opens to both responses, their diff and the votes.
+        labels = tmp_path / "labels"
+        labels.mkdir()
+        (labels / "labels.jsonl").write_text("".join(json.dumps(x) + "\n" for x in _labels()))
+        driver.get(write_report(labels).as_uri())
+        WebDriverWait(driver, 30).until(
+            lambda d: d.execute_script("return document.documentElement.dataset.rendered")
+        )
+        driver.find_element(By.CSS_SELECTOR, "#list .rec .head").click()
+        detail = driver.find_element(By.CSS_SELECTOR, "#list .detail")
+        assert HOSTILE in detail.text and SAFER in detail.text and "p_a = 0.25" in detail.text
+        assert len(detail.find_elements(By.CSS_SELECTOR, "table.votes tr")) == 3
+        assert driver.execute_script("return window.__pwned") is None
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []

@@ -143,6 +143,19 @@ def _failures(records: list[Record]) -> dict[str, int]:
     return dict(kinds.most_common())
 
 
+def _label_failures(labels: list[dict[str, Any]]) -> dict[str, int]:
+    kinds: Counter[str] = Counter()
+    for label in labels:
+        status = str(label.get("status", "ok"))
+        if status != "ok":
+            error = label.get("error") if isinstance(label.get("error"), dict) else {}
+            kinds[f"pair {status}: {error.get('kind') or 'unknown'}"] += 1
+        for vote in label.get("votes") or []:
+            if isinstance(vote, dict) and vote.get("problem"):
+                kinds[f"vote: {vote['problem']}"] += 1
+    return dict(kinds.most_common())
+
+
 def _call_stats(records: list[Record], calls: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Seconds per call (each chain's time over its calls) and tokens per call, by step."""
     seconds = []
@@ -197,15 +210,20 @@ def _label_entry(label: dict[str, Any], names: _Table) -> dict[str, Any]:
                     names(str(v.get("principle", ""))),
                     str(v.get("order", "")),
                     round(p, 4) if isinstance(p, int | float) else None,
-                    str(v.get("reply") or v.get("raw") or v.get("text") or v.get("problem") or ""),
+                    str(v.get("reply") or ""),
+                    str(v.get("problem") or ""),
                 ]
             )
     p_a = label.get("p_a")
-    return {
+    entry = {
         "pa": round(p_a, 4) if isinstance(p_a, int | float) else None,
         "pc": label.get("position_consistent"),
         "vt": votes,
     }
+    error = label.get("error")
+    if isinstance(error, dict):
+        entry["le"] = f"{error.get('kind', 'error')}: {error.get('message', '')}"
+    return entry
 
 
 def _label_verdict(label: dict[str, Any]) -> str:
@@ -356,7 +374,7 @@ def build_report_data(
         "change": {str(k): v for k, v in sorted(change.items())},
         "calls": calls_data,
         "call_quantiles": _quantiles(calls_data["seconds_per_call"]),
-        "failures": _failures(records),
+        "failures": {**_failures(records), **_label_failures(labels)},
     }
     if labels:
         plots["labels"] = _label_data(labels)

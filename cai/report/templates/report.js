@@ -125,11 +125,11 @@
     parent.appendChild(p);
     if (!r.vt || !r.vt.length) return;
     var t = el("table", "votes"), h = el("tr");
-    ["principle", "order", "p_first", "reply"].forEach(function (c) { h.appendChild(el("th", null, c)); });
+    ["principle", "order", "p_first", "reply", "problem"].forEach(function (c) { h.appendChild(el("th", null, c)); });
     t.appendChild(h);
     r.vt.forEach(function (v) {
       var tr = el("tr");
-      [P[v[0]], v[1], v[2] === null ? "-" : String(v[2]), v[3]].forEach(function (c) {
+      [P[v[0]], v[1], v[2] === null ? "-" : String(v[2]), v[3], v[4] || ""].forEach(function (c) {
         tr.appendChild(el("td", "txt", c));
       });
       t.appendChild(tr);
@@ -139,6 +139,7 @@
   function detail(r) {
     var d = el("div", "detail");
     if (r.e) d.appendChild(el("p", "note", "Error: " + r.e));
+    if (r.le) d.appendChild(el("p", "note", "Label: " + r.le));
     d.appendChild(el("h4", null, "Conversation"));
     r.p.forEach(function (m) {
       var box = el("div", "msg");
