@@ -47,20 +47,29 @@ _USE_LABELS = {"pref": "preference pair", "sft": "SFT only"}
 
 
 def round_kind(round_: Any) -> str:
-    """What a round led to: "revised", "no_change", or "problem:<why>" (cut off, refused, empty).
+    """What a round led to: "revised", "no_change", or "problem:<why>" (its critique or its
+    revision was cut off, refused or empty).
 
-    Read defensively: a problem wins over `skipped`, as in `cai stats`, and a `cut_off` field,
-    where a record has one, counts as a problem too.
+    Read from `Round.state` where rounds have one; for rounds without it, a problem wins
+    over `skipped`, as in `cai stats`.
     """
+    state = getattr(round_, "state", None)
     problem = getattr(round_, "problem", None)
-    cut_off = getattr(round_, "cut_off", None)
-    if problem is None and cut_off:
-        problem = cut_off if isinstance(cut_off, str) else "length"
-    if problem is not None:
-        return f"problem:{problem}"
+    if state in ("revised", "no_change"):
+        return state
+    if state is not None or problem is not None:
+        return f"problem:{problem or state}"
     if getattr(round_, "skipped", False) or getattr(round_, "revision", None) is None:
         return "no_change"
     return "revised"
+
+
+def _problem_step(round_: Any) -> str:
+    """Which call of a failed round went wrong, where the round says."""
+    state = getattr(round_, "state", None)
+    if state in ("critique_failed", "revision_failed"):
+        return state.split("_")[0]
+    return "round"
 
 
 def _words(text: str) -> int:
@@ -139,7 +148,7 @@ def _failures(records: list[Record]) -> dict[str, int]:
         for round_ in r.rounds:
             kind = round_kind(round_)
             if kind.startswith("problem:"):
-                kinds[f"round: {kind.split(':', 1)[1]}"] += 1
+                kinds[f"{_problem_step(round_)}: {kind.split(':', 1)[1]}"] += 1
     return dict(kinds.most_common())
 
 
