@@ -245,6 +245,26 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     is_flag=True,
     help="Print the number of calls and an estimate of tokens and cost; call nothing.",
 )
+@click.option(
+    "--engine",
+    "engine_name",
+    type=click.Choice(["default", "ray"]),
+    default="default",
+    show_default=True,
+    help="Where chains run: in this process, or on Ray workers (pip install 'cai[ray]'; "
+    "see docs/distributed.md).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="--engine ray: the cluster to join (default: $RAY_ADDRESS, else a local instance).",
+)
+@click.option(
+    "--workers",
+    default=None,
+    type=int,
+    help="--engine ray: worker actors (default 2); --concurrency, --rpm, --tpm are shared out.",
+)
 def generate(
     constitution_path: Path,
     prompts_spec: str,
@@ -270,6 +290,9 @@ def generate(
     tpm: float | None,
     price_table: Path | None,
     dry_run: bool,
+    engine_name: str,
+    ray_address: str | None,
+    workers: int | None,
 ) -> None:
     """Answer each prompt, critique and revise the answer against the constitution, save records.
 
@@ -331,6 +354,23 @@ def generate(
         plan = plan_run(source, parsed, config, model=name, price=price, prices_as_of=prices.as_of)
         click.echo(format_plan(plan))
         return
+    from functools import partial
+
+    from cai.engines import make_engine
+
+    engine = make_engine(
+        engine_name,
+        partial(
+            create_provider,
+            provider,
+            model=model,
+            base_url=base_url,
+            model_path=model_path,
+            timeout=timeout,
+        ),
+        workers=workers,
+        address=ray_address,
+    )
     backend = create_provider(
         provider,
         model=model,
@@ -372,7 +412,9 @@ def generate(
     if config.limit is not None and total is not None:
         total = min(total, config.limit)
     store = RunStore(run_dir)
-    stats = _run_with_progress(source, parsed, backend, config, store, manifest, total, price=price)
+    stats = _run_with_progress(
+        source, parsed, backend, config, store, manifest, total, price=price, engine=engine
+    )
     resume = (
         "Run the same command again"
         if out is not None
@@ -401,6 +443,7 @@ def _run_with_progress(
     manifest: dict[str, Any],
     total: int | None,
     price: Any = None,
+    engine: Any = None,
 ) -> Any:
     """Run the job under a progress bar; the first Ctrl-C stops taking prompts, the second quits."""
     import asyncio
@@ -467,6 +510,7 @@ def _run_with_progress(
                 on_event=on_event,
                 stop=stop,
                 stats=stats,
+                engine=engine,
             )
         finally:
             closer = getattr(backend, "aclose", None)
