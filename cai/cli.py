@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ import click
 
 from cai import __version__
 from cai.errors import CaiError, ConfigError, InputError
+from cai.rundir import redact_secrets
 
 __all__ = ["cli", "main"]
 
@@ -31,7 +33,9 @@ class _Group(click.Group):
         except (CaiError, OSError) as e:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"Error: {e}", err=True)
+            message = str(e) if isinstance(e, CaiError) else _os_error_message(e)
+            # A server or a path may echo a key or token back: none reaches the terminal.
+            click.echo(f"Error: {redact_secrets(message)}", err=True)
             code = e.exit_code if isinstance(e, CaiError) else 2
             ctx.exit(code if code != 1 else 2)
         except KeyboardInterrupt:
@@ -39,6 +43,38 @@ class _Group(click.Group):
                 raise
             click.echo("Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+
+
+def _os_error_reason(e: OSError) -> str:
+    """Why an OS call failed, in words (never a bare `[Errno N]`)."""
+    reason = (e.strerror or str(e) or type(e).__name__).rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    if e.errno == errno.ENOTDIR and e.filename:
+        path = Path(os.fsdecode(e.filename))
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            reason = f"{blocker} is not a folder"
+    return reason
+
+
+def _os_error_message(e: OSError) -> str:
+    if not e.filename:
+        return _os_error_reason(e)
+    return f"{os.fsdecode(e.filename)}: {_os_error_reason(e)}"
+
+
+def _unwritable_run(e: OSError, run_dir: Path) -> CaiError | None:
+    """The error to show when `e` came from writing into `run_dir`, else None."""
+    if not e.filename:
+        return None
+    path = Path(os.fsdecode(e.filename)).absolute()
+    folder = run_dir.absolute()
+    if path != folder and folder not in path.parents and path not in folder.parents:
+        return None
+    return ConfigError(
+        f"cannot write the run to {run_dir}: {_os_error_reason(e)} - "
+        "pass --out with a folder you can write to"
+    )
 
 
 @click.group(cls=_Group)
@@ -380,7 +416,7 @@ def generate(
         connections=concurrency,
     )
     price = FREE if provider == "local" else prices.lookup(backend.model)
-    if not getattr(backend, "takes_sampling", True):
+    if not backend.takes_sampling:
         click.echo(
             f"Note: {backend.model} takes no temperature or top_p; they are not sent.", err=True
         )
@@ -412,9 +448,15 @@ def generate(
     if config.limit is not None and total is not None:
         total = min(total, config.limit)
     store = RunStore(run_dir)
-    stats = _run_with_progress(
-        source, parsed, backend, config, store, manifest, total, price=price, engine=engine
-    )
+    try:
+        stats = _run_with_progress(
+            source, parsed, backend, config, store, manifest, total, price=price, engine=engine
+        )
+    except OSError as e:
+        error = _unwritable_run(e, run_dir)
+        if error is None:
+            raise
+        raise error from e
     resume = (
         "Run the same command again"
         if out is not None
@@ -423,7 +465,7 @@ def generate(
     _print_summary(stats, run_dir, source, resume)
     if stats.interrupted:
         sys.exit(EXIT_INTERRUPTED)
-    if stats.failed:
+    if stats.failed_in_run:
         sys.exit(EXIT_PARTIAL)
 
 
@@ -467,6 +509,7 @@ def _run_with_progress(
         if bar is None:
             return
         if kind == "notice":
+            data = redact_secrets(str(data))
             bar.write(f"Note: {data}", file=sys.stderr)
         if kind in ("record", "skip"):
             bar.update(1)
@@ -575,13 +618,23 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
         f"{stats.problem_rounds} rounds cut off or refused",
         f"Records: {run_dir / 'records.jsonl'}",
     ]
+    kept = stats.failed_in_run - stats.failed
+    if kept > 0:
+        lines.append(
+            f"{kept} failed before, kept (--no-retry-failed); rerun without it to retry them."
+        )
+    if stats.first_error:
+        lines.append(f"First failure: {stats.first_error}")
     if stats.interrupted or stats.failed:
         lines.append(
             f"{resume} to resume" + (" and retry the failed prompts." if stats.failed else ".")
         )
-    lines.append(f"Next: cai export {run_dir} --format dpo")
-    lines.append(f"Look at the data: cai report {run_dir} (writes {run_dir / 'report.html'})")
-    click.echo("\n".join(lines), err=True)
+    if stats.run_counts.get("ok", stats.done):
+        lines.append(f"Next: cai export {run_dir} --format dpo")
+        lines.append(f"Look at the data: cai report {run_dir} (writes {run_dir / 'report.html'})")
+    else:
+        lines.append("No prompt succeeded, so there is nothing to export.")
+    click.echo(redact_secrets("\n".join(lines)), err=True)
 
 
 # -- merge --------------------------------------------------------------------------------

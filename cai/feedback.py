@@ -18,12 +18,30 @@ call engine (journal, resume, lock, Ctrl-C, shard). docs/feedback.md has the det
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cai.constitution import Constitution, Principle
+from cai.errors import AuthenticationError, ConfigError, ProviderError
+from cai.pipeline import (
+    CallConfig,
+    Job,
+    RunStats,
+    context_window,
+    count_message_tokens,
+    pick_principles,
+    run_job,
+)
+from cai.providers.base import Completion, Provider, Sampling, Usage
+from cai.rundir import LABELS_FILE, Manifest, RunStore
 
 __all__ = [
     "ANSWER_PROMPT",
@@ -187,8 +205,6 @@ def vote_principles(
     constitution: Constitution, votes: int, seed: int, pair_id: str
 ) -> list[Principle]:
     """Each vote's principle, by weight, from an RNG seeded by `seed` and the pair's id."""
-    from cai.pipeline import pick_principles
-
     # Salted, so a pair's votes are not the same draws as its record's critique rounds.
     return pick_principles(constitution, votes, seed, f"{pair_id}:label")
 
@@ -253,3 +269,432 @@ def label_scores(p_a: float) -> dict[str, Any]:
         "score_rejected": round(1.0 - score, 6),
         "margin": round(abs(p_a - 0.5), 6),
     }
+
+
+# -- the label run ---------------------------------------------------------------------------
+
+# A log-probability vote needs only the tokens up to its answer letter.
+ANSWER_TOKENS = 16
+DEFAULT_COT_CLAMP = (0.4, 0.6)
+
+
+@dataclass
+class LabelConfig(CallConfig):
+    """Settings of a label job; the CLI's `label` options map one to one onto these fields.
+
+    `max_tokens` bounds a chain-of-thought vote and a sampled policy response; a
+    log-probability vote stops after `answer_tokens`.
+    """
+
+    temperature: float = field(
+        default=0.0, metadata={"help": "Sampling temperature of the feedback model."}
+    )
+    votes: int = field(default=4, metadata={"help": "Votes per pair, each asked in both orders."})
+    cot: bool = field(
+        default=False,
+        metadata={"help": "Chain of thought instead of log-probabilities (forced without them)."},
+    )
+    clamp: tuple[float, float] | None = field(
+        default=None,
+        metadata={"help": "(LO, HI) each vote's probability is kept within; CoT: 0.4-0.6."},
+    )
+    answer_tokens: int = field(
+        default=ANSWER_TOKENS, metadata={"help": "Most tokens of a log-probability vote."}
+    )
+    top_logprobs: int = field(
+        default=10, metadata={"help": "Most likely tokens returned at each reply position."}
+    )
+    responses: int = field(
+        default=2, metadata={"help": "Prompts source: responses sampled per prompt (N >= 2)."}
+    )
+    policy_temperature: float = field(
+        default=1.0, metadata={"help": "Prompts source: the policy model's temperature."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.votes < 1:
+            raise ConfigError(f"--votes must be at least 1, got {self.votes}")
+        if self.responses < 2:
+            raise ConfigError(f"--responses must be at least 2 (a pair), got {self.responses}")
+        if self.answer_tokens < 1:
+            raise ConfigError(f"answer_tokens must be at least 1, got {self.answer_tokens}")
+        if not 1 <= self.top_logprobs <= 20:
+            raise ConfigError(f"top_logprobs must be between 1 and 20, got {self.top_logprobs}")
+        if not (math.isfinite(self.policy_temperature) and 0 <= self.policy_temperature <= 2):
+            raise ConfigError(
+                f"policy temperature must be between 0 and 2, got {self.policy_temperature}"
+            )
+        if self.clamp is not None:
+            low, high = self.clamp
+            if not 0 <= low <= high <= 1:
+                raise ConfigError(
+                    f"--clamp takes LO,HI with 0 <= LO <= HI <= 1, got {low:g},{high:g}"
+                )
+
+    def bounds(self, cot: bool) -> tuple[float, float] | None:
+        """Each vote's clamp: --clamp, else 0.4-0.6 with chain of thought, else none."""
+        if self.clamp is not None:
+            return self.clamp
+        return DEFAULT_COT_CLAMP if cot else None
+
+    def vote_sampling(self, cot: bool) -> Sampling:
+        if cot:
+            return Sampling(self.temperature, self.max_tokens, self.top_p)
+        return Sampling(self.temperature, self.answer_tokens, self.top_p, self.top_logprobs)
+
+    @property
+    def policy_sampling(self) -> Sampling:
+        return Sampling(self.policy_temperature, self.max_tokens, self.top_p)
+
+
+@dataclass
+class PairItem:
+    """One item of a label job: a prompt and its responses (None: sample them from the policy).
+
+    A run-directory source gives one pair per record (its first answer and the revision export
+    would choose); a prompts source gives every pair of `--responses` sampled responses.
+    """
+
+    id: str
+    messages: list[Message]
+    responses: list[str] | None = None
+    line: int | None = None
+    chosen_round: int | None = None
+
+
+def pair_id(item_id: str, i: int, j: int, *, sampled: bool) -> str:
+    """A pair's id: its record's for a run source, `<prompt id>:<i>-<j>` for sampled responses."""
+    return f"{item_id}:{i}-{j}" if sampled else item_id
+
+
+def unit_of(line_id: str) -> str:
+    """The item (record or prompt) a label line belongs to."""
+    return line_id.split(":", 1)[0]
+
+
+def prompt_pairs(prompts: Iterable[Any]) -> Iterable[PairItem]:
+    """Items whose responses the policy model samples, from `PromptItem`s."""
+    for item in prompts:
+        yield PairItem(item.id, item.messages, None, item.line)
+
+
+def run_pairs(run_dir: str | Path) -> tuple[Manifest, list[PairItem], Counter[str]]:
+    """The pairs of a generate run, each record's first answer and the revision that export
+    (with its default filters) would choose; and how many records gave none, by reason."""
+    from cai.filters import apply_filters
+    from cai.rundir import load_run
+
+    manifest, records = load_run(run_dir)
+    if manifest.kind != "generate":
+        raise ConfigError(
+            f"{run_dir} is a cai {manifest.kind} run; cai label takes a generate run "
+            "or a prompts file"
+        )
+    filtered = apply_filters(records)
+    left_out = Counter(filtered.removed)
+    items = []
+    for verdict in filtered.kept:
+        if verdict.use != "pref":
+            left_out["sft_only"] += 1
+            continue
+        record = verdict.record
+        items.append(
+            PairItem(
+                record.id,
+                record.prompt,
+                [record.initial_response, verdict.response],
+                record.source_line,
+                verdict.chosen_round,
+            )
+        )
+    return manifest, items, left_out
+
+
+@dataclass
+class LabelStats(RunStats):
+    """A label run's counts; `done`, `failed` and `too_long` count pairs."""
+
+    votes: int = 0
+    problem_votes: int = 0
+    inconsistent: int = 0
+    revision_preferred: int = 0
+    revision_pairs: int = 0
+
+
+def label_settings(
+    config: LabelConfig,
+    constitution: Constitution,
+    provider: Provider,
+    policy: Provider | None,
+    cot: bool,
+) -> dict[str, Any]:
+    """The settings that change labels: a label run may only be resumed with the same ones."""
+    bounds = config.bounds(cot)
+    settings: dict[str, Any] = {
+        "constitution": constitution.name,
+        "constitution_sha256": constitution.sha256,
+        "provider": provider.name,
+        "model": provider.model,
+        "mode": "cot" if cot else "logprobs",
+        "votes": config.votes,
+        "clamp": list(bounds) if bounds else None,
+        "seed": config.seed,
+        "sampling": config.vote_sampling(cot).to_dict(),
+    }
+    if policy is not None:
+        settings.update(
+            responses=config.responses,
+            policy_provider=policy.name,
+            policy_model=policy.model,
+            policy_sampling=config.policy_sampling.to_dict(),
+        )
+    return settings
+
+
+class _PairJudge:
+    """The label job's chain: sample an item's responses if it has none, then judge each pair."""
+
+    def __init__(
+        self,
+        constitution: Constitution,
+        config: LabelConfig,
+        provider: Provider,
+        policy: Provider | None,
+        cot: bool,
+        stats: LabelStats,
+    ) -> None:
+        self.constitution = constitution
+        self.config = config
+        self.provider = provider
+        self.policy = policy
+        self.cot = cot
+        self.bounds = config.bounds(cot)
+        self.sampling = config.vote_sampling(cot)
+        self.stats = stats
+        self.window = context_window(provider)
+
+    async def __call__(
+        self, item: PairItem, call: Callable[..., Any], provider: Provider
+    ) -> list[dict[str, Any]]:
+        started = time.time()
+        sampled = item.responses is None
+        usage = Usage()
+        if sampled:
+            responses = []
+            try:
+                for n in range(self.config.responses):
+                    responses.append(
+                        await call(
+                            item.id,
+                            f"response{n}",
+                            list(item.messages),
+                            usage,
+                            sampling=self.config.policy_sampling,
+                            via=self.policy,
+                        )
+                    )
+            except ProviderError as e:
+                if isinstance(e, AuthenticationError):
+                    raise  # a refused key fails every call alike: stop the run
+                line = self._line(item, 0, 1, "", "", True)
+                line.update(status="failed", error=e.to_dict())
+                return [self._finish(line, usage, started)]
+        else:
+            responses = [Completion(text) for text in item.responses or ()]
+        lines = []
+        for i, j in itertools.combinations(range(len(responses)), 2):
+            line = self._line(item, i, j, responses[i].text, responses[j].text, sampled)
+            # The responses' usage is the first pair's, so a sum over lines counts it once.
+            await self._judge(line, item, f"{i}-{j}.", responses[i], responses[j], call, usage)
+            lines.append(self._finish(line, usage, started))
+            usage = Usage()
+        return lines
+
+    def _line(
+        self, item: PairItem, i: int, j: int, a: str, b: str, sampled: bool
+    ) -> dict[str, Any]:
+        line: dict[str, Any] = {
+            "id": pair_id(item.id, i, j, sampled=sampled),
+            "source_id": item.id,
+            "prompt": item.messages,
+            "response_a": a,
+            "response_b": b,
+            "p_a": None,
+            "votes": [],
+            "position_consistent": False,
+            "status": "ok",
+            "error": None,
+            "mode": "cot" if self.cot else "logprobs",
+            "provider": self.provider.name,
+            "model": self.provider.model,
+            "constitution_sha256": self.constitution.sha256,
+        }
+        if sampled:
+            line["responses"] = [i, j]
+        else:
+            line["chosen_round"] = item.chosen_round
+        if item.line is not None:
+            line["source_line"] = item.line
+        return line
+
+    @staticmethod
+    def _finish(line: dict[str, Any], usage: Usage, started: float) -> dict[str, Any]:
+        line["usage"] = usage.to_dict()
+        line["timings"] = {
+            "started_at": round(started, 3),
+            "seconds": round(time.time() - started, 3),
+        }
+        return line
+
+    def _too_long(self, messages: list[Message]) -> str | None:
+        if self.window is None:
+            return None
+        need = count_message_tokens(self.provider, messages) + self.sampling.max_tokens
+        if need <= self.window:
+            return None
+        return (
+            f"too long for the feedback model's context: a comparison needs {need} tokens "
+            f"(both responses, the conversation and up to {self.sampling.max_tokens} for the "
+            f"reply) but the window is {self.window}"
+        )
+
+    async def _judge(
+        self,
+        line: dict[str, Any],
+        item: PairItem,
+        prefix: str,
+        first: Completion,
+        second: Completion,
+        call: Callable[..., Any],
+        usage: Usage,
+    ) -> None:
+        """Ask every vote of one pair in both orders; fill in the line's votes and label."""
+        unusable = first.problem or second.problem
+        if unusable is not None:
+            line.update(
+                status="skipped",
+                error={"kind": unusable, "message": f"a sampled response is unusable ({unusable})"},
+            )
+            return
+        a, b = first.text, second.text
+        asks = []
+        for k, principle in enumerate(
+            vote_principles(self.constitution, self.config.votes, self.config.seed, line["id"]), 1
+        ):
+            question = comparison_question(principle)
+            for order in ORDERS:
+                shown = (a, b) if order == "ab" else (b, a)
+                messages = build_comparison_messages(item.messages, *shown, question, cot=self.cot)
+                asks.append((k, principle.name, order, messages))
+        reason = self._too_long(max((m for *_, m in asks), key=lambda m: len(m[0]["content"])))
+        if reason is not None:
+            line.update(status="skipped", error={"kind": "too_long", "message": reason})
+            return
+        try:
+            for k, name, order, messages in asks:
+                reply = await call(
+                    item.id, f"{prefix}vote{k}.{order}", messages, usage, sampling=self.sampling
+                )
+                p_first, problem = judge_reply(
+                    reply.text,
+                    reply.finish_reason,
+                    reply.logprobs,
+                    cot=self.cot,
+                    bounds=self.bounds,
+                )
+                vote: dict[str, Any] = {
+                    "vote": k,
+                    "principle": name,
+                    "order": order,
+                    "p_first": None if p_first is None else round(p_first, 6),
+                    "reply": reply.text,
+                }
+                if problem is not None:
+                    vote["problem"] = problem
+                line["votes"].append(vote)
+        except ProviderError as e:
+            if isinstance(e, AuthenticationError):
+                raise
+            line.update(status="failed", error=e.to_dict())
+            return
+        p_a, consistent = summarize_votes(line["votes"])
+        line["p_a"] = None if p_a is None else round(p_a, 6)
+        line["position_consistent"] = consistent
+        if p_a is None:
+            line.update(
+                status="skipped",
+                error={"kind": "no_answer", "message": "no vote's reply held an answer letter"},
+            )
+
+    def count(self, line: dict[str, Any]) -> None:
+        stats = self.stats
+        if line["status"] == "failed":
+            stats.failed += 1
+        elif line["status"] == "skipped":
+            stats.too_long += (line.get("error") or {}).get("kind") == "too_long"
+        else:
+            stats.done += 1
+        stats.votes += len(line["votes"])
+        stats.problem_votes += sum("problem" in v for v in line["votes"])
+        stats.inconsistent += line["status"] == "ok" and not line["position_consistent"]
+        if line.get("chosen_round") is not None and line["p_a"] is not None:
+            stats.revision_pairs += 1
+            stats.revision_preferred += line["p_a"] < 0.5
+
+
+def uses_cot(config: LabelConfig, provider: Provider) -> bool:
+    """Chain of thought when asked for, or when the feedback model gives no log-probabilities."""
+    return config.cot or not provider.supports_logprobs
+
+
+def label_job(
+    constitution: Constitution,
+    provider: Provider,
+    config: LabelConfig,
+    stats: LabelStats,
+    *,
+    policy: Provider | None = None,
+) -> Job:
+    """The `cai label` job. With `policy`, items are prompts whose responses it samples."""
+    cot = uses_cot(config, provider)
+    judge = _PairJudge(constitution, config, provider, policy, cot, stats)
+    return Job(
+        kind="label",
+        settings=label_settings(config, constitution, provider, policy, cot),
+        provider=provider,
+        chain=judge,
+        count=judge.count,
+        unit_of=unit_of,
+        lines_per_item=math.comb(config.responses, 2) if policy is not None else 1,
+        constitution=constitution,
+    )
+
+
+async def run_labels(
+    items: Iterable[PairItem],
+    constitution: Constitution,
+    provider: Provider,
+    config: LabelConfig,
+    store: RunStore,
+    *,
+    policy: Provider | None = None,
+    manifest: Manifest | dict[str, Any] | None = None,
+    on_event: Callable[[str, Any], None] = lambda kind, data: None,
+    stop: asyncio.Event | None = None,
+    stats: LabelStats | None = None,
+) -> LabelStats:
+    """Label (or resume labelling) `items` into `store` (a `RunStore` of `LABELS_FILE`).
+
+    Items with responses are judged as they are; items without are sampled from `policy`
+    first. The run has the guarantees of a generate run (`cai.pipeline.run_job`): calls
+    journaled, resume, lock, a clean stop on `stop`.
+    """
+    if store.records_path.name != LABELS_FILE:
+        raise ConfigError(f"a label run writes {LABELS_FILE}: use RunStore(dir, LABELS_FILE)")
+    stats = stats or LabelStats()
+    job = label_job(constitution, provider, config, stats, policy=policy)
+    await run_job(
+        items, job, config, store, manifest=manifest, on_event=on_event, stop=stop, stats=stats
+    )
+    return stats

@@ -49,23 +49,29 @@ from cai.rundir import (
 from cai.sources import PromptItem
 
 __all__ = [
+    "CallConfig",
     "ChainRunner",
     "GenerateConfig",
+    "Job",
     "RunStats",
     "build_manifest",
+    "context_window",
+    "count_message_tokens",
+    "finished_items",
     "generate_chain",
+    "generation_job",
     "pick_principles",
     "run_chain",
     "run_generation",
+    "run_job",
     "run_settings",
 ]
 
 
 @dataclass
-class GenerateConfig:
-    """Settings of a generation job; the CLI's options map one to one onto these fields."""
+class CallConfig:
+    """What every job that calls a model shares: sampling, concurrency, retries, limits, shard."""
 
-    rounds: int = field(default=2, metadata={"help": "Critique-and-revision rounds per prompt."})
     seed: int = field(
         default=0, metadata={"help": "Seed for principle sampling and model sampling."}
     )
@@ -97,8 +103,6 @@ class GenerateConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.rounds < 0:
-            raise ConfigError(f"rounds must be 0 or more, got {self.rounds}")
         if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 2):
             raise ConfigError(f"temperature must be between 0 and 2, got {self.temperature}")
         if self.max_tokens < 1:
@@ -123,6 +127,18 @@ class GenerateConfig:
     @property
     def sampling(self) -> Sampling:
         return Sampling(self.temperature, self.max_tokens, self.top_p)
+
+
+@dataclass
+class GenerateConfig(CallConfig):
+    """Settings of a generation job; the CLI's options map one to one onto these fields."""
+
+    rounds: int = field(default=2, metadata={"help": "Critique-and-revision rounds per prompt."})
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"rounds must be 0 or more, got {self.rounds}")
+        super().__post_init__()
 
 
 def run_settings(
@@ -266,7 +282,7 @@ class _Caller:
     def __init__(
         self,
         provider: Provider,
-        config: GenerateConfig,
+        config: CallConfig,
         store: RunStore | None,
         journal: dict[tuple[str, str], dict[str, Any]],
         semaphore: asyncio.Semaphore,
@@ -283,8 +299,18 @@ class _Caller:
         self.limiter = RateLimiter(config.rpm, config.tpm)
 
     async def __call__(
-        self, record_id: str, step: str, messages: list[dict[str, str]], usage: Usage
+        self,
+        record_id: str,
+        step: str,
+        messages: list[dict[str, str]],
+        usage: Usage,
+        *,
+        sampling: Sampling | None = None,
+        via: Provider | None = None,
     ) -> Completion:
+        """One call; `sampling` replaces the config's, `via` calls another provider (a label
+        job's policy model) under the same semaphore, limits and journal."""
+        sampling = sampling or self.config.sampling
         cached = self.journal.pop((record_id, step), None)
         if cached is not None:
             try:
@@ -298,7 +324,7 @@ class _Caller:
         seed = _stable_int(self.config.seed, record_id, step)
         limiter = self.limiter
         # Reserve the prompt and the longest reply; `settle` gives back what was not used.
-        reserve = estimate_tokens(messages) + self.config.max_tokens if limiter.limited else 0
+        reserve = estimate_tokens(messages) + sampling.max_tokens if limiter.limited else 0
 
         async def attempt() -> Completion:
             async with self.semaphore:
@@ -306,8 +332,10 @@ class _Caller:
                 self.stats.throttled_seconds = round(limiter.waited, 3)
                 used = 0
                 try:
+                    # Only the run's in-flight wrapper knows `via`; a bare provider never needs it.
+                    extra = {} if via is None else {"via": via}
                     completion = await self.provider.complete(
-                        messages, self.config.sampling, seed=seed
+                        messages, sampling, seed=seed, **extra
                     )
                     u = completion.usage
                     used = u.input_tokens + u.cache_creation_input_tokens + u.output_tokens
@@ -462,6 +490,15 @@ def context_window(provider: Provider) -> int | None:
     return KNOWN_CONTEXT_WINDOWS[max(matches, key=len)] if matches else None
 
 
+def count_message_tokens(provider: Provider, messages: list[dict[str, str]]) -> int:
+    """A call's prompt tokens: by the provider's own tokenizer where it has one, else about four
+    characters a token (English text)."""
+    if not provider.has_tokenizer:
+        return estimate_tokens(messages)
+    text = "\n".join(m["content"] for m in messages)
+    return provider.count_tokens(text) + _TOKENS_PER_MESSAGE * len(messages)
+
+
 class _ContextCheck:
     """Says why a prompt cannot fit the model's context window, or None when it can.
 
@@ -471,6 +508,7 @@ class _ContextCheck:
     """
 
     def __init__(self, provider: Provider, constitution: Constitution, config: GenerateConfig):
+        self.provider = provider
         self.window = context_window(provider)
         count = getattr(provider, "count_tokens", None)
         # Without the provider's tokenizer: about four characters a token (English text).
@@ -483,10 +521,7 @@ class _ContextCheck:
             self.initial = self._tokens(build_initial_messages(constitution, []))
 
     def _tokens(self, messages: list[dict[str, str]]) -> int:
-        if self.count is None:
-            return estimate_tokens(messages)
-        text = "\n".join(m["content"] for m in messages)
-        return self.count(text) + _TOKENS_PER_MESSAGE * len(messages)
+        return count_message_tokens(self.provider, messages)
 
     def _round(self, principle: Principle) -> int:
         if principle.name not in self.fixed:
@@ -526,13 +561,18 @@ class _InFlight:
         return getattr(self.provider, name)
 
     async def complete(
-        self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        sampling: Sampling,
+        *,
+        seed: int | None = None,
+        via: Provider | None = None,
     ) -> Completion:
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
         try:
-            return await self.provider.complete(messages, sampling, seed=seed)
+            return await (via or self.provider).complete(messages, sampling, seed=seed)
         finally:
             self.tasks.discard(task)
 
@@ -584,7 +624,7 @@ class ChainRunner:
     def __init__(
         self,
         provider: Provider,
-        config: GenerateConfig,
+        config: CallConfig,
         store: Any,
         journal: dict[tuple[str, str], dict[str, Any]],
         stats: RunStats,
@@ -605,14 +645,19 @@ class ChainRunner:
         self.journal, self.stop, self.chain = journal, stop, chain
 
     async def call(
-        self, record_id: str, step: str, messages: list[dict[str, str]], usage: Usage
+        self,
+        record_id: str,
+        step: str,
+        messages: list[dict[str, str]],
+        usage: Usage,
+        **options: Any,
     ) -> Completion:
         if self.stop.is_set() and (record_id, step) not in self.journal:
             raise _Abandoned
-        return await self.caller(record_id, step, messages, usage)
+        return await self.caller(record_id, step, messages, usage, **options)
 
-    async def run(self, item: Any) -> Record | None:
-        """The item's record; None when the run stopped before its chain could end."""
+    async def run(self, item: Any) -> Any:
+        """The item's record (or lines); None when the run stopped before its chain could end."""
         try:
             return await self.chain(item, self.call, self.in_flight)
         except _Abandoned:
@@ -624,6 +669,69 @@ class ChainRunner:
 
     async def close(self) -> None:
         """Nothing to drain: every call ran in this process's tasks."""
+
+
+@dataclass
+class Job:
+    """What a run makes of each item; `run_job` does the rest (lock, manifest, journal, resume,
+    shard, workers, Ctrl-C), the same for `cai generate` and `cai label`.
+
+    `chain(item, call, provider)` makes an item's calls through `call` and returns its line for
+    the run's records file, or a list of lines (a record, or a dict with an `id`). `check(item)`
+    returns a line to write instead of running the chain (e.g. a prompt too long for the model),
+    or None. `count(line)` adds a written line to the stats. A line's item is `unit_of(line id)`,
+    and an item is finished when it has `lines_per_item` lines, none failed (when retrying).
+    """
+
+    kind: str
+    settings: dict[str, Any]
+    provider: Provider
+    chain: Callable[..., Any]
+    check: Callable[[Any], Any] = lambda item: None
+    count: Callable[[Any], None] = lambda line: None
+    unit_of: Callable[[str], str] = str
+    lines_per_item: int = 1
+    constitution: Constitution | None = None
+
+
+def generation_job(
+    constitution: Constitution, provider: Provider, config: GenerateConfig, stats: RunStats
+) -> Job:
+    """The `cai generate` job: one critique-and-revision chain, one record, per prompt."""
+    too_long = _ContextCheck(provider, constitution, config)
+
+    def check(item: PromptItem) -> Record | None:
+        reason = too_long(item)
+        if reason is None:
+            return None
+        record = _new_record(item, constitution, config, provider)
+        record.status, record.error = "skipped", {"kind": "too_long", "message": reason}
+        return record
+
+    def count(record: Record) -> None:
+        if record.status == "skipped":
+            stats.too_long += 1
+        elif record.status == "failed":
+            stats.failed += 1
+            if stats.first_error is None and record.error:
+                stats.first_error = f"{record.error['kind']}: {record.error['message']}"
+        else:
+            stats.done += 1
+            stats.revised += any(
+                r.revision is not None and r.problem is None for r in record.rounds
+            )
+            stats.skipped_rounds += sum(r.skipped for r in record.rounds)
+            stats.problem_rounds += sum(r.problem is not None for r in record.rounds)
+
+    return Job(
+        kind="generate",
+        settings=run_settings(config, constitution, provider),
+        provider=provider,
+        chain=partial(generate_chain, constitution, config),
+        check=check,
+        count=count,
+        constitution=constitution,
+    )
 
 
 async def run_generation(
@@ -648,41 +756,71 @@ async def run_generation(
     they belong to are left for the next run to continue. `engine` (e.g. `RayEngine`) runs
     the chains elsewhere; by default they run in this process.
     """
-    settings = run_settings(config, constitution, provider)
-    check_run_dir(store.dir)  # before the lock file, which is a write into the directory
-    store.lock("generate")
+    stats = stats or RunStats()
+    job = generation_job(constitution, provider, config, stats)
+    return await run_job(
+        prompts,
+        job,
+        config,
+        store,
+        manifest=manifest,
+        on_event=on_event,
+        stop=stop,
+        stats=stats,
+        engine=engine,
+    )
+
+
+async def run_job(
+    items: Any,
+    job: Job,
+    config: CallConfig,
+    store: RunStore,
+    *,
+    manifest: Manifest | dict[str, Any] | None = None,
+    on_event: Callable[[str, Any], None] = lambda kind, data: None,
+    stop: asyncio.Event | None = None,
+    stats: RunStats | None = None,
+    engine: Any = None,
+) -> RunStats:
+    """Run (or resume) `job` over `items` (each with an `id`) into `store`; see `run_generation`."""
+    check_run_dir(store.dir, job.kind)  # before the lock file, which is a write into the directory
+    store.lock(job.kind)
     try:
         return await _run_locked(
-            prompts,
-            constitution,
-            provider,
-            config,
-            store,
-            settings,
-            manifest,
-            on_event,
-            stop,
-            stats,
-            engine,
+            items, job, config, store, manifest, on_event, stop, stats or RunStats(), engine
         )
     finally:
         store.unlock()
 
 
+def finished_items(statuses: dict[str, str], job: Job, retry_failed: bool) -> set[str]:
+    """The items whose lines are all written; with `retry_failed`, none of them failed.
+
+    A failed line stays in the file until a retry replaces it.
+    """
+    lines: dict[str, list[str]] = {}
+    for line_id, status in statuses.items():
+        lines.setdefault(job.unit_of(line_id), []).append(status)
+    return {
+        item
+        for item, found in lines.items()
+        if len(found) >= job.lines_per_item and not (retry_failed and "failed" in found)
+    }
+
+
 async def _run_locked(
-    prompts: Any,
-    constitution: Constitution,
-    provider: Provider,
-    config: GenerateConfig,
+    items: Any,
+    job: Job,
+    config: CallConfig,
     store: RunStore,
-    settings: dict[str, Any],
     manifest: Manifest | dict[str, Any] | None,
     on_event: Callable[[str, Any], None],
     stop: asyncio.Event | None,
-    stats: RunStats | None,
+    stats: RunStats,
     engine: Any = None,
 ) -> RunStats:
-    previous = check_resumable(store, settings)
+    previous = check_resumable(store, job.settings)
     on_event("start", store.dir)
     if previous is not None and previous.status == "running":
         gone = store.previous_writer or previous.writer or {}
@@ -691,33 +829,32 @@ async def _run_locked(
             "notice",
             f"the last run of {store.dir} ended without cleaning up ({who} is gone, killed?); resuming it",
         )
-    if constitution.path and Path(constitution.path).is_file():
+    constitution = job.constitution
+    if constitution is not None and constitution.path and Path(constitution.path).is_file():
         save_constitution_copy(store.dir, Path(constitution.path), constitution.sha256)
-    stats = stats or RunStats()
     store.repair()
     statuses = store.compact()
     for notice in store.notices:
         on_event("notice", notice)
-    # A failed prompt is retried unless told not to; its record stays until a retry replaces it.
-    done = {i for i, status in statuses.items() if status != "failed" or not config.retry_failed}
+    done = finished_items(statuses, job, config.retry_failed)
     del statuses
     journal = store.journal(done)
     if not isinstance(manifest, Manifest):
         manifest = Manifest.from_dict({"cai_version": __version__, **(manifest or {})})
     if previous is not None:
         manifest.created = previous.created
-    manifest.settings, manifest.status = settings, "running"
-    manifest.writer = writer_info("generate")
+    manifest.kind = job.kind
+    manifest.settings, manifest.status = job.settings, "running"
+    manifest.writer = writer_info(job.kind)
     manifest.config.update(engine.info if engine is not None else {"engine": "default"})
     store.write_manifest(manifest)
     stop = stop or asyncio.Event()
-    too_long = _ContextCheck(provider, constitution, config)
-    queue: asyncio.Queue[PromptItem | None] = asyncio.Queue(maxsize=config.concurrency * 2)
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=config.concurrency * 2)
 
     async def produce() -> None:
         seen = IdSet()
         taken = 0
-        for item in prompts:
+        for item in items:
             if stop.is_set() or (config.limit is not None and taken >= config.limit):
                 break
             if not in_shard(item.id, config.shard):
@@ -739,35 +876,24 @@ async def _run_locked(
         while (item := await queue.get()) is not None:
             if stop.is_set():
                 continue
-            reason = too_long(item)
-            if reason is not None:
-                record = _new_record(item, constitution, config, provider)
-                record.status, record.error = "skipped", {"kind": "too_long", "message": reason}
-            else:
-                record = await runner.run(item)
-                if record is None:
+            lines = job.check(item)
+            if lines is None:
+                lines = await runner.run(item)
+                if lines is None:
                     continue
-            store.append_record(record)
-            if record.status == "skipped":
-                stats.too_long += 1
-            elif record.status == "failed":
-                stats.failed += 1
-            else:
-                stats.done += 1
-                stats.revised += any(
-                    r.revision is not None and r.problem is None for r in record.rounds
-                )
-                stats.skipped_rounds += sum(r.skipped and r.problem is None for r in record.rounds)
-                stats.problem_rounds += sum(r.problem is not None for r in record.rounds)
-            on_event("record", record)
+            for line in lines if isinstance(lines, list) else [lines]:
+                store.append_record(line)
+                job.count(line)
+                on_event("record", line)
 
     workers = config.concurrency
     store.open()
-    chain = partial(generate_chain, constitution, config)
-    args = (config, store, journal, stats, on_event, stop, chain)
+    args = (config, store, journal, stats, on_event, stop, job.chain)
     try:
         runner = (
-            ChainRunner(provider, *args) if engine is None else await engine.start(provider, *args)
+            ChainRunner(job.provider, *args)
+            if engine is None
+            else await engine.start(job.provider, *args)
         )
     except BaseException:  # e.g. no Ray cluster at the address: nothing ran
         store.close()

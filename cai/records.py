@@ -14,7 +14,14 @@ __all__ = ["Record", "Round"]
 
 @dataclass
 class Round:
-    """One critique-and-revision round. `skipped` means the critique found nothing to change."""
+    """One critique-and-revision round, in one of four states (`state`):
+
+    - "revised": the revision is the new answer;
+    - "no_change": `skipped` - the critique found nothing to change (NO CHANGES NEEDED);
+    - "critique_failed": the critique was cut off, refused or empty, so no revision was
+      asked for; `problem` says why;
+    - "revision_failed": the revision was cut off, refused or empty; `problem` says why.
+    """
 
     index: int
     principle: str
@@ -27,6 +34,23 @@ class Round:
     revision_finish_reason: str | None = None
     # Why this round's output was not used: "length", "refusal", "content_filter", "empty".
     problem: str | None = None
+    critique_failed: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.critique_failed:
+            return "critique_failed"
+        if self.skipped:
+            return "no_change"
+        return "revision_failed" if self.problem is not None else "revised"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Round:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "critique_failed" not in known and known.get("skipped") and known.get("problem"):
+            # Written before `critique_failed`: `skipped` then also meant a failed critique.
+            known["skipped"], known["critique_failed"] = False, True
+        return cls(**known)
 
 
 @dataclass
@@ -60,5 +84,5 @@ class Record:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["rounds"] = [Round(**r) for r in known.get("rounds", [])]
+        known["rounds"] = [Round.from_dict(r) for r in known.get("rounds", [])]
         return cls(**known)

@@ -40,6 +40,7 @@ from cai.records import Record
 __all__ = [
     "CALLS_FILE",
     "CONSTITUTION_COPY",
+    "LABELS_FILE",
     "LOCK_FILE",
     "MANIFEST_FILE",
     "RECORDS_FILE",
@@ -72,7 +73,11 @@ CALLS_FILE = "calls.jsonl"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
 CONSTITUTION_COPY = "constitution.md"
-RUN_FILES = frozenset({RECORDS_FILE, CALLS_FILE, MANIFEST_FILE, LOCK_FILE, CONSTITUTION_COPY})
+# A label run (`cai label`) keeps one line per labelled pair here instead of records.jsonl.
+LABELS_FILE = "labels.jsonl"
+RUN_FILES = frozenset(
+    {RECORDS_FILE, LABELS_FILE, CALLS_FILE, MANIFEST_FILE, LOCK_FILE, CONSTITUTION_COPY}
+)
 OUTPUTS = Path("outputs")
 
 # Environment variables whose values must never reach a file, whatever a server echoes back.
@@ -634,9 +639,10 @@ class RunStore:
     `notices`, one line each, for the caller to report.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, records_file: str = RECORDS_FILE) -> None:
         self.dir = Path(run_dir)
-        self.records_path = self.dir / RECORDS_FILE
+        # Where the run's lines go: records.jsonl, or labels.jsonl for a label run.
+        self.records_path = self.dir / records_file
         self.calls_path = self.dir / CALLS_FILE
         self.manifest_path = self.dir / MANIFEST_FILE
         self.notices: list[str] = []
@@ -709,8 +715,8 @@ class RunStore:
         f.write(line.encode("utf-8") + b"\n")
         f.flush()
 
-    def append_record(self, record: Record) -> None:
-        self._append(self._records, record.to_dict())
+    def append_record(self, record: Record | dict[str, Any]) -> None:
+        self._append(self._records, record if isinstance(record, dict) else record.to_dict())
 
     def append_call(self, record_id: str, step: str, completion: dict[str, Any]) -> None:
         self._append(self._calls, {"id": record_id, "step": step, **completion})

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fake_server import FakeServer
+from fake_server import Canned, FakeServer
 
 from cai.cli import cli
 from cai.constitution import load_constitution
 from cai.pipeline import GenerateConfig
 from cai.plan import plan_run
 from cai.pricing import format_cost, load_price_table
+from cai.providers.base import Completion
 from cai.sources import PromptSource
 
 PLANTED_KEY = "sk-cai-PLANTED-7f3e9a1c55d04b2e"
@@ -285,3 +287,176 @@ def test_a_refused_key_stops_the_run_with_one_line(
     )
     assert "sk-wrong" not in result.output
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "error"
+
+
+# -- holes of issue 11 ------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_CONTENT_A_LIST = {
+    "id": "chatcmpl-odd",
+    "choices": [{"message": {"content": ["not", "text"]}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 3},
+}
+
+
+def test_a_reply_of_the_wrong_shape_fails_its_prompt_not_the_run(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    prompts = _prompt_file(tmp_path, "Prompt A", "Prompt B", "Prompt C")
+    out = tmp_path / "run"
+    with FakeServer() as server:
+        # Both attempts (--max-retries 1) of prompt B's first call get a list for content.
+        server.enqueue(Canned(body=_CONTENT_A_LIST), match="Prompt B", times=2)
+        first = _generate(server, mini_constitution, prompts, out, "--max-retries", "1")
+        assert server.requests >= 2
+    assert first.exit_code == 3, first.output
+    records = {r["prompt"][-1]["content"]: r for r in _records(out)}
+    assert records["Prompt B"]["status"] == "failed"
+    assert records["Prompt B"]["error"]["kind"] == "bad_response"
+    assert records["Prompt A"]["status"] == records["Prompt C"]["status"] == "ok"
+    assert "1 failed" in first.stderr and "retries: 1 (bad_response 1)" in first.stderr
+    # Every journaled reply replays; a line of another shape (an older version's) is called
+    # again rather than crashing the rerun.
+    calls = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines()]
+    for call in calls:
+        Completion.from_dict(call)
+    bad_line = {"id": records["Prompt B"]["id"], "step": "initial", "text": "Hi",
+                "finish_reason": "stop", "usage": {"output_tokens": "many"}}  # fmt: skip
+    with (out / "calls.jsonl").open("a") as f:
+        f.write(json.dumps(bad_line) + "\n")
+    with FakeServer() as server:
+        second = _generate(server, mini_constitution, prompts, out, "--max-retries", "1")
+        asked = [e.body["messages"][-1]["content"] for e in server.log]
+    assert second.exit_code == 0, second.output
+    assert "Prompt B" in asked  # the bad journal line was not used
+    assert all(r["status"] == "ok" for r in _records(out))
+
+
+def test_exit_3_while_failed_prompts_remain_even_under_no_retry_failed(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    prompts = _prompt_file(tmp_path, "Prompt A", "Prompt B")
+    out = tmp_path / "run"
+    with FakeServer() as server:
+        server.enqueue(Canned(status=400, body={"error": {"message": "no"}}), match="Prompt B")
+        first = _generate(server, mini_constitution, prompts, out)
+        kept = _generate(server, mini_constitution, prompts, out, "--no-retry-failed")
+    assert first.exit_code == 3, first.output
+    assert kept.exit_code == 3, kept.output
+    assert "1 failed before, kept (--no-retry-failed)" in kept.stderr
+    assert json.loads((out / "manifest.json").read_text())["status"] == "partial"
+
+
+@pytest.mark.parametrize("variable", ["HF_TOKEN", "GITHUB_TOKEN", "OPENAI_API_KEY"])
+def test_secrets_are_redacted_on_the_terminal(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    secret = "tok-PLANTED-1c55d04b2e7f3e9a"
+    monkeypatch.setenv(variable, secret)
+    # Whatever carries a secret into a message (here a path) must not print it.
+    missing = tmp_path / f"prompts-{secret}.jsonl"
+    result = _cli(mini_constitution, missing, "--provider", "openai", "--base-url", "http://x/v1")
+    assert result.exit_code == 2
+    assert secret not in result.output and "[REDACTED]" in result.stderr
+
+
+def test_a_refused_connection_says_so_and_no_export_is_suggested(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    port = _free_port()
+    prompts = _prompt_file(tmp_path, "Prompt A", "Prompt B")
+    out = tmp_path / "run"
+    result = _cli(
+        mini_constitution, prompts, "--provider", "openai", "--base-url",
+        f"http://127.0.0.1:{port}/v1", "--out", str(out), "--max-retries", "0",
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    for record in _records(out):
+        assert record["error"]["kind"] == "connection_refused"
+        assert f"connection refused by 127.0.0.1:{port}" in record["error"]["message"]
+    assert "Next: cai export" not in result.stderr
+    assert "No prompt succeeded, so there is nothing to export" in result.stderr
+    assert f"connection refused by 127.0.0.1:{port}" in result.stderr
+
+
+def test_an_unwritable_out_says_which_folder_and_why(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    prompts = _prompt_file(tmp_path, "Prompt A")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with FakeServer() as server:
+        result = _generate(server, mini_constitution, prompts, a_file / "run")
+        assert server.requests == 0
+    assert result.exit_code == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "Errno" not in line
+    assert line.startswith(f"Error: cannot write the run to {a_file / 'run'}: ")
+    assert f"{a_file} is not a folder" in line
+
+
+def test_a_base_url_with_user_and_password_is_sent_as_basic_auth(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    prompts = _prompt_file(tmp_path, "Prompt A")
+    out = tmp_path / "run"
+    password = "p@ss word-PLANTED-93e7"
+    with FakeServer(basic_auth=("alice", password)) as server:
+        host = server.url.removeprefix("http://")
+        url = f"http://alice:{password.replace('@', '%40').replace(' ', '%20')}@{host}/v1"
+        result = _cli(mini_constitution, prompts, "--provider", "openai", "--base-url", url,
+                      "--out", str(out), "--max-retries", "0", "--rounds", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["config"]["base_url"] == (
+        f"http://{host}/v1"
+    )
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert b"PLANTED" not in path.read_bytes(), path
+
+
+def test_a_cut_off_critique_is_not_a_round_that_found_nothing_to_change(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    prompts = _prompt_file(tmp_path, "Prompt A")
+    out = tmp_path / "run"
+    cut = {
+        "id": "chatcmpl-cut",
+        "choices": [{"message": {"content": "The response"}, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3},
+    }
+    with FakeServer() as server:
+        server.enqueue(Canned(body=cut), match="NO CHANGES NEEDED")  # the first critique
+        result = _generate(server, mini_constitution, prompts, out, "--rounds", "1")
+    assert result.exit_code == 0, result.output
+    (round_,) = _records(out)[0]["rounds"]
+    assert round_["critique_failed"] is True and round_["skipped"] is False
+    assert round_["problem"] == "length" and round_["revision"] is None
+    assert "0 rounds found nothing to change, 1 rounds cut off or refused" in result.stderr
+
+
+def test_records_written_before_critique_failed_load_with_the_same_meaning() -> None:
+    from cai.records import Record
+
+    old = {"index": 1, "principle": "harm", "critique_request": "?", "critique": "The resp",
+           "skipped": True, "critique_finish_reason": "length", "problem": "length"}  # fmt: skip
+    no_change = {**old, "critique": "Fine.\nNO CHANGES NEEDED", "problem": None,
+                 "critique_finish_reason": "stop"}  # fmt: skip
+    record = Record.from_dict({"id": "ab", "prompt": [], "rounds": [old, no_change]})
+    cut, fine = record.rounds
+    assert (cut.critique_failed, cut.skipped, cut.state) == (True, False, "critique_failed")
+    assert (fine.critique_failed, fine.skipped, fine.state) == (False, True, "no_change")
+    assert Record.from_dict(record.to_dict()) == record

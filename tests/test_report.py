@@ -378,3 +378,33 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
         assert driver.execute_script("return window.__pwned") is None
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
+
+
+def test_report_of_a_real_generate_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_constitution: Path
+) -> None:
+    """`cai generate` against the fake server, then `cai report` on what it wrote."""
+    from fake_server import FakeServer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    prompts = [{"prompt": f"question {i}"} for i in range(4)] + [{"prompt": HOSTILE}]
+    Path("p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    with FakeServer() as server:
+        result = CliRunner().invoke(cli, [
+            "generate", "--constitution", str(mini_constitution), "--prompts", "p.jsonl",
+            "--rounds", "2", "--provider", "openai", "--base-url", server.url + "/v1",
+            "--out", "run",
+        ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Look at the data: cai report run" in result.stderr
+    assert CliRunner().invoke(cli, ["report", "run"]).exit_code == 0
+    page = Path("run/report.html").read_text(encoding="utf-8")
+    block = re.search(r'id="viewer-data">(.*?)</script>', page, re.S).group(1)
+    viewer = json.loads(block)
+    assert len(viewer["records"]) == 5 and {r["s"] for r in viewer["records"]} == {"ok"}
+    assert all(len(r["r"]) == 2 for r in viewer["records"])
+    assert set(viewer["principles"]) <= {"harm", "honesty"}
+    assert "<b>mini</b>" in page  # the constitution's name, from the manifest
+    assert "Identify ways the response is harmful." in page  # its full text, from the run
+    assert 'id="plot-calls"' in page and 'id="plot-principles"' in page
