@@ -81,7 +81,7 @@ RUN_FILES = frozenset(
 OUTPUTS = Path("outputs")
 
 # Environment variables whose values must never reach a file, whatever a server echoes back.
-_SECRET_SUFFIXES = ("_API_KEY", "_AUTH_TOKEN", "_ACCESS_TOKEN", "_SECRET_KEY")
+_SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 _SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 _REDACTED = "[REDACTED]"
 
