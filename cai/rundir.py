@@ -356,9 +356,14 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Any, path: str | Path = MANIFEST_FILE) -> Manifest:
         """A manifest from its JSON; a `ConfigError` naming the file when it is not cai's."""
-        if not isinstance(data, dict) or not isinstance(data.get("cai_version"), str):
+        # Runs made through the library before manifests carried cai_version have settings.
+        ours = isinstance(data, dict) and (
+            isinstance(data.get("cai_version"), str)
+            or (isinstance(data.get("settings"), dict) and isinstance(data.get("status"), str))
+        )
+        if not ours:
             raise ConfigError(
-                f"{path} was not written by cai (it is not an object with a cai_version); "
+                f"{path} was not written by cai (it has no cai_version or run settings); "
                 "pass --out with a directory of its own for the run"
             )
         known = {f.name: f for f in fields(cls) if f.name != "extra"}

@@ -111,7 +111,9 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
     data = compute_stats(records, manifest.to_dict())
     data["run"] = {
         "dir": str(run_dir),
-        "status": describe_status(run_dir, manifest) if manifest.cai_version else None,
+        "status": manifest.status if manifest.cai_version else None,
+        # What the status means now: a `running` run whose process died is interrupted.
+        "state": describe_status(run_dir, manifest) if manifest.cai_version else None,
         "constitution": manifest.constitution.get("name"),
         "provider": manifest.config.get("provider"),
         "model": manifest.config.get("model"),
@@ -131,7 +133,7 @@ def format_stats(data: dict[str, Any]) -> str:
     if run:
         lines.append(
             f"Run {run['dir']}"
-            + (f" ({run['status']})" if run.get("status") else "")
+            + (f" ({run.get('state') or run['status']})" if run.get("status") else "")
             + (f": constitution {run['constitution']}" if run.get("constitution") else "")
             + (f", {run['provider']} {run['model']}" if run.get("model") else "")
         )
