@@ -556,18 +556,14 @@ def _run_with_progress(
                 engine=engine,
             )
         finally:
-            closer = getattr(backend, "aclose", None)
-            if closer is not None:
-                await closer()
+            await backend.aclose()
 
     try:
         return asyncio.run(run())
     finally:
         if bar is not None:
             bar.close()
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
+        backend.close()
 
 
 def _quit_now(store: Any) -> None:

@@ -33,7 +33,7 @@ from cai.prompts import (
     is_no_change,
     revision_request,
 )
-from cai.providers.base import Completion, Provider, Sampling, Usage
+from cai.providers.base import PROVIDERS, Completion, Provider, Sampling, Usage
 from cai.ratelimit import RateLimiter
 from cai.records import Record, Round
 from cai.retry import call_with_retries
@@ -210,11 +210,11 @@ def build_manifest(
 def _versions(provider: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    names = {"local": "llama-cpp-python", "anthropic": "anthropic", "openai": "openai"}
     result = {"python": sys.version.split()[0], "cai": __version__}
-    if provider in names:
+    if provider in PROVIDERS:
+        package = PROVIDERS[provider].package
         with contextlib.suppress(PackageNotFoundError):
-            result[names[provider]] = version(names[provider])
+            result[package] = version(package)
     return result
 
 
@@ -257,6 +257,15 @@ class RunStats:
     throttled_seconds: float = 0.0
     # The model's price, when known: the cost is exact from the summed usage of one model.
     price: Price | None = None
+    # The run's records by status once it ends (this invocation's and earlier ones), as in
+    # the manifest's `counts`: failures kept by --no-retry-failed count here, not in `failed`.
+    run_counts: dict[str, int] = field(default_factory=dict)
+    first_error: str | None = None  # "kind: message" of this invocation's first failed prompt
+
+    @property
+    def failed_in_run(self) -> int:
+        """Failed records in the run after this invocation (at least this one's failures)."""
+        return max(self.failed, self.run_counts.get("failed", 0))
 
     @property
     def cost_usd(self) -> float | None:
@@ -267,7 +276,7 @@ class RunStats:
         data = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("usage", "started", "price")
+            if f.name not in ("usage", "started", "price", "run_counts")
         }
         data["usage"] = self.usage.to_dict()
         cost = self.cost_usd
@@ -427,7 +436,7 @@ async def _run_round(
     )
     if critique.problem is not None:
         # A cut-off or refused critique is no basis for a revision.
-        round_.problem, round_.skipped = critique.problem, True
+        round_.problem, round_.critique_failed = critique.problem, True
         return round_
     if is_no_change(critique.text):
         round_.skipped = True
@@ -466,8 +475,8 @@ def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
 
 
 # Context windows of well-known hosted models, by model-name prefix (longest match wins), for
-# the too-long check when a provider does not state its own (`context_window`, or llama.cpp's
-# `n_ctx`). A model not listed here is not checked: its server will refuse what does not fit.
+# the too-long check when a provider does not state its own (`Provider.context_window`). A
+# model not listed here is not checked: its server will refuse what does not fit.
 KNOWN_CONTEXT_WINDOWS = {
     "gpt-4.1": 1_047_576,
     "gpt-4o": 128_000,
@@ -482,10 +491,10 @@ _TOKENS_PER_MESSAGE = 4
 
 def context_window(provider: Provider) -> int | None:
     """The provider's context window in tokens, where it is known."""
-    window = getattr(provider, "context_window", None) or getattr(provider, "n_ctx", None)
+    window = provider.context_window
     if isinstance(window, int) and window > 0:
         return window
-    model = str(getattr(provider, "model", "") or "")
+    model = provider.model or ""
     matches = [prefix for prefix in KNOWN_CONTEXT_WINDOWS if model.startswith(prefix)]
     return KNOWN_CONTEXT_WINDOWS[max(matches, key=len)] if matches else None
 
@@ -510,9 +519,10 @@ class _ContextCheck:
     def __init__(self, provider: Provider, constitution: Constitution, config: GenerateConfig):
         self.provider = provider
         self.window = context_window(provider)
-        count = getattr(provider, "count_tokens", None)
         # Without the provider's tokenizer: about four characters a token (English text).
-        self.count: Callable[[str], int] | None = count if callable(count) else None
+        self.count: Callable[[str], int] | None = (
+            provider.count_tokens if provider.has_tokenizer else None
+        )
         self.constitution = constitution
         self.config = config
         self.fixed: dict[str, int] = {}
@@ -924,6 +934,7 @@ async def _run_locked(
         stats.interrupted = stop.is_set()
         # Counted from the file, where a retried prompt's new record replaces its failure.
         manifest.counts = count_statuses(store.compact())
+        stats.run_counts = dict(manifest.counts)
         manifest.status = _final_status(stats, ended)
         manifest.stats = stats.to_dict()
         store.write_manifest(manifest)
@@ -935,7 +946,7 @@ def _final_status(stats: RunStats, ended: bool) -> str:
         return "interrupted"
     if not ended:
         return "error"  # stopped by an exception, e.g. a bad row of a streamed dataset
-    return "partial" if stats.failed else "complete"
+    return "partial" if stats.failed_in_run else "complete"
 
 
 def count_statuses(statuses: dict[str, str]) -> dict[str, int]:
