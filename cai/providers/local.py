@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import ConfigError
-from cai.providers.base import Completion, Sampling, Usage
+from cai.providers.base import Completion, Provider, Sampling, Usage
 
 __all__ = ["BUNDLED_MODEL", "LocalProvider", "bundled_model_path", "default_threads"]
 
@@ -92,10 +92,12 @@ class _Snapshot:
     last_used: int = field(default=0)
 
 
-class LocalProvider:
+class LocalProvider(Provider):
     """Runs a GGUF model in this process, one call at a time (llama.cpp is not thread-safe)."""
 
     name = "local"
+    supports_seed = True
+    has_tokenizer = True
     supports_logprobs = True
 
     def __init__(
@@ -143,6 +145,10 @@ class LocalProvider:
                 )
                 self._formatter = _chat_formatter(self._llama)
             return self._llama
+
+    @property
+    def context_window(self) -> int:
+        return self.n_ctx
 
     def count_tokens(self, text: str) -> int:
         return len(self._load().tokenize(text.encode("utf-8"), add_bos=False, special=True))
