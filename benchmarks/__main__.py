@@ -132,7 +132,14 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                 f"prompt tokens evaluated {best['cai']['prompt_tokens_evaluated']:,} vs "
                 f"{best['llama_cpp']['prompt_tokens_evaluated']:,} (of "
                 f"{best['cai']['input_tokens']:,} sent); llama.cpp busy "
-                f"{best['cai']['llama_busy_fraction']:.0%} of cai's wall time",
+                f"{best['cai']['llama_busy_fraction']:.0%} of cai's wall time; "
+                + (
+                    f"llama.cpp alone without extra buffers "
+                    f"{best['llama_cpp_no_extra_buffers']['tokens_per_s']:.1f} tok/s "
+                    f"({data['ratio_no_extra_buffers']:.2f}x with them)"
+                    if data.get("ratio_no_extra_buffers")
+                    else "extra buffers off (CPU advertises AMX)"
+                ),
                 ">= 0.9x",
                 _verdict(data["ratio"] >= 0.9),
                 data["measured"],

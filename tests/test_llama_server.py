@@ -40,6 +40,16 @@ def _wait_until_up(url: str, server: subprocess.Popen, seconds: float = 120.0) -
     raise RuntimeError(f"llama_cpp.server did not answer at {url} within {seconds:.0f}s")
 
 
+# llama.cpp's server loads its model with the same setting as cai's local provider, so it runs
+# on CPUs that advertise AMX but trap on it (tests/test_local_cpu.py).
+_SERVE = """\
+import runpy
+from cai.providers.local import llama_load_params, use_extra_buffers
+with llama_load_params(use_extra_buffers()):
+    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.fixture
 def llama_server(tmp_path: Path):
     pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
@@ -48,8 +58,8 @@ def llama_server(tmp_path: Path):
     server = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "llama_cpp.server",
+            "-c",
+            _SERVE,
             "--model",
             str(bundled_model_path()),
             "--host",

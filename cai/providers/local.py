@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import importlib.util
 import itertools
 import os
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,17 @@ from typing import Any
 from cai.errors import ConfigError
 from cai.providers.base import Completion, Provider, Sampling, Usage
 
-__all__ = ["BUNDLED_MODEL", "LocalProvider", "bundled_model_path", "default_threads"]
+__all__ = [
+    "BUNDLED_MODEL",
+    "EXTRA_BUFFERS_ENV",
+    "LocalProvider",
+    "bundled_model_path",
+    "cpu_flags",
+    "default_threads",
+    "llama_load_params",
+    "load_llama",
+    "use_extra_buffers",
+]
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -36,6 +48,11 @@ MAX_SNAPSHOTS = 4
 # After a call ends its chain's next call is usually a few milliseconds away; waiting that
 # long for it keeps the chain's tokens in the cache instead of starting another prompt.
 FOLLOW_UP_WAIT = 0.02
+
+# Set to 1 or 0 to force llama.cpp's extra buffer types (weight repacking, AMX) on or off.
+EXTRA_BUFFERS_ENV = "CAI_LLAMA_EXTRA_BUFFERS"
+# CPU flags that route llama.cpp's matrix products through AMX tiles when extra buffers are on.
+AMX_FLAGS = frozenset({"amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "amx_complex"})
 
 
 def bundled_model_path() -> Path:
@@ -62,6 +79,86 @@ def default_threads() -> int:
     two threads wrote 2-10 tokens/s where one wrote 19-26 (benchmarks/README.md).
     """
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags the CPU advertises (Linux); empty where they cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def use_extra_buffers(
+    flags: frozenset[str] | None = None, environ: Mapping[str, str] | None = None
+) -> bool:
+    """Whether llama.cpp may load weights into its extra buffer types (repacked, AMX).
+
+    Off when the CPU advertises AMX: some cloud VMs advertise it but trap on the first tile
+    instruction, and a native build of llama.cpp then dies with SIGILL on the first token,
+    which no Python code can catch. On real AMX hardware the cost is llama.cpp's AMX path for
+    prompt evaluation (benchmarks/README.md measures it); `CAI_LLAMA_EXTRA_BUFFERS=1` turns it
+    back on, `=0` turns extra buffers off everywhere.
+    """
+    environ = os.environ if environ is None else environ
+    setting = environ.get(EXTRA_BUFFERS_ENV, "").strip().lower()
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if setting in ("0", "false", "no", "off"):
+        return False
+    if setting not in ("", "auto"):
+        raise ConfigError(f"{EXTRA_BUFFERS_ENV}={setting!r}: use 1, 0 or auto")
+    return not ((cpu_flags() if flags is None else flags) & AMX_FLAGS)
+
+
+@contextlib.contextmanager
+def llama_load_params(extra_buffers: bool) -> Iterator[None]:
+    """While active, every `llama_cpp.Llama` built in this process loads with
+    `use_extra_bufts = extra_buffers`.
+
+    `Llama()` takes no argument for that field: it builds its model parameters from
+    `llama_model_default_params()`, so the defaults are what must change while it loads.
+    """
+    import llama_cpp.llama_cpp as native
+
+    original = native.llama_model_default_params
+
+    def params() -> Any:
+        value = original()
+        value.use_extra_bufts = extra_buffers
+        return value
+
+    native.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        native.llama_model_default_params = original
+
+
+def load_llama(model_path: str | Path, *, extra_buffers: bool | None = None, **kwargs: Any) -> Any:
+    """`llama_cpp.Llama(model_path, **kwargs)`, loaded so that it runs on this CPU.
+
+    `extra_buffers` None picks by the CPU's flags and the environment (`use_extra_buffers`).
+    """
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise ConfigError(
+            "llama-cpp-python is not installed - run: pip install 'cai[local]'"
+        ) from None
+    if extra_buffers is None:
+        extra_buffers = use_extra_buffers()
+    with _LOAD_LOCK, llama_load_params(extra_buffers):
+        return Llama(model_path=str(model_path), **kwargs)
+
+
+# Loads patch a module-level function: one at a time, so two never see each other's setting.
+_LOAD_LOCK = threading.Lock()
 
 
 def _common_prefix(a: Any, b: Any) -> int:
@@ -97,8 +194,8 @@ class LocalProvider(Provider):
 
     name = "local"
     supports_seed = True
-    has_tokenizer = True
     supports_logprobs = True
+    has_tokenizer = True
 
     def __init__(
         self,
@@ -107,6 +204,7 @@ class LocalProvider(Provider):
         n_ctx: int = 4096,
         n_threads: int | None = None,
         reuse_prefixes: bool = True,
+        extra_buffers: bool | None = None,
     ) -> None:
         path = Path(model_path) if model_path else bundled_model_path()
         if not path.is_file():
@@ -116,6 +214,7 @@ class LocalProvider(Provider):
         self.n_ctx = n_ctx
         self.n_threads = n_threads or default_threads()
         self.reuse_prefixes = reuse_prefixes
+        self.extra_buffers = use_extra_buffers() if extra_buffers is None else extra_buffers
         self._llama: Any = None
         self._formatter: Any = None
         self._load_lock = threading.Lock()
@@ -131,14 +230,9 @@ class LocalProvider(Provider):
     def _load(self) -> Any:
         with self._load_lock:
             if self._llama is None:
-                try:
-                    from llama_cpp import Llama
-                except ImportError:
-                    raise ConfigError(
-                        "llama-cpp-python is not installed - run: pip install 'cai[local]'"
-                    ) from None
-                self._llama = Llama(
-                    model_path=str(self.model_path),
+                self._llama = load_llama(
+                    self.model_path,
+                    extra_buffers=self.extra_buffers,
                     n_ctx=self.n_ctx,
                     n_threads=self.n_threads,
                     verbose=False,
