@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,8 @@ _NOT_UTF8 = "not UTF-8 text; save the file as UTF-8"
 _BAD = object()  # what _pick returns for a row it has reported
 _JSONL_HINT = "; .jsonl and .json files hold one JSON object per line"
 _TRANSCRIPT = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?", re.IGNORECASE)
+# Fillers that draw nothing but are not format characters (Unicode category Cf).
+_BLANK_LETTERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
 
 
 @dataclass(frozen=True)
@@ -60,17 +64,62 @@ def _parse_transcript(text: str) -> list[dict[str, str]] | None:
     return turns or None
 
 
+def _blank(text: str) -> bool:
+    """True when the text shows nothing: whitespace and invisible characters only.
+
+    Zero-width spaces and joiners, byte-order marks, word joiners, direction marks and soft
+    hyphens are format characters (Unicode category Cf); they are no more a prompt than spaces.
+    """
+    return all(c.isspace() or c in _BLANK_LETTERS or unicodedata.category(c) == "Cf" for c in text)
+
+
+def _empty(text: str) -> str:
+    """The message for a prompt with no text, saying why when the reason is invisible."""
+    return (
+        "empty prompt" if not text.strip() else "empty prompt: it holds only invisible characters"
+    )
+
+
+def _check_turns(messages: list[dict[str, str]]) -> None:
+    """A conversation to answer: an optional system turn first, then user and assistant
+    turns taking turns, ending with the user's; every turn has text."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if users and all(_blank(text) for text in users):
+        raise ValueError(_empty("".join(users)))
+    for i, message in enumerate(messages):
+        if message["role"] == "system" and i > 0:
+            raise ValueError(
+                f"message {i + 1} is a 'system' turn; a system turn may only come first"
+            )
+        if _blank(message["content"]):
+            why = "" if not message["content"].strip() else ": it holds only invisible characters"
+            raise ValueError(f"message {i + 1} has no text{why}")
+    for (i, a), (_, b) in itertools.pairwise(enumerate(messages)):
+        if a["role"] == b["role"]:
+            raise ValueError(
+                f"messages {i + 1} and {i + 2} are both '{a['role']}' turns; "
+                "user and assistant turns must alternate"
+            )
+    if messages[-1]["role"] != "user":
+        if messages[-1]["role"] == "assistant":
+            raise ValueError(
+                "the conversation ends with an 'assistant' turn; the last turn must be the user's"
+            )
+        raise ValueError("the last message must be a 'user' turn")
+
+
 def normalize_prompt(value: Any) -> list[dict[str, str]]:
     """Turn a prompt string or a list of {role, content} messages into checked chat turns.
 
     Raises ValueError with a message fit for the user; the caller adds file and line.
     """
     if isinstance(value, str):
-        if not value.strip():
-            raise ValueError("empty prompt")
+        if _blank(value):
+            raise ValueError(_empty(value))
         messages = _parse_transcript(value) or [{"role": "user", "content": value}]
-        if not any(m["content"].strip() for m in messages if m["role"] == "user"):
+        if not messages:
             raise ValueError("empty prompt")
+        _check_turns(messages)
         return messages
     if not isinstance(value, list) or not value:
         raise ValueError(
@@ -84,12 +133,7 @@ def normalize_prompt(value: Any) -> list[dict[str, str]]:
         if role not in ROLES:
             raise ValueError(f"message {i + 1} has role {role!r}; use one of {', '.join(ROLES)}")
         messages.append({"role": role, "content": message["content"]})
-    while messages and messages[-1]["role"] == "assistant":
-        messages.pop()
-    if not messages or messages[-1]["role"] != "user":
-        raise ValueError("the last message must be a 'user' turn")
-    if not any(m["content"].strip() for m in messages if m["role"] == "user"):
-        raise ValueError("empty prompt")
+    _check_turns(messages)
     return messages
 
 

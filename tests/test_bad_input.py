@@ -168,6 +168,25 @@ def test_empty_prompt(work: Path, value: str) -> None:
     assert_bad(generate(work, "--prompts", prompts), f"p.jsonl:3: {message}")
 
 
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}',
+            "the conversation ends with an 'assistant' turn; the last turn must be the user's",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}',
+            "messages 1 and 2 are both 'user' turns; user and assistant turns must alternate",
+        ),
+        ('{"prompt": "\\u200b\\ufeff\\u2060"}', "empty prompt: it holds only invisible characters"),
+    ],
+)
+def test_bad_conversation(work: Path, row: str, message: str) -> None:
+    prompts = write(work, "p.jsonl", GOOD + row + "\n")
+    assert_bad(generate(work, "--prompts", prompts), f"p.jsonl:3: {message}")
+
+
 def test_empty_file(work: Path) -> None:
     prompts = write(work, "p.jsonl", "\n\n")
     assert_bad(generate(work, "--prompts", prompts), "p.jsonl: no prompts in the file")

@@ -87,8 +87,75 @@ def test_messages_are_checked() -> None:
         normalize_prompt("   ")
     with pytest.raises(ValueError, match="last message must be a 'user' turn"):
         normalize_prompt([{"role": "system", "content": "x"}])
-    # A trailing answer is dropped: it is what we generate.
-    assert normalize_prompt([*MULTI, {"role": "assistant", "content": "No."}]) == MULTI
+    # In a transcript a trailing answer is dropped: it is what we generate (hh-rlhf's form).
+    assert (
+        normalize_prompt(
+            "Human: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a secret.\n\nAssistant: No."
+        )
+        == MULTI
+    )
+
+
+SYSTEM = {"role": "system", "content": "Be brief."}
+ASSISTANT = {"role": "assistant", "content": "Hello!"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        (
+            [*MULTI, {"role": "assistant", "content": "No."}],
+            "the conversation ends with an 'assistant' turn; the last turn must be the user's",
+        ),
+        (
+            [USER[0], SYSTEM, *MULTI],
+            "message 2 is a 'system' turn; a system turn may only come first",
+        ),
+        (
+            [SYSTEM, SYSTEM, *USER],
+            "message 2 is a 'system' turn; a system turn may only come first",
+        ),
+        (
+            [*USER, *USER],
+            "messages 1 and 2 are both 'user' turns; user and assistant turns must alternate",
+        ),
+        (
+            [SYSTEM, ASSISTANT, ASSISTANT, *USER],
+            "messages 2 and 3 are both 'assistant' turns; user and assistant turns must alternate",
+        ),
+    ],
+)
+def test_conversation_shape_is_checked(messages: list[dict[str, str]], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        normalize_prompt(messages)
+    assert str(info.value) == message
+
+
+def test_transcript_turns_must_alternate() -> None:
+    with pytest.raises(ValueError, match="messages 1 and 2 are both 'user' turns"):
+        normalize_prompt("Human: Hi\n\nHuman: Are you there?")
+
+
+def test_a_system_turn_first_and_an_assistant_turn_first_are_fine() -> None:
+    assert normalize_prompt([SYSTEM, *MULTI]) == [SYSTEM, *MULTI]
+    assert normalize_prompt([ASSISTANT, *USER]) == [ASSISTANT, *USER]
+
+
+INVISIBLE = ["\u200b", "\ufeff", "\u2060", " \u200c\u200d ", "\u00a0\u3000", "\t\u200e\n"]
+
+
+@pytest.mark.parametrize("blank", INVISIBLE)
+def test_text_of_only_whitespace_or_invisible_characters_is_empty(blank: str) -> None:
+    with pytest.raises(ValueError, match=r"^empty prompt"):
+        normalize_prompt(blank)
+    with pytest.raises(ValueError, match=r"^empty prompt"):
+        normalize_prompt([{"role": "user", "content": blank}])
+    with pytest.raises(ValueError, match=r"^message 2 has no text"):
+        normalize_prompt([MULTI[0], {"role": "assistant", "content": blank}, MULTI[2]])
+    with pytest.raises(ValueError, match=r"^message 1 has no text"):
+        normalize_prompt([{"role": "system", "content": blank}, *USER])
+    # Invisible characters inside real text are left alone.
+    assert normalize_prompt(f"Hi{blank}there") == [{"role": "user", "content": f"Hi{blank}there"}]
 
 
 def test_bad_line_names_file_and_line_or_is_skipped(tmp_path: Path) -> None:
@@ -99,6 +166,34 @@ def test_bad_line_names_file_and_line_or_is_skipped(tmp_path: Path) -> None:
     source = PromptSource(str(path), skip_bad_lines=True)
     assert [i.messages for i in source] == [[{"role": "user", "content": "ok"}]]
     assert len(source.skipped) == 2 and source.skipped[1].endswith("p.jsonl:3: empty prompt")
+
+
+def test_bad_conversations_name_file_and_line_or_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    rows = [
+        {"prompt": "ok"},
+        {"messages": [*MULTI, {"role": "assistant", "content": "No."}]},
+        {"prompt": "\u200b\u2060"},
+        {"messages": [*USER, SYSTEM]},
+        {"messages": MULTI},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        read(path)
+    assert str(info.value) == (
+        f"{path}:2: the conversation ends with an 'assistant' turn; "
+        "the last turn must be the user's"
+    )
+    source = PromptSource(str(path), skip_bad_lines=True)
+    assert [i.line for i in source] == [1, 5]
+    assert [s.split(": ", 1)[0] for s in source.skipped] == [f"{path}:{n}" for n in (2, 3, 4)]
+
+
+def test_txt_line_of_invisible_characters_is_a_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("first\n\n   \n\u200b\nsecond\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"p.txt:4: empty prompt"):
+        read(path)
 
 
 def test_shipped_red_team_prompts() -> None:
