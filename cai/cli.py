@@ -271,6 +271,26 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--rpm", default=None, type=float, help="Most requests a minute (client-side).")
 @click.option("--tpm", default=None, type=float, help="Most tokens a minute (client-side).")
 @click.option(
+    "--batch",
+    is_flag=True,
+    help="Send the calls through the provider's batch API (anthropic, openai): half the price, "
+    "results within 24 hours; see docs/batch.md.",
+)
+@click.option(
+    "--batch-size",
+    default=10_000,
+    show_default=True,
+    type=int,
+    help="--batch: most requests per batch (and prompts in progress at once).",
+)
+@click.option(
+    "--poll-interval",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="--batch: seconds between looks at the open batches.",
+)
+@click.option(
     "--price-table",
     default=None,
     type=click.Path(path_type=Path),
@@ -324,6 +344,9 @@ def generate(
     no_retry_failed: bool,
     rpm: float | None,
     tpm: float | None,
+    batch: bool,
+    batch_size: int,
+    poll_interval: float,
     price_table: Path | None,
     dry_run: bool,
     engine_name: str,
@@ -350,6 +373,13 @@ def generate(
         raise ConfigError(
             "--fresh goes without --out: --out DIR resumes the run in DIR; "
             "to start afresh, pass --out with a new directory"
+        )
+    if batch:
+        from cai.batch import check_batch_options
+
+        # Each prompt in progress waits on one request of a wave: a wave's worth of them.
+        concurrency = check_batch_options(
+            provider, batch_size, poll_interval, engine=engine_name, rpm=rpm, tpm=tpm
         )
     config = GenerateConfig(
         rounds=rounds,
@@ -447,6 +477,20 @@ def generate(
     )
     if config.limit is not None and total is not None:
         total = min(total, config.limit)
+    if batch:
+        from cai.batch import BatchProvider
+        from cai.pricing import batch_price
+
+        manifest.config["batch"] = {"batch_size": batch_size, "poll_interval": poll_interval}
+        backend = BatchProvider(
+            backend,
+            run_dir,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            max_retries=max_retries,
+            report=manifest.config["batch"],
+        )
+        price = batch_price(price) if price is not None else None
     store = RunStore(run_dir)
     try:
         stats = _run_with_progress(
@@ -463,6 +507,8 @@ def generate(
         else f"Run the same command{' without --fresh' if fresh else ''} with --out {run_dir}"
     )
     _print_summary(stats, run_dir, source, resume)
+    if batch:
+        _print_batch_summary(backend, stats, run_dir, out is None)
     if stats.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if stats.failed_in_run:
@@ -497,6 +543,8 @@ def _run_with_progress(
 
     stats = RunStats(total=total, price=price)
     bar: Any = None
+    batching = getattr(backend, "batch", False)
+    waves = _WaveBars()
 
     def on_event(kind: str, data: Any) -> None:
         nonlocal bar
@@ -511,6 +559,8 @@ def _run_with_progress(
         if kind == "notice":
             data = redact_secrets(str(data))
             bar.write(f"Note: {data}", file=sys.stderr)
+        if kind in ("wave", "poll", "ended"):
+            waves.update(kind, data)
         if kind in ("record", "skip"):
             bar.update(1)
         elapsed = max(time.monotonic() - stats.started, 1e-6)
@@ -533,7 +583,9 @@ def _run_with_progress(
                 _quit_now(store)
             stop.set()
             (bar or tqdm).write(
-                "Stopping: finishing calls in flight, starting no new ones. "
+                "Stopping: batches keep running on the provider; this run stops waiting for them."
+                if batching
+                else "Stopping: finishing calls in flight, starting no new ones. "
                 "Press Ctrl-C again to quit now.",
                 file=sys.stderr,
             )
@@ -542,8 +594,10 @@ def _run_with_progress(
             # SIGTERM too: a batch scheduler's polite stop ends the run as cleanly as Ctrl-C.
             for signum in (signal.SIGINT, signal.SIGTERM):
                 asyncio.get_running_loop().add_signal_handler(signum, on_sigint)
+        if batching:
+            backend.stop, backend.on_event = stop, on_event
         try:
-            return await run_generation(
+            result = await run_generation(
                 source,
                 parsed,
                 backend,
@@ -555,15 +609,79 @@ def _run_with_progress(
                 stats=stats,
                 engine=engine,
             )
+            if batching and not result.interrupted:
+                await backend.finish()
+            return result
         finally:
             await backend.aclose()
 
     try:
         return asyncio.run(run())
     finally:
+        waves.close()
         if bar is not None:
             bar.close()
         backend.close()
+
+
+class _WaveBars:
+    """--batch: one progress bar per wave, its requests done out of sent, its batches' states."""
+
+    def __init__(self) -> None:
+        self.bars: dict[int, Any] = {}
+        self.states: dict[int, dict[str, Any]] = {}
+
+    def update(self, kind: str, data: Any) -> None:
+        from tqdm import tqdm
+
+        pairs = [(data[0], s) for s in data[1]] if kind == "wave" else data
+        if kind == "ended":
+            pairs = [data]
+        for wave, state in pairs:
+            self.states.setdefault(wave, {})[state.id] = state
+        for wave in {w for w, _ in pairs}:
+            states = self.states[wave].values()
+            if wave not in self.bars:
+                total = sum(s.counts.get("total") or sum(s.counts.values()) for s in states)
+                self.bars[wave] = tqdm(
+                    total=total, unit="request", desc=f"wave {wave}", file=sys.stderr, leave=False
+                )
+            bar = self.bars[wave]
+            bar.n = sum(s.done for s in states)
+            statuses: dict[str, int] = {}
+            for s in states:
+                statuses[s.status] = statuses.get(s.status, 0) + 1
+            bar.set_postfix_str(", ".join(f"{n} {k}" for k, n in statuses.items()), refresh=False)
+            if all(s.ended for s in states):
+                bar.close()
+                del self.bars[wave]
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _print_batch_summary(backend: Any, stats: Any, run_dir: Path, add_out: bool) -> None:
+    """--batch: what the batches did, and how to re-attach to those left running."""
+    import shlex
+
+    b = backend.stats
+    lines = [
+        f"Batches: {b.batches} created in {b.waves} waves ({b.requests} requests), "
+        f"{b.reattached} re-attached; results: {b.succeeded} succeeded, {b.errored} errored, "
+        f"{b.expired} expired, {b.canceled} canceled. Priced at the batch rate (half).",
+    ]
+    running = backend.open_batches
+    if running:
+        args = [a for a in sys.argv[1:] if a != "--fresh"]
+        if add_out:
+            args += ["--out", str(run_dir)]
+        lines.append(
+            f"{len(running)} batch(es) still open on {backend.name} (cai batch status {run_dir}). "
+            f"To re-attach: cai {shlex.join(args)}"
+        )
+    click.echo("\n".join(lines), err=True)
 
 
 def _quit_now(store: Any) -> None:
@@ -631,6 +749,71 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
     else:
         lines.append("No prompt succeeded, so there is nothing to export.")
     click.echo(redact_secrets("\n".join(lines)), err=True)
+
+
+# -- batch --------------------------------------------------------------------------------
+
+
+@cli.group()
+def batch() -> None:
+    """Look at and cancel the provider batches of a `cai generate --batch` run."""
+
+
+def _batch_rows(run_dir: Path, base_url: str | None, cancel: bool) -> Any:
+    import asyncio
+
+    from cai.batch import batch_states, cancel_batches, run_batch_api
+
+    provider, api = run_batch_api(run_dir, base_url)
+
+    async def go() -> Any:
+        try:
+            return await (cancel_batches if cancel else batch_states)(api, run_dir)
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(go())
+
+
+@batch.command("status")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--base-url", default=None, help="API base URL (default: the run's).")
+def batch_status(run_dir: Path, base_url: str | None) -> None:
+    """List the run's batches: id, provider status, request counts, age, results taken in."""
+    from cai.batch import describe_batches
+
+    click.echo(describe_batches(_batch_rows(run_dir, base_url, cancel=False)))
+
+
+@batch.command("cancel")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--base-url", default=None, help="API base URL (default: the run's).")
+def batch_cancel(run_dir: Path, base_url: str | None) -> None:
+    """Cancel the run's batches that have not ended; the run stays resumable.
+
+    Requests the provider had already answered are kept; the others come back canceled, and
+    the next `cai generate` of the run sends them again (or drop --batch to call directly).
+    """
+    from cai.batch import BatchState
+    from cai.rundir import lock_state
+
+    lock = lock_state(run_dir)
+    if lock.held:
+        raise ConfigError(
+            f"{run_dir} is being written by {lock.who()}: stop it (Ctrl-C) first, "
+            "then cancel its batches"
+        )
+    rows = _batch_rows(run_dir, base_url, cancel=True)
+    for batch_id, state in rows:
+        if isinstance(state, BatchState):
+            click.echo(f"{batch_id}  {state.status}")
+        else:
+            click.echo(f"{batch_id}  not canceled: {state}", err=True)
+    click.echo(
+        f"{len(rows)} batch(es) asked to cancel. Resume with the same cai generate command "
+        f"and --out {run_dir}.",
+        err=True,
+    )
 
 
 # -- merge --------------------------------------------------------------------------------

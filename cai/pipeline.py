@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import math
 import random
@@ -49,6 +50,7 @@ from cai.rundir import (
 from cai.sources import PromptItem
 
 __all__ = [
+    "CURRENT_CALL",
     "CallConfig",
     "ChainRunner",
     "GenerateConfig",
@@ -285,6 +287,12 @@ class RunStats:
         return data
 
 
+# The call being made, (record id, step), for a provider that names its requests (cai.batch).
+CURRENT_CALL: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "cai_current_call", default=None
+)
+
+
 class _Caller:
     """Makes one chain's calls: journal first, then the provider under the semaphore, with retries."""
 
@@ -331,6 +339,7 @@ class _Caller:
                 usage.add(completion.usage)
                 return completion
         seed = _stable_int(self.config.seed, record_id, step)
+        CURRENT_CALL.set((record_id, step))
         limiter = self.limiter
         # Reserve the prompt and the longest reply; `settle` gives back what was not used.
         reserve = estimate_tokens(messages) + sampling.max_tokens if limiter.limited else 0

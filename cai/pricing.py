@@ -17,10 +17,12 @@ if TYPE_CHECKING:
     from cai.records import Record
 
 __all__ = [
+    "BATCH_DISCOUNT",
     "FREE",
     "PRICES_FILE",
     "Price",
     "PriceTable",
+    "batch_price",
     "estimate_tokens",
     "find_cost",
     "format_cost",
@@ -56,6 +58,20 @@ class Price:
 
 
 FREE = Price(0.0, 0.0)
+# Both batch APIs bill half the interactive price. Anthropic applies the discount to every
+# rate, cache reads and writes included (its cache multipliers stack on the batch price);
+# OpenAI's batch price list halves input, cached input and output alike.
+BATCH_DISCOUNT = 0.5
+
+
+def batch_price(price: Price) -> Price:
+    """What `price` becomes through the Message Batches or Batch API."""
+    return Price(
+        *(
+            getattr(price, rate) * BATCH_DISCOUNT
+            for rate in ("input", "output", "cache_read", "cache_write")
+        )
+    )
 
 
 @dataclass
@@ -149,5 +165,7 @@ def run_cost(records: Iterable[Record], manifest: dict[str, Any]) -> float | Non
         price = FREE if provider == "local" else table.lookup(model)
         if price is None:
             return find_cost(manifest)
+        if (manifest.get("config") or {}).get("batch"):
+            price = batch_price(price)  # the run's last invocation used a batch API
         total += price.cost(usage)
     return total if by_model else find_cost(manifest)

@@ -38,6 +38,7 @@ from cai.errors import ConfigError, RunMismatchError
 from cai.records import Record
 
 __all__ = [
+    "BATCHES_FILE",
     "CALLS_FILE",
     "CONSTITUTION_COPY",
     "LABELS_FILE",
@@ -75,8 +76,19 @@ LOCK_FILE = ".lock"
 CONSTITUTION_COPY = "constitution.md"
 # A label run (`cai label`) keeps one line per labelled pair here instead of records.jsonl.
 LABELS_FILE = "labels.jsonl"
+# Batch mode (`cai.batch`): each provider batch the run created, appended and fsynced the
+# moment the provider returns its id, and each batch whose results are all taken.
+BATCHES_FILE = "batches.jsonl"
 RUN_FILES = frozenset(
-    {RECORDS_FILE, LABELS_FILE, CALLS_FILE, MANIFEST_FILE, LOCK_FILE, CONSTITUTION_COPY}
+    {
+        RECORDS_FILE,
+        LABELS_FILE,
+        CALLS_FILE,
+        MANIFEST_FILE,
+        LOCK_FILE,
+        CONSTITUTION_COPY,
+        BATCHES_FILE,
+    }
 )
 OUTPUTS = Path("outputs")
 
