@@ -136,7 +136,9 @@ def test_refused_critique_makes_no_revision() -> None:
     provider = FakeProvider().enqueue("answer", Completion("", "refusal", Usage(calls=1)))
     record = asyncio.run(chain(provider, item("q"), rounds=1))
     assert len(provider.history) == 2
-    assert record.rounds[0].problem == "refusal" and record.rounds[0].skipped
+    (round_,) = record.rounds
+    assert round_.problem == "refusal" and round_.critique_failed and not round_.skipped
+    assert round_.state == "critique_failed"
 
 
 def test_failed_call_marks_the_record_failed() -> None:

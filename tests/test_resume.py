@@ -417,7 +417,9 @@ def test_failed_prompts_are_retried_unless_no_retry_failed(workdir: Path) -> Non
     with FakeServer() as server:
         kept = run(server, "--no-retry-failed")
         assert server.requests == 0
-    assert kept.exit_code == 0 and "4 already done" in kept.stderr
+    # The run still ends with failed prompts: exit 3, and the summary says they were kept.
+    assert kept.exit_code == 3 and "4 already done" in kept.stderr
+    assert "4 failed before, kept (--no-retry-failed)" in kept.stderr
     assert statuses() == ["failed"] * 4
 
     with FakeServer() as server:
