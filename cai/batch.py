@@ -49,6 +49,7 @@ __all__ = [
     "batch_states",
     "cancel_batches",
     "check_batch_options",
+    "check_no_open_batches",
     "custom_id",
     "describe_batches",
     "run_batch_api",
@@ -871,3 +872,15 @@ def _age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def check_no_open_batches(run_dir: str | Path) -> None:
+    """Refuse an interactive resume while batches of the run are not taken in: their requests
+    would be bought a second time."""
+    waiting = [b["id"] for b in BatchJournal(run_dir).batches() if not b["collected"]]
+    if waiting:
+        raise ConfigError(
+            f"{run_dir} has {len(waiting)} batch(es) whose results are not taken in yet "
+            f"({', '.join(waiting[:3])}{', ...' if len(waiting) > 3 else ''}); resume it with "
+            "--batch first, so that nothing is paid twice (cai batch status shows them)"
+        )

@@ -173,6 +173,99 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+def _options(*decorators: Any) -> Any:
+    """Several click options as one decorator, listed in the order help shows them."""
+
+    def apply(f: Any) -> Any:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+# The options every command that calls a model shares (generate, label).
+_MODEL_OPTIONS = _options(
+    click.option(
+        "--provider",
+        type=click.Choice(["local", "anthropic", "openai"]),
+        default="local",
+        show_default=True,
+        help="Model backend.",
+    ),
+    click.option("--model", default=None, help="Model name (default per provider)."),
+    click.option(
+        "--model-path",
+        default=None,
+        help="GGUF file for --provider local (default: the bundled SmolLM2-135M-Instruct).",
+    ),
+    click.option(
+        "--base-url",
+        default=None,
+        help="API base URL, e.g. an OpenAI-compatible server (vLLM, Ollama, llama.cpp).",
+    ),
+)
+
+_CALL_OPTIONS = _options(
+    click.option(
+        "--seed",
+        default=0,
+        show_default=True,
+        type=int,
+        help="Seed for principle and model sampling.",
+    ),
+    click.option("--limit", default=None, type=int, help="Use only the first N prompts."),
+    click.option(
+        "--max-tokens", default=512, show_default=True, type=int, help="Most tokens per reply."
+    ),
+    click.option(
+        "--concurrency",
+        default=32,
+        show_default=True,
+        type=int,
+        help="Most calls in flight at once.",
+    ),
+    click.option(
+        "--max-retries",
+        default=6,
+        show_default=True,
+        type=int,
+        help="Retries per call on rate limits, overload, timeouts, dropped connections.",
+    ),
+    click.option(
+        "--timeout",
+        default=600.0,
+        show_default=True,
+        type=float,
+        help="Seconds before a call times out.",
+    ),
+    click.option(
+        "--shard", default=None, help="K/N: take the K-th of N deterministic shards of the prompts."
+    ),
+    click.option(
+        "--no-retry-failed",
+        is_flag=True,
+        help="On resume, keep prompts that failed before as they are.",
+    ),
+    click.option("--rpm", default=None, type=float, help="Most requests a minute (client-side)."),
+    click.option("--tpm", default=None, type=float, help="Most tokens a minute (client-side)."),
+)
+
+_COST_OPTIONS = _options(
+    click.option(
+        "--price-table",
+        default=None,
+        type=click.Path(path_type=Path),
+        help="JSON file of model prices, added to the bundled table (see cai/data/prices.json).",
+    ),
+    click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Print the number of calls and an estimate of tokens and cost; call nothing.",
+    ),
+)
+
+
 @cli.command()
 @click.option(
     "--constitution",
@@ -203,24 +296,7 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     is_flag=True,
     help="Start a new run directory instead of resuming the same command's run.",
 )
-@click.option(
-    "--provider",
-    type=click.Choice(["local", "anthropic", "openai"]),
-    default="local",
-    show_default=True,
-    help="Model backend.",
-)
-@click.option("--model", default=None, help="Model name (default per provider).")
-@click.option(
-    "--model-path",
-    default=None,
-    help="GGUF file for --provider local (default: the bundled SmolLM2-135M-Instruct).",
-)
-@click.option(
-    "--base-url",
-    default=None,
-    help="API base URL, e.g. an OpenAI-compatible server (vLLM, Ollama, llama.cpp).",
-)
+@_MODEL_OPTIONS
 @click.option(
     "--rounds",
     default=2,
@@ -229,47 +305,14 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     help="Critique-and-revision rounds per prompt.",
 )
 @click.option(
-    "--seed", default=0, show_default=True, type=int, help="Seed for principle and model sampling."
-)
-@click.option("--limit", default=None, type=int, help="Use only the first N prompts.")
-@click.option(
     "--temperature", default=0.7, show_default=True, type=float, help="Sampling temperature."
-)
-@click.option(
-    "--max-tokens", default=512, show_default=True, type=int, help="Most tokens per reply."
-)
-@click.option(
-    "--concurrency", default=32, show_default=True, type=int, help="Most calls in flight at once."
-)
-@click.option(
-    "--max-retries",
-    default=6,
-    show_default=True,
-    type=int,
-    help="Retries per call on rate limits, overload, timeouts, dropped connections.",
-)
-@click.option(
-    "--timeout",
-    default=600.0,
-    show_default=True,
-    type=float,
-    help="Seconds before a call times out.",
-)
-@click.option(
-    "--shard", default=None, help="K/N: take the K-th of N deterministic shards of the prompts."
 )
 @click.option(
     "--skip-bad-lines",
     is_flag=True,
     help="Skip and count malformed prompt lines instead of stopping.",
 )
-@click.option(
-    "--no-retry-failed",
-    is_flag=True,
-    help="On resume, keep prompts that failed before as they are.",
-)
-@click.option("--rpm", default=None, type=float, help="Most requests a minute (client-side).")
-@click.option("--tpm", default=None, type=float, help="Most tokens a minute (client-side).")
+@_CALL_OPTIONS
 @click.option(
     "--batch",
     is_flag=True,
@@ -290,17 +333,7 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     type=float,
     help="--batch: seconds between looks at the open batches.",
 )
-@click.option(
-    "--price-table",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="JSON file of model prices, added to the bundled table (see cai/data/prices.json).",
-)
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    help="Print the number of calls and an estimate of tokens and cost; call nothing.",
-)
+@_COST_OPTIONS
 @click.option(
     "--engine",
     "engine_name",
@@ -477,6 +510,10 @@ def generate(
     )
     if config.limit is not None and total is not None:
         total = min(total, config.limit)
+    if not batch:
+        from cai.batch import check_no_open_batches
+
+        check_no_open_batches(run_dir)
     if batch:
         from cai.batch import BatchProvider
         from cai.pricing import batch_price
@@ -492,10 +529,14 @@ def generate(
         )
         price = batch_price(price) if price is not None else None
     store = RunStore(run_dir)
+    from cai.pipeline import RunStats, run_generation
+
+    stats = RunStats(total=total, price=price)
+    start = partial(
+        run_generation, source, parsed, backend, config, store, manifest=manifest, stats=stats
+    )
     try:
-        stats = _run_with_progress(
-            source, parsed, backend, config, store, manifest, total, price=price, engine=engine
-        )
+        stats = _run_with_progress(partial(start, engine=engine), backend, store, stats)
     except OSError as e:
         error = _unwritable_run(e, run_dir)
         if error is None:
@@ -523,25 +564,26 @@ def _check_prompts(source: Any) -> int | None:
 
 
 def _run_with_progress(
-    source: Any,
-    parsed: Any,
+    start: Any,
     backend: Any,
-    config: Any,
     store: Any,
-    manifest: dict[str, Any],
-    total: int | None,
-    price: Any = None,
-    engine: Any = None,
+    stats: Any,
+    *,
+    unit: str = "prompt",
+    desc: str = "generate",
+    others: tuple[Any, ...] = (),
 ) -> Any:
-    """Run the job under a progress bar; the first Ctrl-C stops taking prompts, the second quits."""
+    """Run a job under a progress bar; the first Ctrl-C stops taking prompts, the second quits.
+
+    `start(on_event=..., stop=...)` is the job's coroutine (`run_generation`, `run_labels`);
+    `backend` and `others` (e.g. a label job's policy model) are closed when it ends.
+    """
     import asyncio
     import signal
 
     from tqdm import tqdm
 
-    from cai.pipeline import RunStats, run_generation
-
-    stats = RunStats(total=total, price=price)
+    total = stats.total
     bar: Any = None
     batching = getattr(backend, "batch", False)
     waves = _WaveBars()
@@ -550,9 +592,7 @@ def _run_with_progress(
         nonlocal bar
         if kind == "start":  # the run is taken: no refusal can follow
             click.echo(f"Run directory: {data}", err=True)
-            bar = tqdm(
-                total=total, unit="prompt", desc="generate", file=sys.stderr, dynamic_ncols=True
-            )
+            bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True)
             return
         if bar is None:
             return
@@ -597,23 +637,13 @@ def _run_with_progress(
         if batching:
             backend.stop, backend.on_event = stop, on_event
         try:
-            result = await run_generation(
-                source,
-                parsed,
-                backend,
-                config,
-                store,
-                manifest=manifest,
-                on_event=on_event,
-                stop=stop,
-                stats=stats,
-                engine=engine,
-            )
+            result = await start(on_event=on_event, stop=stop)
             if batching and not result.interrupted:
                 await backend.finish()
             return result
         finally:
-            await backend.aclose()
+            for model in (backend, *others):
+                await model.aclose()
 
     try:
         return asyncio.run(run())
@@ -621,7 +651,8 @@ def _run_with_progress(
         waves.close()
         if bar is not None:
             bar.close()
-        backend.close()
+        for model in (backend, *others):
+            model.close()
 
 
 class _WaveBars:
@@ -814,6 +845,315 @@ def batch_cancel(run_dir: Path, base_url: str | None) -> None:
         f"and --out {run_dir}.",
         err=True,
     )
+
+
+# -- label --------------------------------------------------------------------------------
+
+
+def _parse_clamp(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        low, high = (float(x) for x in value.split(","))
+    except ValueError:
+        raise ConfigError(f"--clamp takes LO,HI such as 0.4,0.6, not '{value}'") from None
+    return low, high
+
+
+@cli.command()
+@click.argument("source")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Label run directory (running the same command again resumes it).",
+)
+@click.option(
+    "--constitution",
+    "constitution_path",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Constitution whose principles the votes draw (default for a run: the run's own).",
+)
+@click.option(
+    "--prompt-field",
+    default=None,
+    help="Prompts source: field or column holding the prompt.",
+)
+@click.option(
+    "--skip-bad-lines",
+    is_flag=True,
+    help="Prompts source: skip and count malformed lines instead of stopping.",
+)
+@_MODEL_OPTIONS
+@click.option(
+    "--votes",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Votes per pair (each asked in both orders).",
+)
+@click.option(
+    "--cot",
+    is_flag=True,
+    help="Chain of thought instead of log-probabilities (always so without log-probabilities).",
+)
+@click.option(
+    "--clamp",
+    default=None,
+    help="LO,HI: keep each vote's probability within (default with chain of thought: 0.4,0.6).",
+)
+@click.option(
+    "--temperature",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Sampling temperature of the feedback model.",
+)
+@click.option(
+    "--responses",
+    default=2,
+    show_default=True,
+    type=int,
+    help="Prompts source: responses sampled per prompt; every pair of them is labelled.",
+)
+@click.option(
+    "--policy-provider",
+    type=click.Choice(["local", "anthropic", "openai"]),
+    default=None,
+    help="Prompts source: the model that writes the responses (default: the feedback model's).",
+)
+@click.option("--policy-model", default=None, help="Prompts source: the policy model's name.")
+@click.option("--policy-base-url", default=None, help="Prompts source: the policy model's URL.")
+@click.option(
+    "--policy-temperature",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Prompts source: the policy model's sampling temperature.",
+)
+@_CALL_OPTIONS
+@_COST_OPTIONS
+def label(
+    source: str,
+    out: Path,
+    constitution_path: Path | None,
+    prompt_field: str | None,
+    skip_bad_lines: bool,
+    provider: str,
+    model: str | None,
+    model_path: str | None,
+    base_url: str | None,
+    votes: int,
+    cot: bool,
+    clamp: str | None,
+    temperature: float,
+    responses: int,
+    policy_provider: str | None,
+    policy_model: str | None,
+    policy_base_url: str | None,
+    policy_temperature: float,
+    seed: int,
+    limit: int | None,
+    max_tokens: int,
+    concurrency: int,
+    max_retries: int,
+    timeout: float,
+    shard: str | None,
+    no_retry_failed: bool,
+    rpm: float | None,
+    tpm: float | None,
+    price_table: Path | None,
+    dry_run: bool,
+) -> None:
+    """Label pairs of responses with AI feedback (RL-CAI): soft preferences from a feedback model.
+
+    SOURCE is a run directory (each record's first answer against the revision export would
+    choose) or a prompts file (--responses N answers per prompt from the policy model, every
+    pair labelled). Each pair gets --votes votes, each with a principle drawn by weight (seeded
+    by --seed and the pair), each asked in both orders: 2 x votes calls per pair. A vote reads
+    the log-probabilities of (A) and (B) where the provider has them (OpenAI, compatible
+    servers, the bundled model); else (or with --cot) the model reasons and ends with (A) or
+    (B), clamped to --clamp. Labels go to OUT/labels.jsonl; `cai export OUT` makes DPO data.
+
+    Exit codes: 0 done, 2 bad input, 3 some pairs failed (rerun to retry them), 130 interrupted.
+    """
+    import math as _math
+
+    from cai.constitution import load_constitution
+    from cai.feedback import (
+        LABELS_FILE,
+        LabelConfig,
+        LabelStats,
+        label_settings,
+        plan_labels,
+        prompt_pairs,
+        run_labels,
+        run_pairs,
+        uses_cot,
+    )
+    from cai.pipeline import build_manifest
+    from cai.pricing import FREE, load_price_table
+    from cai.providers import create_provider
+    from cai.rundir import RunStore, check_run_dir, is_run_dir
+    from cai.sources import PromptSource
+
+    config = LabelConfig(
+        seed=seed,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        concurrency=concurrency,
+        max_retries=max_retries,
+        limit=limit,
+        shard=_parse_shard(shard),
+        retry_failed=not no_retry_failed,
+        rpm=rpm,
+        tpm=tpm,
+        votes=votes,
+        cot=cot,
+        clamp=_parse_clamp(clamp),
+        responses=responses,
+        policy_temperature=policy_temperature,
+    )
+    check_run_dir(out, "label")
+    from_run = Path(source).is_dir() and is_run_dir(Path(source))
+    if from_run:
+        _, items, left_out = run_pairs(source)
+        prompts: Any = source
+        if constitution_path is None:
+            constitution_path = Path(source) / "constitution.md"
+            if not constitution_path.is_file():
+                raise ConfigError(
+                    f"{source} holds no constitution.md; pass --constitution with the file the "
+                    "run was made with"
+                )
+        if left_out:
+            click.echo(
+                "Not labelled (no pair for export): "
+                + ", ".join(f"{k} {n}" for k, n in sorted(left_out.items())),
+                err=True,
+            )
+        total: int | None = len(items)
+    else:
+        if constitution_path is None:
+            raise ConfigError(f"--constitution is needed to label the prompts in {source}")
+        prompts = PromptSource(source, prompt_field=prompt_field, skip_bad_lines=skip_bad_lines)
+        count = _check_prompts(prompts)
+        if count == 0:
+            raise InputError(source, None, "no prompts in the file")
+        items = prompt_pairs(prompts)
+        pairs = _math.comb(config.responses, 2)
+        total = None if count is None else min(count, limit or count) * pairs
+    parsed = load_constitution(constitution_path)
+    prices = load_price_table(price_table)
+    backend = create_provider(
+        provider,
+        model=model,
+        base_url=base_url,
+        model_path=model_path,
+        timeout=timeout,
+        connections=concurrency,
+    )
+    policy = None
+    if not from_run:
+        same = policy_provider in (None, provider) and policy_model in (None, backend.model)
+        policy = (
+            backend
+            if same and policy_base_url in (None, base_url)
+            else create_provider(
+                policy_provider or provider,
+                model=policy_model,
+                base_url=policy_base_url,
+                timeout=timeout,
+                connections=concurrency,
+            )
+        )
+    chain_of_thought = uses_cot(config, backend)
+    if chain_of_thought and not cot:
+        click.echo(
+            f"Note: {backend.name} gives no log-probabilities; the votes use chain of thought, "
+            f"clamped to {config.bounds(True)[0]:g}-{config.bounds(True)[1]:g} (--clamp).",
+            err=True,
+        )
+    price = FREE if provider == "local" else prices.lookup(backend.model)
+    if dry_run:
+        click.echo(plan_labels(list(items), parsed, config, chain_of_thought, price=price))
+        backend.close()
+        return
+    manifest = build_manifest(
+        parsed,
+        prompts,
+        config,
+        backend,
+        count=total,
+        base_url=base_url,
+        timeout=timeout,
+        price_table=price_table,
+        prices_as_of=prices.as_of,
+    )
+    manifest.kind = "label"
+    if policy is not None and policy is not backend:
+        manifest.config.update(policy_provider=policy.name, policy_model=policy.model)
+    store = RunStore(out, LABELS_FILE)
+    stats = LabelStats(total=total, price=price)
+    start = partial(
+        run_labels,
+        items,
+        parsed,
+        backend,
+        config,
+        store,
+        policy=policy,
+        manifest=manifest,
+        stats=stats,
+    )
+    others = (policy,) if policy is not None and policy is not backend else ()
+    del label_settings  # the settings are the job's; shown by `cai stats`
+    try:
+        stats = _run_with_progress(
+            start, backend, store, stats, unit="pair", desc="label", others=others
+        )
+    except OSError as e:
+        error = _unwritable_run(e, out)
+        if error is None:
+            raise
+        raise error from e
+    _print_label_summary(stats, out)
+    if stats.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    if stats.failed_in_run:
+        sys.exit(EXIT_PARTIAL)
+
+
+def _print_label_summary(stats: Any, out: Path) -> None:
+    from cai.pricing import format_cost
+
+    u = stats.usage
+    lines = [
+        "",
+        f"{'Interrupted' if stats.interrupted else 'Done'} in "
+        f"{time.monotonic() - stats.started:.1f}s: {stats.done} pairs labelled, {stats.failed} "
+        f"failed, {stats.already_done} items already done"
+        + (f", {stats.too_long} too long for the model (skipped)" if stats.too_long else ""),
+        f"Votes: {stats.votes} ({stats.problem_votes} with no usable answer); "
+        f"{stats.inconsistent} pairs whose two orders disagree",
+        f"Calls: {stats.calls} ({stats.journal_hits} reused from the journal), retries: "
+        f"{stats.retries}; tokens: {u.input_tokens} in, {u.output_tokens} out"
+        + (f"; estimated cost {format_cost(stats.cost_usd)}" if stats.cost_usd else ""),
+    ]
+    if stats.revision_pairs:
+        lines.append(
+            f"The feedback model prefers the revision in {stats.revision_preferred} of "
+            f"{stats.revision_pairs} pairs."
+        )
+    lines.append(f"Labels: {out / 'labels.jsonl'}")
+    if stats.interrupted or stats.failed:
+        lines.append(
+            "Run the same command again to resume"
+            + (" and retry the failed pairs." if stats.failed else ".")
+        )
+    lines += [f"See them: cai stats {out}", f"Next: cai export {out} --format dpo"]
+    click.echo(redact_secrets("\n".join(lines)), err=True)
 
 
 # -- merge --------------------------------------------------------------------------------
