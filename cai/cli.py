@@ -15,7 +15,6 @@ import click
 
 from cai import __version__
 from cai.errors import CaiError, ConfigError, InputError
-from cai.rundir import redact_secrets
 
 __all__ = ["cli", "main"]
 
@@ -35,7 +34,7 @@ class _Group(click.Group):
                 raise
             message = str(e) if isinstance(e, CaiError) else _os_error_message(e)
             # A server or a path may echo a key or token back: none reaches the terminal.
-            click.echo(f"Error: {redact_secrets(message)}", err=True)
+            click.echo(f"Error: {_redact(message)}", err=True)
             code = e.exit_code if isinstance(e, CaiError) else 2
             ctx.exit(code if code != 1 else 2)
         except KeyboardInterrupt:
@@ -43,6 +42,13 @@ class _Group(click.Group):
                 raise
             click.echo("Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+
+
+def _redact(text: str) -> str:
+    """`text` without any key or token of the environment (imported late: `--help` stays light)."""
+    from cai.rundir import redact_secrets
+
+    return redact_secrets(text)
 
 
 def _os_error_reason(e: OSError) -> str:
@@ -597,7 +603,7 @@ def _run_with_progress(
         if bar is None:
             return
         if kind == "notice":
-            data = redact_secrets(str(data))
+            data = _redact(str(data))
             bar.write(f"Note: {data}", file=sys.stderr)
         if kind in ("wave", "poll", "ended"):
             waves.update(kind, data)
@@ -779,7 +785,7 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
         lines.append(f"Look at the data: cai report {run_dir} (writes {run_dir / 'report.html'})")
     else:
         lines.append("No prompt succeeded, so there is nothing to export.")
-    click.echo(redact_secrets("\n".join(lines)), err=True)
+    click.echo(_redact("\n".join(lines)), err=True)
 
 
 # -- batch --------------------------------------------------------------------------------
@@ -1153,7 +1159,7 @@ def _print_label_summary(stats: Any, out: Path) -> None:
             + (" and retry the failed pairs." if stats.failed else ".")
         )
     lines += [f"See them: cai stats {out}", f"Next: cai export {out} --format dpo"]
-    click.echo(redact_secrets("\n".join(lines)), err=True)
+    click.echo(_redact("\n".join(lines)), err=True)
 
 
 # -- merge --------------------------------------------------------------------------------
