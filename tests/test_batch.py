@@ -147,6 +147,11 @@ def test_killed_twice_while_batches_are_open_then_resumed(
             if kind == "errored"
         )
         assert errored > 0  # some requests came back errored and were sent again
+        print(
+            f"\n{provider}: {len(_batches(run))} batches, {server.paid_total} requests paid "
+            f"(most for one body: {max(server.paid.values())}), {errored} errored and resent, "
+            f"{len(open_before)} open after the kills, {_calls(run)} journaled calls"
+        )
     with FakeServer() as server:
         plain = tmp_path / "plain-run"
         result = CliRunner().invoke(cli, _args(provider, server, mini_constitution, prompts, plain))
@@ -182,6 +187,9 @@ def test_batch_cost_is_half_the_interactive_cost(
     assert batch["stats"]["cost_usd"] > 0
     assert _summary_cost(batch_out) == pytest.approx(_summary_cost(plain_out) / 2, abs=1e-4)
     assert "Priced at the batch rate" in batch_out
+    print(
+        f"\n{provider}: cost {plain['stats']['cost_usd']} -> {batch['stats']['cost_usd']} (batch)"
+    )
     assert batch["config"]["batch"]["batches"] >= 2 and "batch" not in plain["config"]
 
 
