@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from functools import partial
@@ -28,6 +26,7 @@ from typing import Any
 
 from benchmarks.common import ROOT
 from benchmarks.common import main as run_main
+from benchmarks.throughput import _start_server as start_server
 
 __all__ = ["main", "run"]
 
@@ -36,8 +35,8 @@ CONCURRENCY = 512
 ROUNDS = 2
 
 
-def _descendants_cpu(exclude: set[int]) -> float:
-    """CPU seconds of every live process descended from this one, less `exclude` (Linux)."""
+def _descendants_cpu(exclude: set[int]) -> dict[int, float]:
+    """CPU seconds of each live process descended from this one, less `exclude` (Linux)."""
     tick = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
@@ -58,22 +57,7 @@ def _descendants_cpu(exclude: set[int]) -> float:
             if parent in mine and pid not in mine:
                 mine.add(pid)
                 found = True
-    return sum(times[pid] for pid in mine - {os.getpid()} - exclude)
-
-
-def _start_server() -> tuple[subprocess.Popen, str]:
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fake_server.py"), "--port", "0",
-         "--latency", str(LATENCY)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert server.stdout is not None
-    url = server.stdout.readline().strip()
-    if not url.startswith("http://"):
-        server.kill()
-        raise RuntimeError("the fake server did not start")
-    return server, url
+    return {pid: times[pid] for pid in mine - {os.getpid()} - exclude}
 
 
 def _case(url: str, prompts: Path, out: Path, engine: Any) -> dict[str, Any]:
@@ -122,7 +106,7 @@ def run(quick: bool, prompts: int | None, workers: int) -> dict[str, Any]:
 
     count = prompts or (300 if quick else 1000)
     os.environ.setdefault("OPENAI_API_KEY", "sk-fake-benchmark-key")  # the workers inherit it
-    server, url = _start_server()
+    server, url = start_server(LATENCY)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "prompts.jsonl"
@@ -136,7 +120,7 @@ def run(quick: bool, prompts: int | None, workers: int) -> dict[str, Any]:
             )
             default = _case(url, source, Path(tmp) / "default", None)
 
-            before = _descendants_cpu({server.pid})
+            before = sum(_descendants_cpu({server.pid}).values())
             began = time.perf_counter()
             ray.init(
                 num_cpus=max(os.cpu_count() or 2, workers),
@@ -152,10 +136,15 @@ def run(quick: bool, prompts: int | None, workers: int) -> dict[str, Any]:
                 result = _case(url, source, Path(tmp) / "ray", engine)
                 # Read before shutdown, while Ray's processes are alive: the run's CPU, the
                 # workers' start-up included, none of `ray.init`'s.
-                ray_cpu = _descendants_cpu({server.pid}) - system0
+                # Per process: one that ended during the run takes its CPU with it (a small
+                # undercount), never below the baseline.
+                ray_cpu = sum(
+                    cpu - system0.get(pid, 0.0)
+                    for pid, cpu in _descendants_cpu({server.pid}).items()
+                )
             finally:
                 ray.shutdown()
-            init_cpu = system0 - before
+            init_cpu = sum(system0.values()) - before
     finally:
         server.terminate()
         server.wait(timeout=10)
