@@ -143,6 +143,56 @@ def _filters_section(filtered: FilterResult, records: list[Record], options: Exp
     )
 
 
+def _labels_section(
+    labels: list[dict[str, Any]],
+    filtered: FilterResult,
+    options: ExportOptions,
+    manifest: dict[str, Any],
+) -> str:
+    from cai.feedback import LABEL_FILTERS, label_stats
+
+    data = label_stats(labels)
+    settings = (manifest.get("settings") or {}) if manifest.get("kind") == "label" else {}
+    mode = settings.get("mode")
+    how = (
+        "Chosen and rejected follow AI-feedback labels (RL-CAI, Bai et al. 2022): a feedback "
+        "model compared the two responses under a principle drawn for each vote, in both "
+        "orders, and `p_a` is the mean order-corrected probability that the first is better"
+    )
+    if mode:
+        how += f" ({'chain of thought' if mode == 'cot' else 'log-probabilities'}"
+        how += f", {settings.get('votes')} votes, clamp {settings.get('clamp')})"
+    rows = [
+        [f"`{name}`", filtered.removed.get(name, 0), what] for name, what in LABEL_FILTERS.items()
+    ]
+    share = data["first_option_share"]
+    lines = [
+        "## AI-feedback labels",
+        "",
+        how + f". `score_chosen` is the soft label of `chosen`, `score_rejected` its complement, "
+        f"`margin` = |p - 0.5|. Export: `--min-margin {options.min_margin}`"
+        + (" `--keep-inconsistent`" if options.keep_inconsistent else "")
+        + ".",
+        "",
+        _table(["label filter", "removed", "what it removes"], rows),
+        "",
+        f"- {data['pairs']} labels, {data['labelled']} with a label; "
+        f"{data['answered_votes']} of {data['votes']} votes answered.",
+        f"- Position bias: {'-' if share is None else f'{share:.0%}'} of decided votes chose the "
+        "option shown first (50% is none); averaging both orders cancels it.",
+        f"- Order consistency: {data['position_consistent']} of {data['labelled']} labelled pairs "
+        "prefer the same response in both orders of every vote.",
+    ]
+    if data["revision_pairs"]:
+        lines.append(
+            f"- The feedback model prefers the revision in {data['revision_preferred']} of "
+            f"{data['revision_pairs']} pairs."
+        )
+    hist = ", ".join(f"{span}: {n}" for span, n in data["histogram"].items())
+    lines.append(f"- Labels (p that response A is better): {hist}.")
+    return "\n".join(lines)
+
+
 def _splits_section(counts: dict[str, int], options: ExportOptions) -> str:
     parts = ["## Splits", "", _table(["split", "rows"], [[k, v] for k, v in counts.items()])]
     if options.fmt == "hf":
@@ -261,8 +311,12 @@ def render_card(
     options: ExportOptions,
     data_files: dict[str, str],
     out_name: str,
+    labels: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The Markdown dataset card of one export, with Hub front matter naming its data files."""
+    """The Markdown dataset card of one export, with Hub front matter naming its data files.
+
+    `labels`: the AI-feedback labels that chose the pairs (a label run, or `--labels`).
+    """
     name, constitution = _constitution_section(run_dir, manifest, records)
     kind = {"dpo": "Preference (DPO)", "sft": "SFT", "hf": "Preference (DPO) and SFT"}
     rounds = (manifest.get("config") or {}).get("rounds", "?")
@@ -272,6 +326,12 @@ def render_card(
         "its answer against a principle drawn from the constitution below and revised it, for "
         f"{rounds} rounds. The revised answer is `chosen`, the first answer `rejected`."
     )
+    if manifest.get("kind") == "label":
+        intro = (
+            f"{kind[options.fmt]} data made with cai {__version__} from AI-feedback labels: "
+            "a feedback model compared two responses to each prompt under principles drawn from "
+            "the constitution below; the one it prefers is `chosen`."
+        )
     created, updated = manifest.get("created"), manifest.get("updated")
     prompts = manifest.get("prompts") or {}
     details = [
@@ -303,6 +363,7 @@ def render_card(
         " ".join(details),
         _splits_section(counts, options),
         _filters_section(filtered, records, options),
+        *([_labels_section(labels, filtered, options, manifest)] if labels is not None else []),
         _models_section(manifest, records),
         constitution,
         _columns_section(options),

@@ -985,13 +985,13 @@ def label(
     Exit codes: 0 done, 2 bad input, 3 some pairs failed (rerun to retry them), 130 interrupted.
     """
     import math as _math
+    from functools import partial
 
     from cai.constitution import load_constitution
     from cai.feedback import (
         LABELS_FILE,
         LabelConfig,
         LabelStats,
-        label_settings,
         plan_labels,
         prompt_pairs,
         run_labels,
@@ -1114,7 +1114,6 @@ def label(
         stats=stats,
     )
     others = (policy,) if policy is not None and policy is not backend else ()
-    del label_settings  # the settings are the job's; shown by `cai stats`
     try:
         stats = _run_with_progress(
             start, backend, store, stats, unit="pair", desc="label", others=others
@@ -1254,6 +1253,26 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
     help="Word similarity at or above which a revision counts as unchanged.",
 )
 @click.option(
+    "--labels",
+    "labels_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="A `cai label` run of this run: keep only the pairs whose revision the feedback "
+    "model prefers, with score columns.",
+)
+@click.option(
+    "--min-margin",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Label runs and --labels: drop pairs whose label p is within this of 0.5.",
+)
+@click.option(
+    "--keep-inconsistent",
+    is_flag=True,
+    help="Label runs and --labels: keep pairs whose two orders of a vote disagree.",
+)
+@click.option(
     "--push-to-hub",
     "push_repo",
     default=None,
@@ -1274,6 +1293,9 @@ def export(
     keep_unchanged: bool,
     keep_duplicates: bool,
     similarity: float,
+    labels_dir: Path | None,
+    min_margin: float,
+    keep_inconsistent: bool,
     push_repo: str | None,
 ) -> None:
     """Export a run as training data for TRL, filtered, with a dataset card (README.md).
@@ -1283,6 +1305,9 @@ def export(
     barely changed the answer, repeated prompts. Failed records are always left out. Records
     where every critique found nothing to change go to SFT only. What each filter removed is
     printed and written in the card.
+
+    A label run (`cai label`) exports its pairs as the labels say: chosen is the response the
+    feedback model prefers, with `score_chosen`, `score_rejected` and `margin` columns.
     """
     import os
 
@@ -1303,6 +1328,9 @@ def export(
             duplicate=not keep_duplicates,
             similarity=similarity,
         ),
+        labels=labels_dir,
+        min_margin=min_margin,
+        keep_inconsistent=keep_inconsistent,
     )
     token = None
     if push_repo:

@@ -50,6 +50,8 @@ FORMATS = ("dpo", "sft", "hf")
 STYLES = ("conversational", "standard")
 SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
 CARD_FILE = "README.md"
+# Where AI-feedback labels decide a pair: the soft label of each side, and |p - 0.5|.
+SCORE_COLUMNS = ("score_chosen", "score_rejected", "margin")
 _SHARD_BYTES = 500 * 2**20  # the size datasets' save_to_disk aims for by default
 
 
@@ -67,6 +69,10 @@ class ExportOptions:
     test_size: float = 0.1
     seed: int = 0
     filters: FilterConfig = field(default_factory=FilterConfig)
+    # AI-feedback labels (cai label): a label run's own pairs, or --labels checking this run's.
+    labels: str | Path | None = None
+    min_margin: float = 0.0
+    keep_inconsistent: bool = False
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -77,6 +83,8 @@ class ExportOptions:
             raise ConfigError(f"--sft-share must be between 0 and 1, got {self.sft_share}")
         if not 0 <= self.test_size < 1:
             raise ConfigError(f"--test-size must be at least 0 and below 1, got {self.test_size}")
+        if not 0 <= self.min_margin <= 0.5:
+            raise ConfigError(f"--min-margin must be between 0 and 0.5, got {self.min_margin}")
 
 
 @dataclass
@@ -233,7 +241,7 @@ def _kind(split: str) -> str:
     return split.rsplit("_", 1)[1]
 
 
-def _features(kind: str, style: str) -> Any:
+def _features(kind: str, style: str, scores: bool = False) -> Any:
     """The Arrow schema of a split, so that empty splits and empty lists still get their types."""
     from datasets import Features, Value
 
@@ -251,6 +259,8 @@ def _features(kind: str, style: str) -> Any:
         chosen_round=Value("int64"),
         constitution_sha256=Value("string"),
     )
+    if scores and kind == "prefs":
+        columns.update({name: Value("float64") for name in SCORE_COLUMNS})
     return Features(columns)
 
 
@@ -328,7 +338,9 @@ def _card_path(out: Path, fmt: str) -> Path:
     return out / CARD_FILE if fmt == "hf" else out.with_name(f"{out.stem}.{CARD_FILE}")
 
 
-def _write_hf(splits: dict[str, list[dict[str, Any]]], out: Path, style: str, card: str) -> None:
+def _write_hf(
+    splits: dict[str, list[dict[str, Any]]], out: Path, style: str, card: str, scores: bool = False
+) -> None:
     """Write a DatasetDict (save_to_disk), Parquet files and the card, then swap them into place."""
     import datasets
 
@@ -338,7 +350,7 @@ def _write_hf(splits: dict[str, list[dict[str, Any]]], out: Path, style: str, ca
         with atomic_dir(out) as tmp:
             data = datasets.DatasetDict(
                 {
-                    name: _dataset(rows, _features(_kind(name), style), name)
+                    name: _dataset(rows, _features(_kind(name), style, scores), name)
                     for name, rows in splits.items()
                 }
             )
@@ -358,6 +370,27 @@ def _write_hf(splits: dict[str, list[dict[str, Any]]], out: Path, style: str, ca
             datasets.enable_progress_bars()
 
 
+def _pairs(run_dir: Path, options: ExportOptions) -> tuple[Any, ...]:
+    """The run's manifest and records, the verdicts of the filters; where AI-feedback labels
+    decide (a label run, or --labels), the score columns of each kept pair by id and the labels.
+    """
+    from cai import feedback
+
+    margin = {"min_margin": options.min_margin, "keep_inconsistent": options.keep_inconsistent}
+    if feedback.is_label_run(run_dir):
+        if options.labels is not None:
+            raise ConfigError(f"{run_dir} is a label run; --labels goes with a generate run")
+        manifest, labels = feedback.load_labels(run_dir, while_running=False)
+        return manifest, *feedback.label_pairs(labels, **margin), labels
+    manifest, records = load_run(run_dir, while_running=False)
+    filtered = apply_filters(records, options.filters)
+    if options.labels is None:
+        return manifest, records, filtered, None, None
+    _, labels = feedback.load_labels(options.labels, while_running=False)
+    scores = feedback.check_with_labels(filtered, labels, **margin)
+    return manifest, records, filtered, scores, labels
+
+
 def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptions) -> ExportResult:
     """Filter a run's records and write them in `options.fmt`, with a dataset card beside them.
 
@@ -367,13 +400,12 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
     write is replaced (`check_out`), and a run a live process is still writing is refused.
     """
     run_dir = Path(run_dir)
-    manifest, records = load_run(run_dir, while_running=False)
+    manifest, records, filtered, scores, labels = _pairs(run_dir, options)
     default = "hf" if options.fmt == "hf" else f"{options.fmt}.jsonl"
     out = Path(out) if out is not None else run_dir / default
     if out.is_symlink():
         out = Path(os.path.realpath(out))  # written through, the link stays
     check_out(out, options.fmt)
-    filtered = apply_filters(records, options.filters)
 
     if options.fmt == "hf":
         verdicts = split_verdicts(
@@ -397,6 +429,11 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
         else:
             rows = {split: [_sft_row(v) for v in filtered.kept]}
         data_files = {split: out.name}
+    if scores is not None:
+        for name, split in rows.items():
+            if options.fmt == "dpo" or (options.fmt == "hf" and _kind(name) == "prefs"):
+                for row in split:
+                    row.update(scores[row["id"]])
     card_path = _card_path(out, options.fmt)
     counts = {name: len(r) for name, r in rows.items()}
     data_files = {name: path for name, path in data_files.items() if counts[name]}
@@ -409,9 +446,10 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
         options=options,
         data_files=data_files,
         out_name=out.name,
+        labels=labels,
     )
     if options.fmt == "hf":
-        _write_hf(rows, out, options.style, card)
+        _write_hf(rows, out, options.style, card, scores is not None)
     else:
         # The card first: it is what marks the data file as cai's, so a kill between the two
         # writes leaves nothing that blocks the next export.

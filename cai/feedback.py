@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cai.constitution import Constitution, Principle
 from cai.errors import AuthenticationError, ConfigError, ProviderError
@@ -42,6 +42,10 @@ from cai.pipeline import (
 )
 from cai.providers.base import Completion, Provider, Sampling, Usage
 from cai.rundir import LABELS_FILE, Manifest, RunStore
+
+if TYPE_CHECKING:
+    from cai.filters import FilterResult
+    from cai.records import Record
 
 __all__ = [
     "ANSWER_PROMPT",
@@ -698,3 +702,273 @@ async def run_labels(
         items, job, config, store, manifest=manifest, on_event=on_event, stop=stop, stats=stats
     )
     return stats
+
+
+# -- label runs as training data and statistics ----------------------------------------------
+
+
+def load_labels(
+    run_dir: str | Path, *, while_running: bool = True
+) -> tuple[Manifest, list[dict[str, Any]]]:
+    """A label run's manifest and lines; unless `while_running`, refused while it is written."""
+    from cai.rundir import check_not_writing, read_manifest
+
+    labels = read_labels(run_dir)
+    if not while_running:
+        check_not_writing(run_dir)
+    return read_manifest(run_dir) or Manifest(cai_version=""), labels
+
+
+def read_labels(run_dir: str | Path) -> list[dict[str, Any]]:
+    """A label run's lines, one per pair (the best line where a pair has several)."""
+    from cai.rundir import best_lines, record_lines
+
+    path = Path(run_dir) / LABELS_FILE
+    if not path.exists():
+        raise ConfigError(f"{run_dir}: no {LABELS_FILE} here; pass a directory made by cai label")
+    lines = [data for _, _, data in record_lines(path)]
+    best = best_lines(enumerate(lines))
+    return [lines[position] for _, position, _ in sorted(best.values(), key=lambda b: b[1])]
+
+
+def is_label_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / LABELS_FILE).is_file()
+
+
+def label_verdicts(
+    labels: Iterable[dict[str, Any]],
+    *,
+    min_margin: float = 0.0,
+    keep_inconsistent: bool = False,
+) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], Counter[str]]:
+    """The labels that make training pairs, each with its score columns, and how many of the
+    others each reason left out ("unlabelled", "inconsistent", "low_margin")."""
+    kept = []
+    removed: Counter[str] = Counter()
+    for label in labels:
+        reason = label_skip_reason(
+            label, min_margin=min_margin, keep_inconsistent=keep_inconsistent
+        )
+        if reason is None:
+            kept.append((label, label_scores(label["p_a"])))
+        else:
+            removed[reason] += 1
+    return kept, removed
+
+
+def label_stats(labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a label run holds: statuses, votes and their problems, position bias, order
+    consistency, a histogram of the labels, and how often the revision is preferred."""
+    statuses = Counter(str(label.get("status")) for label in labels)
+    votes = [v for label in labels for v in label.get("votes") or ()]
+    answered = [v for v in votes if v.get("p_first") is not None]
+    problems = Counter(v["problem"] for v in votes if v.get("problem"))
+    ok = [label for label in labels if label.get("status") == "ok" and label.get("p_a") is not None]
+    bins = [0] * 10
+    for label in ok:
+        bins[min(int(label["p_a"] * 10), 9)] += 1
+    revision = [label for label in ok if label.get("chosen_round") is not None]
+    decided = [v for v in answered if v["p_first"] != 0.5]
+    principles = Counter(v.get("principle") for v in votes)
+    return {
+        "pairs": len(labels),
+        "statuses": dict(statuses),
+        "votes": len(votes),
+        "answered_votes": len(answered),
+        "vote_problems": dict(problems),
+        # The share of votes for whichever option was shown first: 0.5 without position bias.
+        "first_option_share": round(sum(v["p_first"] > 0.5 for v in decided) / len(decided), 4)
+        if decided
+        else None,
+        "mean_p_first": round(sum(v["p_first"] for v in answered) / len(answered), 4)
+        if answered
+        else None,
+        "position_consistent": sum(bool(label.get("position_consistent")) for label in ok),
+        "labelled": len(ok),
+        "consistency": round(sum(bool(lb.get("position_consistent")) for lb in ok) / len(ok), 4)
+        if ok
+        else None,
+        "histogram": {f"{i / 10:.1f}-{(i + 1) / 10:.1f}": n for i, n in enumerate(bins)},
+        "revision_pairs": len(revision),
+        # How often the feedback model agrees that the revision (response B) is better.
+        "revision_preferred": sum(label["p_a"] < 0.5 for label in revision),
+        "agreement": round(sum(lb["p_a"] < 0.5 for lb in revision) / len(revision), 4)
+        if revision
+        else None,
+        "principles": dict(principles.most_common()),
+    }
+
+
+def format_label_stats(data: dict[str, Any]) -> str:
+    """`label_stats` as text for `cai stats`."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.0%}"
+
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(data["statuses"].items())) or "none"
+    problems = ", ".join(f"{k} {n}" for k, n in sorted(data["vote_problems"].items()))
+    lines = [
+        f"Pairs: {data['pairs']} ({statuses}); {data['labelled']} with a label",
+        f"Votes: {data['votes']} asked, {data['answered_votes']} answered"
+        + (f"; problems: {problems}" if problems else ""),
+        f"Position bias: {pct(data['first_option_share'])} of decided votes chose the option "
+        f"shown first (mean p(first) {data['mean_p_first']}); 50% is none",
+        f"Order consistency: {data['position_consistent']} of {data['labelled']} pairs "
+        f"({pct(data['consistency'])}) prefer the same response in both orders of every vote",
+    ]
+    if data["revision_pairs"]:
+        lines.append(
+            f"Agreement: the feedback model prefers the revision in {data['revision_preferred']} "
+            f"of {data['revision_pairs']} pairs ({pct(data['agreement'])})"
+        )
+    peak = max(data["histogram"].values(), default=0) or 1
+    lines.append("Labels p(A better):")
+    for span, n in data["histogram"].items():
+        lines.append(f"  {span}  {'#' * round(20 * n / peak):<20} {n}")
+    return "\n".join(lines)
+
+
+def _score_columns(scores: dict[str, Any]) -> dict[str, Any]:
+    return {k: scores[k] for k in ("score_chosen", "score_rejected", "margin")}
+
+
+def label_pairs(
+    labels: Sequence[dict[str, Any]], *, min_margin: float = 0.0, keep_inconsistent: bool = False
+) -> tuple[list[Record], FilterResult, dict[str, dict[str, Any]]]:
+    """A label run as export's pairs: one record per label, chosen and rejected as the label
+    says; the kept ones as verdicts, with their score columns by id."""
+    from cai.filters import FilterResult, Verdict
+    from cai.records import Record
+
+    def record(label: dict[str, Any], chosen: str, rejected: str) -> Record:
+        return Record(
+            id=str(label["id"]),
+            prompt=label.get("prompt") or [],
+            status=str(label.get("status", "ok")),
+            initial_response=rejected,
+            final_response=chosen,
+            provider=str(label.get("provider", "")),
+            model=str(label.get("model", "")),
+            constitution={"sha256": str(label.get("constitution_sha256", ""))},
+            usage=label.get("usage") or {},
+            source_line=label.get("source_line"),
+        )
+
+    kept, removed = label_verdicts(
+        labels, min_margin=min_margin, keep_inconsistent=keep_inconsistent
+    )
+    chosen_ids = {label["id"] for label, _ in kept}
+    records = [
+        record(label, label.get("response_b") or "", label.get("response_a") or "")
+        for label in labels
+        if label["id"] not in chosen_ids
+    ]
+    filtered = FilterResult(removed=removed)
+    scores = {}
+    for label, score in kept:
+        a, b = label["response_a"], label["response_b"]
+        chosen, rejected = (a, b) if score["chosen_is_a"] else (b, a)
+        records.append(record(label, chosen, rejected))
+        filtered.kept.append(Verdict(records[-1], "pref", response=chosen))
+        scores[label["id"]] = _score_columns(score)
+    return records, filtered, scores
+
+
+def check_with_labels(
+    filtered: FilterResult,
+    labels: Sequence[dict[str, Any]],
+    *,
+    min_margin: float = 0.0,
+    keep_inconsistent: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Check SL-CAI pairs against a label run of the same records (`cai export --labels`).
+
+    A pair is dropped when the feedback model prefers the first answer ("first_preferred"),
+    when it has no label for exactly this pair ("unlabelled": none, or made for another
+    revision), or by the label filters; `filtered` is changed in place. Returns the score
+    columns of the pairs kept, by record id.
+    """
+    by_id = {label["id"]: label for label in labels if label.get("chosen_round") is not None}
+    scores = {}
+    kept = []
+    for verdict in filtered.kept:
+        if verdict.use != "pref":
+            kept.append(verdict)
+            continue
+        label = by_id.get(verdict.record.id)
+        if (
+            label is None
+            or label.get("response_a") != verdict.record.initial_response
+            or label.get("response_b") != verdict.response
+        ):
+            reason: str | None = "unlabelled"
+        else:
+            reason = label_skip_reason(
+                label, min_margin=min_margin, keep_inconsistent=keep_inconsistent
+            )
+            if reason is None and label["p_a"] > 0.5:
+                reason = "first_preferred"
+        if reason is not None:
+            filtered.removed[reason] += 1
+            continue
+        kept.append(verdict)
+        scores[verdict.record.id] = _score_columns(label_scores(label["p_a"]))
+    filtered.kept[:] = kept
+    return scores
+
+
+# What each label filter of `cai export` removes, for the card and the command's summary.
+LABEL_FILTERS = {
+    "unlabelled": "pairs with no label: every vote failed or gave no letter, or (with --labels) "
+    "the label run has no label for this exact pair",
+    "inconsistent": "pairs whose two orders of some vote prefer different responses "
+    "(--keep-inconsistent keeps them)",
+    "low_margin": "pairs whose label is within --min-margin of 0.5, or exactly 0.5",
+    "first_preferred": "--labels: pairs where the feedback model prefers the first answer to "
+    "the revision",
+}
+
+
+def plan_labels(
+    items: Sequence[PairItem],
+    constitution: Constitution,
+    config: LabelConfig,
+    cot: bool,
+    *,
+    price: Any = None,
+) -> str:
+    """What `cai label --dry-run` prints: the calls a label run makes, its tokens and cost."""
+    from cai.pricing import estimate_tokens, format_cost
+
+    items = list(items)[: config.limit] if config.limit else list(items)
+    sampled = sum(item.responses is None for item in items)
+    pairs = sampled * math.comb(config.responses, 2) + (len(items) - sampled)
+    votes = pairs * config.votes * 2
+    policy_calls = sampled * config.responses
+    reply = config.vote_sampling(cot).max_tokens
+    tokens_in = tokens_out = 0
+    for item in items:
+        texts = item.responses or ["x" * 4 * config.max_tokens] * config.responses
+        n = math.comb(len(texts), 2)
+        principles = vote_principles(constitution, config.votes, config.seed, item.id)
+        for principle in principles:
+            messages = build_comparison_messages(
+                item.messages, texts[0], texts[1], comparison_question(principle), cot=cot
+            )
+            tokens_in += 2 * n * estimate_tokens(messages)
+            tokens_out += 2 * n * (reply if cot else 3)
+        if item.responses is None:
+            tokens_in += config.responses * estimate_tokens(item.messages)
+            tokens_out += config.responses * config.max_tokens
+    lines = [
+        f"{len(items)} items, {pairs} pairs, {config.votes} votes each in both orders: "
+        f"{votes} feedback calls ({'chain of thought' if cot else 'log-probabilities'})"
+        + (f" and {policy_calls} policy responses" if policy_calls else ""),
+        f"About {tokens_in:,} input and at most {tokens_out:,} output tokens (estimated, "
+        "about four characters a token)",
+    ]
+    if price is not None:
+        lines.append(
+            f"Estimated cost: {format_cost(price.cost(Usage(tokens_in, tokens_out)))} at most"
+        )
+    return "\n".join(lines)

@@ -51,6 +51,7 @@ __all__ = [
     "RunStore",
     "atomic_dir",
     "best_lines",
+    "check_not_writing",
     "check_run_dir",
     "choose_run_dir",
     "file_sha256",
@@ -636,14 +637,19 @@ def load_run(run_dir: str | Path, *, while_running: bool = True) -> tuple[Manife
             f"{run_dir}: no {RECORDS_FILE} here; pass a directory made by cai generate"
         )
     if not while_running:
-        state = lock_state(run_dir)
-        if state.held:
-            raise ConfigError(
-                f"{run_dir} is still being written by {state.who()}; wait for it to end "
-                "(or stop it), then export"
-            )
+        check_not_writing(run_dir)
     manifest = read_manifest(run_dir) or Manifest(cai_version="")
     return manifest, list(read_records(run_dir))
+
+
+def check_not_writing(run_dir: str | Path) -> None:
+    """Refuse a run that a live process is still writing."""
+    state = lock_state(run_dir)
+    if state.held:
+        raise ConfigError(
+            f"{run_dir} is still being written by {state.who()}; wait for it to end "
+            "(or stop it), then export"
+        )
 
 
 # -- the record store ---------------------------------------------------------------------

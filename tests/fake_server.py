@@ -17,15 +17,16 @@ Endpoints:
 
 Replies are a deterministic function of the request (never of arrival order):
 
-- the last user turn contains "revised response only" -> a revision, "Revised: ...";
+- the last user turn contains "revised response only" -> a revision, "A careful, honest and
+  harmless answer (variant N)." (an answer, so export's meta-text filter keeps it);
 - it contains "NO CHANGES NEEDED" -> a critique; about one in three (by a hash of the
   request) ends with the line `NO CHANGES NEEDED`, so both paths of the pipeline run;
 - it is a comparison (`cai label`: lines "(A) ..." and "(B) ..." after "Options:") -> the
   feedback mode below;
 - otherwise -> an answer, "Answer to: <start of the last user turn>".
 
-Feedback mode. The fake prefers the option whose text contains `PREFERRED` ("Revised:", as
-every fake revision does) with probability `PREFERENCE` (0.70), 0.5 when both or neither do,
+Feedback mode. The fake prefers the option whose text contains `PREFERRED` (as every fake
+revision does) with probability `PREFERENCE` (0.70), 0.5 when both or neither do,
 and adds `FIRST_BIAS` (0.15) to option (A), whichever response is shown there. With
 `logprobs`/`top_logprobs` in an OpenAI request, the reply is " (A)" or " (B)" and carries
 those probabilities in `logprobs.content` (the first position is " (", with no letter among
@@ -134,7 +135,7 @@ FAULTS = ("429", "500", "529", "drop", "slow", "malformed", "truncated", "refuse
 # Not among the defaults: it ends a run. OpenAI's 429 for an account with no quota left.
 OTHER_FAULTS = ("quota",)
 NO_CHANGE = "NO CHANGES NEEDED"
-PREFERRED = "Revised:"
+PREFERRED = "A careful, honest and harmless"
 PREFERENCE = 0.70
 FIRST_BIAS = 0.15
 NO_LETTER = "[no letter]"
@@ -184,7 +185,7 @@ def reply_text(last_user: str, key: str) -> str:
             return f"Option (A) and option (B) differ; weighing them, one is better.\n({letter})"
         return f" ({letter})"
     if "revised response only" in last_user:
-        return f"Revised: a careful, honest and harmless answer (variant {h % 1000})."
+        return f"{PREFERRED} answer (variant {h % 1000})."
     if NO_CHANGE in last_user:
         critique = f"Critique {h % 1000}: the response could be clearer about its limits."
         return f"The response is fine as it stands.\n{NO_CHANGE}" if h % 3 == 0 else critique

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
-from fake_server import FIRST_BIAS, NO_LETTER, PREFERENCE, PREFERRED, comparison_p_first
+from click.testing import CliRunner
+from fake_server import (
+    FIRST_BIAS,
+    NO_LETTER,
+    PREFERENCE,
+    PREFERRED,
+    FakeServer,
+    comparison_p_first,
+)
 
+from cai.cli import cli
 from cai.constitution import parse_constitution
 from cai.feedback import (
+    LabelConfig,
+    PairItem,
     build_comparison_messages,
     clamp,
     comparison_question,
@@ -17,9 +37,12 @@ from cai.feedback import (
     label_scores,
     label_skip_reason,
     letter_probability,
+    run_labels,
     summarize_votes,
     vote_principles,
 )
+from cai.providers import create_provider
+from cai.rundir import LABELS_FILE, RunStore
 
 CONSTITUTION = """\
 ## Principle: harm
@@ -74,7 +97,9 @@ def test_a_principle_asks_its_own_comparison_or_a_default_from_name_and_critique
     assert comparison_question(harm) == harm.comparison
     assert honesty.comparison is None
     question = comparison_question(honesty)
-    assert question.startswith("Which of these assistant responses is better with respect to honesty?")
+    assert question.startswith(
+        "Which of these assistant responses is better with respect to honesty?"
+    )
     assert "Identify claims the response cannot support." in question
 
 
@@ -190,3 +215,304 @@ def test_the_fake_feedback_model_has_a_known_preference_and_bias() -> None:
     assert ask("same", "same") == pytest.approx(0.5 + FIRST_BIAS)
     assert comparison_p_first("not a comparison") is None
     assert NO_LETTER not in "(A) x"
+
+
+# -- label runs against the fake server ------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+HARMLESS = ROOT / "constitutions" / "harmless.md"
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    with FakeServer() as fake:
+        yield fake
+
+
+def invoke(*args: object) -> object:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    path.write_text(
+        "".join(json.dumps({"prompt": f"How do I deal with problem {i}?"}) + "\n" for i in range(n))
+    )
+    return path
+
+
+def generate_run(tmp_path: Path, url: str, prompts: int = 6) -> Path:
+    """A generate run against the fake server: one round, revisions the fake prefers."""
+    run = tmp_path / "run"
+    invoke(
+        "generate", "--constitution", HARMLESS, "--prompts", write_prompts(tmp_path / "p.jsonl", prompts),
+        "--out", run, "--provider", "openai", "--base-url", f"{url}/v1", "--rounds", "1",
+    )  # fmt: skip
+    return run
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_both_orders_cancel_the_bias_and_exports_follow_the_labels(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    run = generate_run(tmp_path, server.url)
+    labels_dir = tmp_path / "labels"
+    server.reset()
+    result = invoke(
+        "label", run, "--out", labels_dir, "--provider", "openai",
+        "--base-url", f"{server.url}/v1", "--votes", "3",
+    )  # fmt: skip
+    labels = read_lines(labels_dir / LABELS_FILE)
+    records = {r["id"]: r for r in read_lines(run / "records.jsonl")}
+    pairs = [r for r in records.values() if r["rounds"][0]["revision"]]
+    assert {label["id"] for label in labels} == {r["id"] for r in pairs} and labels
+    for label in labels:
+        record = records[label["id"]]
+        assert label["response_a"] == record["initial_response"]
+        assert label["response_b"] == record["rounds"][0]["revision"]
+        assert label["prompt"] == record["prompt"] and label["status"] == "ok"
+        # The fake prefers the revision with 0.70 and adds 0.15 to whatever is shown first.
+        assert label["p_a"] == pytest.approx(1 - PREFERENCE, abs=0.01)
+        assert label["position_consistent"] is True
+        assert [(v["vote"], v["order"]) for v in label["votes"]] == [
+            (k, o) for k in (1, 2, 3) for o in ("ab", "ba")
+        ]
+        firsts = {v["order"]: v["p_first"] for v in label["votes"]}
+        assert firsts["ab"] == pytest.approx(1 - PREFERENCE + FIRST_BIAS)
+        assert firsts["ba"] == pytest.approx(PREFERENCE + FIRST_BIAS)
+        assert all(v["reply"] in (" (A)", " (B)") for v in label["votes"])
+    # Every request asked for log-probabilities: 2 x votes per pair.
+    bodies = [e.body for e in server.log]
+    assert len(bodies) == 6 * len(labels)
+    assert all(b["logprobs"] is True and b["top_logprobs"] == 10 for b in bodies)
+    assert "prefers the revision in" in result.stderr
+
+    exported = invoke("export", labels_dir, "--format", "dpo")
+    rows = read_lines(labels_dir / "dpo.jsonl")
+    assert len(rows) == len(labels), exported.stderr
+    for row in rows:
+        record = records[row["id"]]
+        assert row["chosen"] == [{"role": "assistant", "content": record["rounds"][0]["revision"]}]
+        assert row["rejected"] == [{"role": "assistant", "content": record["initial_response"]}]
+        assert row["score_chosen"] == pytest.approx(PREFERENCE, abs=0.01)
+        assert row["score_rejected"] == pytest.approx(1 - PREFERENCE, abs=0.01)
+        assert row["margin"] == pytest.approx(PREFERENCE - 0.5, abs=0.01)
+    card = (labels_dir / "dpo.README.md").read_text(encoding="utf-8")
+    assert "## AI-feedback labels" in card and "Order consistency" in card
+
+    # --min-margin drops every pair (margin 0.2), counted by the command and on the card.
+    dropped = invoke("export", labels_dir, "--format", "dpo", "--min-margin", "0.25")
+    assert f"low_margin {len(labels)}" in dropped.stderr
+    assert read_lines(labels_dir / "dpo.jsonl") == []
+
+    # The SL-CAI pairs checked by the labels: the same pairs, with the score columns.
+    invoke("export", run, "--labels", labels_dir, "--format", "dpo", "--out", tmp_path / "c.jsonl")
+    checked = read_lines(tmp_path / "c.jsonl")
+    assert {r["id"] for r in checked} == {r["id"] for r in rows}
+    assert all(r["score_chosen"] == pytest.approx(PREFERENCE, abs=0.01) for r in checked)
+
+    # The hf export loads with datasets, score columns typed.
+    import datasets
+
+    invoke("export", labels_dir, "--format", "hf", "--sft-share", "0", "--test-size", "0")
+    data = datasets.load_from_disk(str(labels_dir / "hf"))["train_prefs"]
+    assert data.num_rows == len(labels)
+    assert data.features["score_chosen"].dtype == "float64"
+    assert data[0]["score_chosen"] == pytest.approx(PREFERENCE, abs=0.01)
+
+    stats = invoke("stats", labels_dir, "--json")
+    data = json.loads(stats.output)
+    assert data["kind"] == "label" and data["consistency"] == 1.0 and data["agreement"] == 1.0
+    assert data["mean_p_first"] == pytest.approx(0.5 + FIRST_BIAS, abs=0.01)
+
+
+def test_labels_that_prefer_the_first_answer_drop_sl_cai_pairs(tmp_path: Path) -> None:
+    from cai.feedback import check_with_labels
+    from cai.filters import FilterResult, Verdict
+    from cai.records import Record
+
+    def verdict(i: int) -> Verdict:
+        record = Record(id=f"r{i}", prompt=[], initial_response=f"first {i}")
+        return Verdict(record, "pref", response=f"revised {i}", chosen_round=1)
+
+    def label(i: int, p_a: float, consistent: bool = True, b: str = "") -> dict:
+        return {
+            "id": f"r{i}", "status": "ok", "p_a": p_a, "position_consistent": consistent,
+            "response_a": f"first {i}", "response_b": b or f"revised {i}", "chosen_round": 1,
+        }  # fmt: skip
+
+    filtered = FilterResult(kept=[verdict(i) for i in range(6)])
+    labels = [label(0, 0.2), label(1, 0.8), label(2, 0.3, False), label(4, 0.3, b="other"),
+              label(5, 0.45)]  # fmt: skip
+    scores = check_with_labels(filtered, labels, min_margin=0.1)
+    assert [v.record.id for v in filtered.kept] == ["r0"]
+    assert scores == {"r0": {"score_chosen": 0.8, "score_rejected": 0.2, "margin": 0.3}}
+    assert filtered.removed == Counter(
+        first_preferred=1, inconsistent=1, unlabelled=2, low_margin=1
+    )
+
+
+def test_chain_of_thought_labels_from_an_anthropic_style_model_are_clamped(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    run = generate_run(tmp_path, server.url, prompts=4)
+    labels_dir = tmp_path / "labels"
+    server.reset()
+    result = invoke(
+        "label", run, "--out", labels_dir, "--provider", "anthropic", "--base-url", server.url,
+        "--votes", "2",
+    )  # fmt: skip
+    assert "no log-probabilities; the votes use chain of thought" in result.stderr
+    labels = read_lines(labels_dir / LABELS_FILE)
+    assert labels and all(label["mode"] == "cot" for label in labels)
+    for label in labels:
+        # Each vote is certain; clamped to 0.4-0.6, both orders agree on the revision.
+        assert {v["p_first"] for v in label["votes"]} <= {0.4, 0.6}
+        assert label["p_a"] == pytest.approx(0.4) and label["position_consistent"]
+        assert all(v["reply"].rstrip().endswith(("(A)", "(B)")) for v in label["votes"])
+    assert all(e.api == "anthropic" and "step by step" in json.dumps(e.body) for e in server.log)
+    invoke("export", labels_dir, "--format", "dpo")
+    rows = read_lines(labels_dir / "dpo.jsonl")
+    assert rows and all(r["score_chosen"] == pytest.approx(0.6) for r in rows)
+    # --clamp widens the bounds; the run refuses to resume with other settings.
+    refused = CliRunner().invoke(
+        cli, ["label", str(run), "--out", str(labels_dir), "--provider", "anthropic",
+              "--base-url", server.url, "--votes", "2", "--clamp", "0.2,0.8"],
+    )  # fmt: skip
+    assert refused.exit_code == 2 and "clamp was [0.4, 0.6], now [0.2, 0.8]" in refused.output
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_reply_with_no_letter_is_a_problem_on_its_vote_never_a_guess(
+    tmp_path: Path, server: FakeServer, provider: str
+) -> None:
+    from cai.constitution import load_constitution
+
+    base = f"{server.url}/v1" if provider == "openai" else server.url
+    model = create_provider(provider, base_url=base, model="fake")
+    items = [
+        PairItem("00000000000000aa", [{"role": "user", "content": "q"}], [f"x {NO_LETTER}", "y"]),
+        PairItem("00000000000000bb", [{"role": "user", "content": "q"}], ["x", f"{PREFERRED} y"]),
+    ]
+    store = RunStore(tmp_path / "labels", LABELS_FILE)
+    stats = asyncio.run(
+        run_labels(items, load_constitution(HARMLESS), model, LabelConfig(votes=2), store)
+    )
+    lines = {line["id"]: line for line in read_lines(store.records_path)}
+    silent = lines["00000000000000aa"]
+    assert silent["status"] == "skipped" and silent["error"]["kind"] == "no_answer"
+    assert silent["p_a"] is None and not silent["position_consistent"]
+    assert all(v["p_first"] is None and v["problem"] == "no_answer" for v in silent["votes"])
+    assert len(silent["votes"]) == 4
+    answered = lines["00000000000000bb"]
+    assert answered["status"] == "ok" and answered["p_a"] == pytest.approx(
+        1 - PREFERENCE if provider == "openai" else 0.4, abs=0.01
+    )
+    assert stats.problem_votes == 4 and stats.done == 1
+
+
+def test_a_prompts_file_samples_responses_and_labels_every_pair(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", 3)
+    labels_dir = tmp_path / "labels"
+    invoke(
+        "label", prompts, "--out", labels_dir, "--constitution", HARMLESS, "--responses", "3",
+        "--votes", "1", "--provider", "openai", "--base-url", f"{server.url}/v1",
+    )  # fmt: skip
+    labels = read_lines(labels_dir / LABELS_FILE)
+    assert len(labels) == 3 * 3
+    assert Counter(label["id"].split(":")[1] for label in labels) == {"0-1": 3, "0-2": 3, "1-2": 3}
+    assert all(label["id"].startswith(label["source_id"] + ":") for label in labels)
+    responses = [e for e in server.log if not e.body.get("logprobs")]
+    votes = [e for e in server.log if e.body.get("logprobs")]
+    assert len(responses) == 3 * 3 and len(votes) == 9 * 2
+    assert all(e.body["temperature"] == 1.0 for e in responses)
+    # Resuming a finished run buys nothing.
+    server.reset()
+    again = invoke(
+        "label", prompts, "--out", labels_dir, "--constitution", HARMLESS, "--responses", "3",
+        "--votes", "1", "--provider", "openai", "--base-url", f"{server.url}/v1",
+    )  # fmt: skip
+    assert server.requests == 0 and "3 items already done" in again.stderr
+
+
+def _count(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_sigkill_while_labelling_then_resume_labels_every_pair_once(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    run = generate_run(tmp_path, server.url, prompts=24)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    labels_dir = tmp_path / "labels"
+    with FakeServer(latency=0.03) as server:
+        command = [sys.executable, "-m", "cai", "label", str(run), "--out", str(labels_dir),
+                   "--provider", "openai", "--base-url", f"{server.url}/v1", "--votes", "2",
+                   "--concurrency", "4"]  # fmt: skip
+        for wait_for in (5, 12):
+            process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+            calls = labels_dir / "calls.jsonl"
+            start = _count(calls)
+            deadline = time.monotonic() + 60
+            while _count(calls) < start + wait_for and time.monotonic() < deadline:
+                assert process.poll() is None, process.stderr.read().decode()[-2000:]
+                time.sleep(0.002)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        bodies = Counter(json.dumps(e.body, sort_keys=True) for e in server.log)
+    labels = read_lines(labels_dir / LABELS_FILE)
+    ids = Counter(label["id"] for label in labels)
+    assert all(n == 1 for n in ids.values())
+    pairs = [r for r in read_lines(run / "records.jsonl") if r["rounds"][0]["revision"]]
+    assert set(ids) == {r["id"] for r in pairs}
+    assert all(label["p_a"] == pytest.approx(1 - PREFERENCE, abs=0.01) for label in labels)
+    # Every vote was asked; a vote was bought twice only when it was in flight at a kill
+    # (at most --concurrency of them each time), never once its reply was on disk.
+    assert len(bodies) == 4 * len(pairs)
+    bought_twice = sum(n - 1 for n in bodies.values())
+    assert bought_twice <= 2 * 4
+    journal = Counter((c["id"], c["step"]) for c in read_lines(labels_dir / "calls.jsonl"))
+    assert set(journal.values()) == {1} and len(journal) == 4 * len(pairs)
+
+
+@pytest.mark.slow
+def test_the_bundled_model_labels_offline_with_llama_cpp_log_probabilities(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    run = generate_run(tmp_path, server.url, prompts=2)
+    labels_dir = tmp_path / "labels"
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_TOKEN"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "cai", "label", str(run), "--out", str(labels_dir),
+         "--votes", "1", "--limit", "1"],
+        env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [label] = read_lines(labels_dir / LABELS_FILE)
+    assert label["mode"] == "logprobs" and len(label["votes"]) == 2
+    journal = read_lines(labels_dir / "calls.jsonl")
+    # llama.cpp's log-probabilities are in the journal, top tokens at each position.
+    assert all(len(c["logprobs"][0]["top_logprobs"]) == 10 for c in journal)
+    for vote in label["votes"]:
+        assert vote["p_first"] is None or 0 <= vote["p_first"] <= 1
+        assert vote["p_first"] is not None or vote["problem"] == "no_answer"
+    export = subprocess.run(
+        [sys.executable, "-m", "cai", "export", str(labels_dir), "--format", "dpo",
+         "--keep-inconsistent"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    import datasets
+
+    data = datasets.load_dataset("json", data_files=str(labels_dir / "dpo.jsonl"), split="train")
+    assert data.num_rows <= 1
