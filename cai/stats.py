@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cai.filters import SIMILARITY_THRESHOLD, FilterConfig, apply_filters, similar
+from cai.filters import SIMILARITY_THRESHOLD, FilterConfig, apply_filters, for_run, similar
 from cai.pricing import format_cost, run_cost
 from cai.records import Record
 from cai.rundir import describe_status, load_run
@@ -39,9 +39,12 @@ def _lengths(texts: list[str]) -> dict[str, float]:
 
 
 def compute_stats(
-    records: Iterable[Record], manifest: dict[str, Any] | None = None
+    records: Iterable[Record],
+    manifest: dict[str, Any] | None = None,
+    filters: FilterConfig | None = None,
 ) -> dict[str, Any]:
-    """Counts and measures of a run's records, as plain JSON-ready data."""
+    """Counts and measures of a run's records, as plain JSON-ready data; `filters` (default
+    all on, without a constitution to compare with) say what export would keep."""
     records = list(records)
     manifest = manifest or {}
     ok = [r for r in records if r.status == "ok"]
@@ -54,12 +57,8 @@ def compute_stats(
             p = principles.setdefault(r.principle, Counter())
             p["rounds"] += 1
             rounds["total"] += 1
-            if r.problem is not None:
-                kind = "problem"
-            elif r.skipped:
-                kind = "no_change"
-            else:
-                kind = "revised"
+            kind = r.state if r.state in ("revised", "no_change") else "problem"
+            if kind == "revised":
                 # Compared with the answer this round revised, not with the first answer.
                 if not similar(r.revision or "", response, SIMILARITY_THRESHOLD):
                     p["changed"] += 1
@@ -71,7 +70,7 @@ def compute_stats(
             record.final_response, record.initial_response, SIMILARITY_THRESHOLD
         )
     usage = {k: sum(int(r.usage.get(k, 0)) for r in records) for k in _USAGE_KEYS}
-    filtered = apply_filters(records, FilterConfig())
+    filtered = apply_filters(records, filters or FilterConfig())
     pref = sum(v.use == "pref" for v in filtered.kept)
     return {
         "records": len(records),
@@ -107,14 +106,10 @@ def compute_stats(
 def run_stats(run_dir: str | Path) -> dict[str, Any]:
     """`compute_stats` of the run in `run_dir`; a run whose writer died shows as interrupted."""
     run_dir = Path(run_dir)
-    from cai import feedback
-
-    if feedback.is_label_run(run_dir):
-        manifest, labels = feedback.load_labels(run_dir)
-        data = {"kind": "label", **feedback.label_stats(labels)}
-    else:
-        manifest, records = load_run(run_dir)
-        data = compute_stats(records, manifest.to_dict())
+    manifest, records = load_run(run_dir)
+    data = compute_stats(
+        records, manifest.to_dict(), for_run(FilterConfig(), run_dir, manifest, records)
+    )
     data["run"] = {
         "dir": str(run_dir),
         "status": manifest.status if manifest.cai_version else None,
@@ -133,10 +128,6 @@ def _pct(part: int, whole: int) -> str:
 
 def format_stats(data: dict[str, Any]) -> str:
     """The human-readable report of `run_stats`."""
-    if data.get("kind") == "label":
-        from cai.feedback import format_label_stats
-
-        return format_label_stats(data)
     run = data.get("run") or {}
     status = ", ".join(f"{n} {s}" for s, n in data["status"].items()) or "none"
     lines = []

@@ -24,12 +24,18 @@ from typing import Any
 
 from cai.errors import ConfigError
 from cai.filters import FilterConfig, apply_filters, judge_record, similarity
-from cai.records import Record
-from cai.rundir import CALLS_FILE, RECORDS_FILE, load_run, read_jsonl, read_manifest
+from cai.records import Record, Round
+from cai.rundir import (
+    CALLS_FILE,
+    LABELS_FILE,
+    RECORDS_FILE,
+    load_run,
+    read_jsonl,
+    read_manifest,
+)
 from cai.stats import compute_stats
 
 __all__ = [
-    "LABELS_FILE",
     "REPORT_FILE",
     "build_report_data",
     "load_labels",
@@ -40,36 +46,22 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
-LABELS_FILE = "labels.jsonl"
 _TEMPLATES = Path(__file__).parent / "templates"
 # The viewer's verdict for records `cai export` keeps.
 _USE_LABELS = {"pref": "preference pair", "sft": "SFT only"}
 
 
-def round_kind(round_: Any) -> str:
+def round_kind(round_: Round) -> str:
     """What a round led to: "revised", "no_change", or "problem:<why>" (its critique or its
-    revision was cut off, refused or empty).
-
-    Read from `Round.state` where rounds have one; for rounds without it, a problem wins
-    over `skipped`, as in `cai stats`.
-    """
-    state = getattr(round_, "state", None)
-    problem = getattr(round_, "problem", None)
-    if state in ("revised", "no_change"):
-        return state
-    if state is not None or problem is not None:
-        return f"problem:{problem or state}"
-    if getattr(round_, "skipped", False) or getattr(round_, "revision", None) is None:
-        return "no_change"
-    return "revised"
+    revision was cut off, refused or empty), from `Round.state` as `cai stats` counts it."""
+    if round_.state in ("revised", "no_change"):
+        return round_.state
+    return f"problem:{round_.problem or round_.state}"
 
 
-def _problem_step(round_: Any) -> str:
-    """Which call of a failed round went wrong, where the round says."""
-    state = getattr(round_, "state", None)
-    if state in ("critique_failed", "revision_failed"):
-        return state.split("_")[0]
-    return "round"
+def _problem_step(round_: Round) -> str:
+    """Which call of a failed round went wrong: "critique" or "revision"."""
+    return round_.state.split("_")[0]
 
 
 def _words(text: str) -> int:
