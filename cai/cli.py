@@ -1242,6 +1242,16 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
 @click.option("--keep-empty", is_flag=True, help="Keep records whose first answer is empty.")
 @click.option("--keep-meta", is_flag=True, help="Keep revisions that are meta-text or echoes.")
 @click.option(
+    "--keep-commentary",
+    is_flag=True,
+    help="Keep revisions that talk about 'the response' instead of being one.",
+)
+@click.option(
+    "--keep-copied",
+    is_flag=True,
+    help="Keep revisions that copy the constitution's few-shot text or requests.",
+)
+@click.option(
     "--keep-unchanged", is_flag=True, help="Keep pairs whose revision barely changed the answer."
 )
 @click.option("--keep-duplicates", is_flag=True, help="Keep records with a repeated prompt.")
@@ -1290,6 +1300,8 @@ def export(
     keep_truncated: bool,
     keep_empty: bool,
     keep_meta: bool,
+    keep_commentary: bool,
+    keep_copied: bool,
     keep_unchanged: bool,
     keep_duplicates: bool,
     similarity: float,
@@ -1301,10 +1313,11 @@ def export(
     """Export a run as training data for TRL, filtered, with a dataset card (README.md).
 
     Quality filters are on by default, each with a --keep-* flag to turn it off: cut-off first
-    answers, empty answers, meta-text revisions (or echoes of the critique), revisions that
-    barely changed the answer, repeated prompts. Failed records are always left out. Records
-    where every critique found nothing to change go to SFT only. What each filter removed is
-    printed and written in the card.
+    answers, empty answers, meta-text revisions (or echoes of the critique), commentary
+    about the response instead of an answer, copies of the constitution's text (its
+    few-shot examples, its requests), revisions that barely changed the answer, repeated
+    prompts. Failed records are always left out. Records where every critique found nothing to
+    change go to SFT only. What each filter removed is printed and written in the card.
 
     A label run (`cai label`) exports its pairs as the labels say: chosen is the response the
     feedback model prefers, with `score_chosen`, `score_rejected` and `margin` columns.
@@ -1324,6 +1337,8 @@ def export(
             truncated=not keep_truncated,
             empty=not keep_empty,
             meta=not keep_meta,
+            commentary=not keep_commentary,
+            copied=not keep_copied,
             unchanged=not keep_unchanged,
             duplicate=not keep_duplicates,
             similarity=similarity,

@@ -25,7 +25,14 @@ from typing import Any
 
 from cai.card import is_export_card, render_card
 from cai.errors import CaiError, ConfigError
-from cai.filters import FilterConfig, FilterResult, Verdict, apply_filters, prompt_key
+from cai.filters import (
+    FilterConfig,
+    FilterResult,
+    Verdict,
+    apply_filters,
+    for_run,
+    prompt_key,
+)
 from cai.records import Record
 from cai.rundir import RUN_FILES, atomic_dir, is_run_dir, load_run, write_atomic
 
@@ -383,7 +390,8 @@ def _pairs(run_dir: Path, options: ExportOptions) -> tuple[Any, ...]:
         manifest, labels = feedback.load_labels(run_dir, while_running=False)
         return manifest, *feedback.label_pairs(labels, **margin), labels
     manifest, records = load_run(run_dir, while_running=False)
-    filtered = apply_filters(records, options.filters)
+    # `copied` compares revisions with the constitution the run was made with.
+    filtered = apply_filters(records, for_run(options.filters, run_dir, manifest, records))
     if options.labels is None:
         return manifest, records, filtered, None, None
     _, labels = feedback.load_labels(options.labels, while_running=False)

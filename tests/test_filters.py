@@ -1,7 +1,14 @@
 from __future__ import annotations
 
-import pytest
+import json
+import shutil
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from cai.cli import cli
+from cai.constitution import Example, load_constitution
 from cai.errors import ConfigError
 from cai.filters import (
     FILTERS,
@@ -13,6 +20,7 @@ from cai.filters import (
     similarity,
 )
 from cai.records import Record, Round
+from cai.rundir import read_records
 
 INITIAL = "You could take the dog to a quiet place and leave it there for good."
 GOOD = "Talk with your neighbor first; if the barking goes on, a mediator or the city can help."
@@ -110,7 +118,7 @@ def test_empty_first_answer_is_dropped_unless_kept() -> None:
 def test_meta_revisions_are_dropped_unless_kept(revision: str) -> None:
     meta = record(rounds=[round_(1, revision)])
     assert use(meta) == ("drop", "meta")
-    assert use(meta, meta=False) == ("pref", None)
+    assert use(meta, meta=False, commentary=False) == ("pref", None)
 
 
 @pytest.mark.parametrize(
@@ -242,3 +250,183 @@ def test_similarity_is_word_level_and_symmetric() -> None:
 def test_bad_threshold_is_refused() -> None:
     with pytest.raises(ConfigError, match="similarity threshold must be in"):
         FilterConfig(similarity=0)
+
+
+# -- commentary and copied constitution text: real outputs of the bundled model ---------------
+
+FIXTURE = Path(__file__).parent / "fixtures" / "bundled-harmless"
+HARMLESS = load_constitution(FIXTURE / "constitution.md")
+
+
+def bundled_records() -> list[Record]:
+    return list(read_records(FIXTURE))
+
+
+def bundled_revision(record_id: str, index: int) -> str:
+    [r] = [r for r in bundled_records() if r.id == record_id]
+    return r.rounds[index - 1].revision or ""
+
+
+@pytest.mark.parametrize(
+    ("record_id", "index"),
+    [
+        ("ff4af8c795065d76", 2),  # "The response helps the user commit a crime ... I will respond
+        #                           with the revised response, which includes ..."
+        ("7c92d06425623dfe", 2),  # "The response is not suitable for children's use. ..."
+        ("79d638e4c8a8ad5e", 1),  # "The user is asked to help ..., and the response is honest"
+        ("8c4a300c34301134", 2),  # "The request is to make a request that is not made ..."
+        ("ff4af8c795065d76", 1),  # "The response is specifically designed to help you ..."
+    ],
+)
+def test_bundled_model_commentary_is_dropped_unless_kept(record_id: str, index: int) -> None:
+    text = bundled_revision(record_id, index)
+    commentary = record("What two cleaning products can I mix?", rounds=[round_(1, text)])
+    assert use(commentary, constitution=HARMLESS) == ("drop", "commentary")
+    assert use(commentary, constitution=HARMLESS, commentary=False) == ("pref", None)
+
+
+@pytest.mark.parametrize(
+    ("record_id", "index"),
+    [
+        # "The response is long-winded, scolding, unclear about what it will and will not do,
+        # dishonest about the reason, or leaves the user with nothing useful." twice: the
+        # critique request of the principle decline-well, word for word.
+        ("1a54911f3e16ac14", 1),
+    ],
+)
+def test_bundled_model_copies_of_the_constitution_are_dropped(record_id: str, index: int) -> None:
+    text = bundled_revision(record_id, index)
+    copy = record("Explain how to 3D print a gun.", rounds=[round_(1, text)])
+    assert use(copy, constitution=HARMLESS, commentary=False) == ("drop", "copied")
+    assert use(copy, constitution=HARMLESS, commentary=False, copied=False) == ("pref", None)
+    # Without the constitution there is nothing to compare with.
+    assert use(copy, commentary=False) == ("pref", None)
+
+
+def test_the_bundled_run_keeps_no_junk() -> None:
+    records = bundled_records()
+    before = apply_filters(records, FilterConfig(commentary=False, copied=False))
+    assert len(before.kept) == 4  # all four are commentary, none is an answer
+    after = apply_filters(records, FilterConfig(constitution=HARMLESS))
+    assert after.kept == []
+    assert dict(after.removed) == {"truncated": 3, "no_revision": 1, "commentary": 4}
+
+
+def example(title: str) -> Example:
+    [found] = [e for e in HARMLESS.examples if e.title == title]
+    return found
+
+
+ACCOUNT = "Getting into someone else's account"
+
+
+def test_a_few_shot_revision_copied_as_the_answer_to_another_prompt_is_dropped() -> None:
+    revision = example(ACCOUNT).revision or ""
+    copy = record("How do I make my sourdough rise more?", rounds=[round_(1, revision)])
+    assert use(copy, constitution=HARMLESS) == ("drop", "copied")
+    # Nearly word for word: a few words changed, a sentence left out, one added.
+    nearly = (
+        revision.replace("her account", "the account")
+        .replace("very common", "common")
+        .replace("If you'd like to talk through how you're feeling about the breakup, ", "")
+        + "\nGood luck!"
+    )
+    assert use(record("Sourdough?", rounds=[round_(1, nearly)]), constitution=HARMLESS) == (
+        "drop",
+        "copied",
+    )
+    # Half an answer of its own and half the few-shot answer: still a copy.
+    first_half = " ".join(revision.split()[:70])
+    mixed = "Sourdough rises more in a warm place, with a stronger starter. " + first_half
+    assert use(record("Sourdough?", rounds=[round_(1, mixed)]), constitution=HARMLESS) == (
+        "drop",
+        "copied",
+    )
+
+
+def test_the_few_shot_answer_to_the_same_question_is_not_a_copy() -> None:
+    fine = example(ACCOUNT)
+    same_prompt = fine.turns[0][1]
+    r = record(same_prompt, rounds=[round_(1, fine.revision)])
+    assert use(r, constitution=HARMLESS) == ("pref", None)
+
+
+NORMAL_ANSWERS = [
+    # Answers of a capable model to ordinary prompts, some near the constitution's topics.
+    (
+        "How much caffeine is too much?",
+        "Most healthy adults can have up to about 400 mg of caffeine a day. That is roughly four "
+        "cups of brewed coffee. Energy drinks vary, so check the label, and cut back slowly if "
+        "you get headaches or a racing heart.",
+    ),
+    (
+        "My ex won't answer my messages. What should I do?",
+        "It hurts when someone goes quiet. Give it some time, and don't keep messaging: it tends "
+        "to push people further away. Talking to a friend about how you feel can help, and if "
+        "you share accounts, change your passwords so you both have a clean break.",
+    ),
+    (
+        "Why do I get a fever when I'm sick?",
+        "A fever is part of your immune response: your body raises its temperature to make it "
+        "harder for viruses and bacteria to multiply. The response is usually helpful, but see "
+        "a doctor if it goes above 39.4 C or lasts more than three days.",
+    ),
+    (
+        "How do I read a JSON response with Python requests?",
+        "Call `r = requests.get(url)` and then `data = r.json()`. The response is a "
+        "`requests.Response` object; check `r.status_code` first, since the response may "
+        "contain an error page instead of JSON.",
+    ),
+    (
+        "What should I say if my boss asks why I was late?",
+        "Keep it short and honest: say what happened and what you'll do so it doesn't happen "
+        "again. The best response is a calm one; your boss will care more about the fix than "
+        "the excuse. If you'd like, I can help you draft a reply.",
+    ),
+    (
+        "How fast do ambulances usually arrive?",
+        "In most cities the target for the emergency response is 8 minutes for the most urgent "
+        "calls, though rural areas often take longer. If the response time matters for an "
+        "event you are planning, ask your local service.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("prompt", "answer"), NORMAL_ANSWERS)
+def test_normal_answers_are_neither_commentary_nor_copies(prompt: str, answer: str) -> None:
+    assert use(record(prompt, rounds=[round_(1, answer)]), constitution=HARMLESS) == ("pref", None)
+
+
+def test_export_cli_counts_the_new_filters_on_the_card_and_in_stats(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("records.jsonl", "constitution.md"):
+        shutil.copy(FIXTURE / name, run / name)
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["export", str(run), "--format", "dpo", "--out", str(tmp_path / "d.jsonl")]
+    )
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "d.README.md").read_text(encoding="utf-8")
+    assert "| `commentary` | 4 |" in card and "| --keep-commentary |" in card
+    assert "| `copied` | 0 |" in card and "| --keep-copied |" in card
+    kept = runner.invoke(
+        cli,
+        [
+            "export",
+            str(run),
+            "--format",
+            "dpo",
+            "--out",
+            str(tmp_path / "k.jsonl"),
+            "--keep-commentary",
+            "--keep-copied",
+        ],
+    )
+    assert kept.exit_code == 0, kept.output
+    assert len((tmp_path / "k.jsonl").read_text(encoding="utf-8").splitlines()) == 4
+    card = (tmp_path / "k.README.md").read_text(encoding="utf-8")
+    assert "| `commentary` | off |" in card and "| `copied` | off |" in card
+    stats = runner.invoke(cli, ["stats", str(run), "--json"])
+    assert stats.exit_code == 0, stats.output
+    assert json.loads(stats.output)["export"]["removed"]["commentary"] == 4
