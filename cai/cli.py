@@ -162,6 +162,18 @@ def constitution_show(path: Path) -> None:
             "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
         )
     click.echo()
+    from cai.feedback import comparison_question
+
+    own = sum(p.comparison is not None for p in parsed.principles)
+    click.echo(
+        f"Comparison questions (cai label): {own} from 'Comparison:', "
+        f"{len(parsed.principles) - own} built from the name and critique"
+    )
+    for p in parsed.principles:
+        question = comparison_question(p)
+        mark = "" if p.comparison is not None else " (default)"
+        click.echo(f"  {p.name}{mark}: {question[:90]}" + ("…" if len(question) > 90 else ""))
+    click.echo()
     system = "yes" if parsed.system else "no"
     click.echo(f"{len(parsed.examples)} few-shot examples; system prompt: {system}")
 

@@ -479,41 +479,60 @@ class _PairJudge:
         self.window = context_window(provider)
 
     async def __call__(
-        self, item: PairItem, call: Callable[..., Any], provider: Provider
+        self, item: PairItem, call: Callable[..., Any], provider: Any
     ) -> list[dict[str, Any]]:
+        # The run's provider makes independent calls at once where it can (`_InFlight`).
+        gather = getattr(provider, "gather", None) or _in_order
         started = time.time()
         sampled = item.responses is None
         usage = Usage()
         if sampled:
-            responses = []
-            try:
-                for n in range(self.config.responses):
-                    responses.append(
-                        await call(
-                            item.id,
-                            f"response{n}",
-                            list(item.messages),
-                            usage,
-                            sampling=self.config.policy_sampling,
-                            via=self.policy,
-                        )
+            replies = await gather(
+                *(
+                    call(
+                        item.id,
+                        f"response{n}",
+                        list(item.messages),
+                        usage,
+                        sampling=self.config.policy_sampling,
+                        via=self.policy,
                     )
-            except ProviderError as e:
-                if isinstance(e, AuthenticationError):
-                    raise  # a refused key fails every call alike: stop the run
+                    for n in range(self.config.responses)
+                )
+            )
+            error = _error_of(replies)
+            if error is not None:
                 line = self._line(item, 0, 1, "", "", True)
-                line.update(status="failed", error=e.to_dict())
+                line.update(status="failed", error=error.to_dict())
                 return [self._finish(line, usage, started)]
+            responses: list[Completion] = replies
         else:
             responses = [Completion(text) for text in item.responses or ()]
-        lines = []
+        pairs = []
         for i, j in itertools.combinations(range(len(responses)), 2):
             line = self._line(item, i, j, responses[i].text, responses[j].text, sampled)
-            # The responses' usage is the first pair's, so a sum over lines counts it once.
-            await self._judge(line, item, f"{i}-{j}.", responses[i], responses[j], call, usage)
-            lines.append(self._finish(line, usage, started))
-            usage = Usage()
-        return lines
+            asks = self._asks(line, item, responses[i], responses[j])
+            # The responses' usage goes with the first pair, so a sum over lines counts it once.
+            pairs.append((line, asks, usage if not pairs else Usage(), f"{i}-{j}."))
+        replies = await gather(
+            *(
+                call(
+                    item.id,
+                    f"{prefix}vote{k}.{order}",
+                    messages,
+                    pair_usage,
+                    sampling=self.sampling,
+                )
+                for _, asks, pair_usage, prefix in pairs
+                for k, _, order, messages in asks
+            )
+        )
+        at = 0
+        for line, asks, pair_usage, _ in pairs:
+            self._votes(line, asks, replies[at : at + len(asks)])
+            at += len(asks)
+            self._finish(line, pair_usage, started)
+        return [line for line, *_ in pairs]
 
     def _line(
         self, item: PairItem, i: int, j: int, a: str, b: str, sampled: bool
@@ -563,65 +582,57 @@ class _PairJudge:
             f"reply) but the window is {self.window}"
         )
 
-    async def _judge(
-        self,
-        line: dict[str, Any],
-        item: PairItem,
-        prefix: str,
-        first: Completion,
-        second: Completion,
-        call: Callable[..., Any],
-        usage: Usage,
-    ) -> None:
-        """Ask every vote of one pair in both orders; fill in the line's votes and label."""
+    def _asks(
+        self, line: dict[str, Any], item: PairItem, first: Completion, second: Completion
+    ) -> list[tuple[int, str, str, list[Message]]]:
+        """Each vote's (number, principle, order, messages); none when the pair is skipped."""
         unusable = first.problem or second.problem
         if unusable is not None:
             line.update(
                 status="skipped",
                 error={"kind": unusable, "message": f"a sampled response is unusable ({unusable})"},
             )
-            return
-        a, b = first.text, second.text
+            return []
         asks = []
-        for k, principle in enumerate(
-            vote_principles(self.constitution, self.config.votes, self.config.seed, line["id"]), 1
-        ):
+        principles = vote_principles(
+            self.constitution, self.config.votes, self.config.seed, line["id"]
+        )
+        for k, principle in enumerate(principles, 1):
             question = comparison_question(principle)
             for order in ORDERS:
-                shown = (a, b) if order == "ab" else (b, a)
+                shown = (first.text, second.text) if order == "ab" else (second.text, first.text)
                 messages = build_comparison_messages(item.messages, *shown, question, cot=self.cot)
                 asks.append((k, principle.name, order, messages))
         reason = self._too_long(max((m for *_, m in asks), key=lambda m: len(m[0]["content"])))
         if reason is not None:
             line.update(status="skipped", error={"kind": "too_long", "message": reason})
+            return []
+        return asks
+
+    def _votes(
+        self, line: dict[str, Any], asks: list[tuple[int, str, str, Any]], replies: list[Any]
+    ) -> None:
+        """Fill in a pair's votes from its replies, and its label."""
+        if not asks:
             return
-        try:
-            for k, name, order, messages in asks:
-                reply = await call(
-                    item.id, f"{prefix}vote{k}.{order}", messages, usage, sampling=self.sampling
-                )
-                p_first, problem = judge_reply(
-                    reply.text,
-                    reply.finish_reason,
-                    reply.logprobs,
-                    cot=self.cot,
-                    bounds=self.bounds,
-                )
-                vote: dict[str, Any] = {
-                    "vote": k,
-                    "principle": name,
-                    "order": order,
-                    "p_first": None if p_first is None else round(p_first, 6),
-                    "reply": reply.text,
-                }
-                if problem is not None:
-                    vote["problem"] = problem
-                line["votes"].append(vote)
-        except ProviderError as e:
-            if isinstance(e, AuthenticationError):
-                raise
-            line.update(status="failed", error=e.to_dict())
+        error = _error_of(replies)
+        if error is not None:
+            line.update(status="failed", error=error.to_dict())
             return
+        for (k, name, order, _), reply in zip(asks, replies, strict=True):
+            p_first, problem = judge_reply(
+                reply.text, reply.finish_reason, reply.logprobs, cot=self.cot, bounds=self.bounds
+            )
+            vote: dict[str, Any] = {
+                "vote": k,
+                "principle": name,
+                "order": order,
+                "p_first": None if p_first is None else round(p_first, 6),
+                "reply": reply.text,
+            }
+            if problem is not None:
+                vote["problem"] = problem
+            line["votes"].append(vote)
         p_a, consistent = summarize_votes(line["votes"])
         line["p_a"] = None if p_a is None else round(p_a, 6)
         line["position_consistent"] = consistent
@@ -645,6 +656,27 @@ class _PairJudge:
         if line.get("chosen_round") is not None and line["p_a"] is not None:
             stats.revision_pairs += 1
             stats.revision_preferred += line["p_a"] < 0.5
+
+
+async def _in_order(*calls: Any) -> list[Any]:
+    """`gather` for a provider that cannot make calls at once: one after the other."""
+    results = []
+    for call in calls:
+        try:
+            results.append(await call)
+        except Exception as e:
+            results.append(e)
+    return results
+
+
+def _error_of(results: Sequence[Any]) -> ProviderError | None:
+    """The provider error among gathered results, if any; anything else that went wrong (the
+    run stopping, a refused key) is raised, as it ends the item or the run, not the pair."""
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for error in errors:
+        if not isinstance(error, ProviderError) or isinstance(error, AuthenticationError):
+            raise error
+    return errors[0] if errors else None  # type: ignore[return-value]
 
 
 def uses_cot(config: LabelConfig, provider: Provider) -> bool:

@@ -575,9 +575,30 @@ class _InFlight:
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
         self.tasks: set[asyncio.Task[Any]] = set()
+        # A chain's task awaiting `gather`, and the tasks making its calls.
+        self.groups: dict[asyncio.Task[Any], list[asyncio.Task[Any]]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.provider, name)
+
+    def busy(self, task: asyncio.Task[Any]) -> bool:
+        """Whether `task`, or a call it is gathering, is inside a model call."""
+        return task in self.tasks or any(t in self.tasks for t in self.groups.get(task, ()))
+
+    async def gather(self, *calls: Any) -> list[Any]:
+        """A chain's independent calls made at once; their results or exceptions, in order.
+
+        The chain's task counts as inside a call while any of them is, so a stopping run
+        waits for replies in flight and cancels only calls that are still waiting.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        children = [asyncio.ensure_future(call) for call in calls]
+        self.groups[task] = children
+        try:
+            return await asyncio.gather(*children, return_exceptions=True)
+        finally:
+            del self.groups[task]
 
     async def complete(
         self,
@@ -610,7 +631,7 @@ async def _abandon_waits(
     await stop.wait()
     while not all(task.done() for task in tasks):
         for task in tasks:
-            if not task.done() and task not in in_flight.tasks:
+            if not task.done() and not in_flight.busy(task):
                 task.cancel()
         await asyncio.sleep(0.05)
 

@@ -106,10 +106,16 @@ def compute_stats(
 def run_stats(run_dir: str | Path) -> dict[str, Any]:
     """`compute_stats` of the run in `run_dir`; a run whose writer died shows as interrupted."""
     run_dir = Path(run_dir)
-    manifest, records = load_run(run_dir)
-    data = compute_stats(
-        records, manifest.to_dict(), for_run(FilterConfig(), run_dir, manifest, records)
-    )
+    from cai import feedback
+
+    if feedback.is_label_run(run_dir):
+        manifest, labels = feedback.load_labels(run_dir)
+        data = {"kind": "label", **feedback.label_stats(labels)}
+    else:
+        manifest, records = load_run(run_dir)
+        data = compute_stats(
+            records, manifest.to_dict(), for_run(FilterConfig(), run_dir, manifest, records)
+        )
     data["run"] = {
         "dir": str(run_dir),
         "status": manifest.status if manifest.cai_version else None,
@@ -128,6 +134,10 @@ def _pct(part: int, whole: int) -> str:
 
 def format_stats(data: dict[str, Any]) -> str:
     """The human-readable report of `run_stats`."""
+    if data.get("kind") == "label":
+        from cai.feedback import format_label_stats
+
+        return format_label_stats(data)
     run = data.get("run") or {}
     status = ", ".join(f"{n} {s}" for s, n in data["status"].items()) or "none"
     lines = []
