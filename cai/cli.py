@@ -868,6 +868,63 @@ def batch_cancel(run_dir: Path, base_url: str | None) -> None:
 # -- label --------------------------------------------------------------------------------
 
 
+# Export's quality filters; `cai label` picks a run's pairs with the same ones.
+_FILTER_OPTIONS = _options(
+    click.option(
+        "--keep-truncated", is_flag=True, help="Keep records whose first answer was cut off."
+    ),
+    click.option("--keep-empty", is_flag=True, help="Keep records whose first answer is empty."),
+    click.option("--keep-meta", is_flag=True, help="Keep revisions that are meta-text or echoes."),
+    click.option(
+        "--keep-commentary",
+        is_flag=True,
+        help="Keep revisions that talk about 'the response' instead of being one.",
+    ),
+    click.option(
+        "--keep-copied",
+        is_flag=True,
+        help="Keep revisions that copy the constitution's few-shot text or requests.",
+    ),
+    click.option(
+        "--keep-unchanged",
+        is_flag=True,
+        help="Keep pairs whose revision barely changed the answer.",
+    ),
+    click.option("--keep-duplicates", is_flag=True, help="Keep records with a repeated prompt."),
+    click.option(
+        "--similarity",
+        default=0.95,
+        show_default=True,
+        type=float,
+        help="Word similarity at or above which a revision counts as unchanged.",
+    ),
+)
+
+
+def _filter_config(
+    keep_truncated: bool,
+    keep_empty: bool,
+    keep_meta: bool,
+    keep_commentary: bool,
+    keep_copied: bool,
+    keep_unchanged: bool,
+    keep_duplicates: bool,
+    similarity: float,
+) -> Any:
+    from cai.filters import FilterConfig
+
+    return FilterConfig(
+        truncated=not keep_truncated,
+        empty=not keep_empty,
+        meta=not keep_meta,
+        commentary=not keep_commentary,
+        copied=not keep_copied,
+        unchanged=not keep_unchanged,
+        duplicate=not keep_duplicates,
+        similarity=similarity,
+    )
+
+
 def _parse_clamp(value: str | None) -> tuple[float, float] | None:
     if value is None:
         return None
@@ -950,6 +1007,7 @@ def _parse_clamp(value: str | None) -> tuple[float, float] | None:
     type=float,
     help="Prompts source: the policy model's sampling temperature.",
 )
+@_FILTER_OPTIONS
 @_CALL_OPTIONS
 @_COST_OPTIONS
 def label(
@@ -971,6 +1029,14 @@ def label(
     policy_model: str | None,
     policy_base_url: str | None,
     policy_temperature: float,
+    keep_truncated: bool,
+    keep_empty: bool,
+    keep_meta: bool,
+    keep_commentary: bool,
+    keep_copied: bool,
+    keep_unchanged: bool,
+    keep_duplicates: bool,
+    similarity: float,
     seed: int,
     limit: int | None,
     max_tokens: int,
@@ -987,7 +1053,7 @@ def label(
     """Label pairs of responses with AI feedback (RL-CAI): soft preferences from a feedback model.
 
     SOURCE is a run directory (each record's first answer against the revision export would
-    choose) or a prompts file (--responses N answers per prompt from the policy model, every
+    choose, with the same --keep-* flags) or a prompts file (--responses N answers per prompt from the policy model, every
     pair labelled). Each pair gets --votes votes, each with a principle drawn by weight (seeded
     by --seed and the pair), each asked in both orders: 2 x votes calls per pair. A vote reads
     the log-probabilities of (A) and (B) where the provider has them (OpenAI, compatible
@@ -1036,7 +1102,17 @@ def label(
     check_run_dir(out, "label")
     from_run = Path(source).is_dir() and is_run_dir(Path(source))
     if from_run:
-        _, items, left_out = run_pairs(source)
+        filters = _filter_config(
+            keep_truncated,
+            keep_empty,
+            keep_meta,
+            keep_commentary,
+            keep_copied,
+            keep_unchanged,
+            keep_duplicates,
+            similarity,
+        )
+        _, items, left_out = run_pairs(source, filters)
         prompts: Any = source
         if constitution_path is None:
             constitution_path = Path(source) / "constitution.md"
@@ -1048,7 +1124,8 @@ def label(
         if left_out:
             click.echo(
                 "Not labelled (no pair for export): "
-                + ", ".join(f"{k} {n}" for k, n in sorted(left_out.items())),
+                + ", ".join(f"{k} {n}" for k, n in sorted(left_out.items()))
+                + ("" if items else "; the matching --keep-* flags label them anyway"),
                 err=True,
             )
         total: int | None = len(items)
@@ -1250,30 +1327,7 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
     help="hf: share of each side's prompts held out in its test split.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="hf: seed of the split.")
-@click.option("--keep-truncated", is_flag=True, help="Keep records whose first answer was cut off.")
-@click.option("--keep-empty", is_flag=True, help="Keep records whose first answer is empty.")
-@click.option("--keep-meta", is_flag=True, help="Keep revisions that are meta-text or echoes.")
-@click.option(
-    "--keep-commentary",
-    is_flag=True,
-    help="Keep revisions that talk about 'the response' instead of being one.",
-)
-@click.option(
-    "--keep-copied",
-    is_flag=True,
-    help="Keep revisions that copy the constitution's few-shot text or requests.",
-)
-@click.option(
-    "--keep-unchanged", is_flag=True, help="Keep pairs whose revision barely changed the answer."
-)
-@click.option("--keep-duplicates", is_flag=True, help="Keep records with a repeated prompt.")
-@click.option(
-    "--similarity",
-    default=0.95,
-    show_default=True,
-    type=float,
-    help="Word similarity at or above which a revision counts as unchanged.",
-)
+@_FILTER_OPTIONS
 @click.option(
     "--labels",
     "labels_dir",
@@ -1337,7 +1391,6 @@ def export(
     import os
 
     from cai.export import ExportOptions, export_run, push_export
-    from cai.filters import FilterConfig
 
     options = ExportOptions(
         fmt=fmt,
@@ -1345,15 +1398,15 @@ def export(
         sft_share=sft_share,
         test_size=test_size,
         seed=seed,
-        filters=FilterConfig(
-            truncated=not keep_truncated,
-            empty=not keep_empty,
-            meta=not keep_meta,
-            commentary=not keep_commentary,
-            copied=not keep_copied,
-            unchanged=not keep_unchanged,
-            duplicate=not keep_duplicates,
-            similarity=similarity,
+        filters=_filter_config(
+            keep_truncated,
+            keep_empty,
+            keep_meta,
+            keep_commentary,
+            keep_copied,
+            keep_unchanged,
+            keep_duplicates,
+            similarity,
         ),
         labels=labels_dir,
         min_margin=min_margin,

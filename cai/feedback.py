@@ -44,7 +44,7 @@ from cai.providers.base import Completion, Provider, Sampling, Usage
 from cai.rundir import LABELS_FILE, Manifest, RunStore
 
 if TYPE_CHECKING:
-    from cai.filters import FilterResult
+    from cai.filters import FilterConfig, FilterResult
     from cai.records import Record
 
 __all__ = [
@@ -383,19 +383,22 @@ def prompt_pairs(prompts: Iterable[Any]) -> Iterable[PairItem]:
         yield PairItem(item.id, item.messages, None, item.line)
 
 
-def run_pairs(run_dir: str | Path) -> tuple[Manifest, list[PairItem], Counter[str]]:
+def run_pairs(
+    run_dir: str | Path, filters: FilterConfig | None = None
+) -> tuple[Manifest, list[PairItem], Counter[str]]:
     """The pairs of a generate run, each record's first answer and the revision that export
-    (with its default filters) would choose; and how many records gave none, by reason."""
-    from cai.filters import apply_filters
+    would choose with `filters` (default: all on); and how many records gave none, by reason."""
+    from cai.filters import FilterConfig, apply_filters, for_run
     from cai.rundir import load_run
 
     manifest, records = load_run(run_dir)
+    filters = for_run(filters or FilterConfig(), run_dir, manifest, records)
     if manifest.kind != "generate":
         raise ConfigError(
             f"{run_dir} is a cai {manifest.kind} run; cai label takes a generate run "
             "or a prompts file"
         )
-    filtered = apply_filters(records)
+    filtered = apply_filters(records, filters)
     left_out = Counter(filtered.removed)
     items = []
     for verdict in filtered.kept:
