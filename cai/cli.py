@@ -621,7 +621,17 @@ def _run_with_progress(
             waves.update(kind, data)
         if kind in ("record", "skip"):
             bar.update(1)
-        elapsed = max(time.monotonic() - stats.started, 1e-6)
+        # The bar redraws at most every `mininterval` seconds: formatting the counts for each
+        # call would cost CPU for nothing (benchmarks/cpu_per_call.py).
+        if time.monotonic() - shown_at >= bar.mininterval:
+            show_counts()
+
+    shown_at = 0.0
+
+    def show_counts() -> None:
+        nonlocal shown_at
+        shown_at = time.monotonic()
+        elapsed = max(shown_at - stats.started, 1e-6)
         bar.set_postfix(
             calls=stats.calls,
             failed=stats.failed,
@@ -668,6 +678,7 @@ def _run_with_progress(
     finally:
         waves.close()
         if bar is not None:
+            show_counts()  # the last counts, not those of the last redraw
             bar.close()
         for model in (backend, *others):
             model.close()

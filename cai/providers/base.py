@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
@@ -33,7 +33,14 @@ class Sampling:
     logprobs: int | None = None
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # Spelled out: `asdict` deep-copies, and this runs for every record.
+        data = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "logprobs": self.logprobs,
+        }
+        return {k: v for k, v in data.items() if v is not None}
 
 
 @dataclass
@@ -52,7 +59,14 @@ class Usage:
         self.calls += other.calls
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Spelled out: `asdict` deep-copies, and this runs for every call.
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "calls": self.calls,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Usage:

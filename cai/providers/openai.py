@@ -7,6 +7,7 @@ from typing import Any
 
 from cai import errors
 from cai.providers.base import PROVIDERS, Completion, Sampling, Usage
+from cai.providers.direct import encode_body
 from cai.providers.sdk import SDKProvider, translate_sdk_error
 
 __all__ = ["DEFAULT_MODEL", "OpenAIProvider", "parse_chat_completion"]
@@ -52,21 +53,23 @@ class OpenAIProvider(SDKProvider):
     ) -> Completion:
         import openai
 
-        client = self._get_client()
         body = self.request_body(messages, sampling, seed=seed)
+        direct = self._direct_post("/chat/completions")
         try:
-            # The SDK still makes the request, authenticates it and turns HTTP errors into its
-            # exceptions; but `chat.completions.create` runs every message through its type
-            # transformer and every reply through its models, which for few-shot prompts cost
-            # more client CPU than the rest of the call (benchmarks/throughput.py). So the plain
-            # JSON body goes through the client's documented `post`, and the reply comes back
-            # as bytes.
-            raw = await client.post(
-                "/chat/completions",
-                cast_to=bytes,
-                body=body,
-                options={"security": {"bearer_auth": True}},
-            )
+            # `chat.completions.create` runs every message through the SDK's type transformer
+            # and every reply through its models, which for few-shot prompts cost more client
+            # CPU than the rest of the call. So the plain JSON body is sent and the reply comes
+            # back as bytes: straight over aiohttp with the SDK's headers and error mapping
+            # where that is exact (cai.providers.direct), else through the client's `post`.
+            if direct is not None:
+                raw = await direct.post(encode_body(body))
+            else:
+                raw = await self._get_client().post(
+                    "/chat/completions",
+                    cast_to=bytes,
+                    body=body,
+                    options={"security": {"bearer_auth": True}},
+                )
             data = json.loads(raw)
         except (openai.APIError, ValueError) as e:
             raise translate_sdk_error(e, openai, KEY_VARIABLE) from None

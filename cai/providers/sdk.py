@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from cai import errors
 from cai.providers.base import Completion, Provider, ProviderInfo, Sampling
+from cai.providers.direct import DirectPost
 
 __all__ = [
     "SDKProvider",
@@ -32,6 +33,8 @@ __all__ = [
     "split_credentials",
     "translate_sdk_error",
 ]
+
+_deadline = getattr(asyncio, "timeout", None)
 
 # Compatible servers take any key; the SDKs insist on one.
 _NO_KEY = "no-key-needed"
@@ -106,6 +109,8 @@ class SDKProvider(Provider):
         self._connections = connections
         self._http_client = http_client
         self._client: Any = None
+        self._direct: Any = None
+        self._direct_checked = False
 
     def __repr__(self) -> str:
         # Never the key, nor a password.
@@ -114,21 +119,26 @@ class SDKProvider(Provider):
     def _get_client(self) -> Any:
         if self._client is None:
             sdk = importlib.import_module(self.sdk_module)
-            headers = {}
-            if self._basic_auth is not None:
-                token = base64.b64encode(":".join(self._basic_auth).encode()).decode()
-                headers["Authorization"] = f"Basic {token}"
-            # Retries are ours (cai.retry), so the SDK makes exactly one attempt per call.
-            self._client = getattr(sdk, self.client_class)(
-                api_key=self._key,
-                base_url=self.base_url,
-                max_retries=0,
-                timeout=self._timeout,
-                default_headers=headers or None,
-                http_client=self._http_client
-                or make_http_client(sdk, self._connections, self._timeout),
+            self._client = self._make_client(
+                sdk,
+                self._http_client or make_http_client(sdk, self._connections, self._timeout),
             )
         return self._client
+
+    def _make_client(self, sdk: ModuleType, http_client: Any) -> Any:
+        headers = {}
+        if self._basic_auth is not None:
+            token = base64.b64encode(":".join(self._basic_auth).encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        # Retries are ours (cai.retry), so the SDK makes exactly one attempt per call.
+        return getattr(sdk, self.client_class)(
+            api_key=self._key,
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=self._timeout,
+            default_headers=headers or None,
+            http_client=http_client,
+        )
 
     async def complete(
         self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
@@ -138,9 +148,13 @@ class SDKProvider(Provider):
         if sampling.logprobs is not None and not self.supports_logprobs:
             raise errors.ConfigError(f"provider {self.name} cannot return logprobs")
         try:
-            return await asyncio.wait_for(
-                self._complete(messages, sampling, seed=seed), self._timeout
-            )
+            if _deadline is None:  # Python 3.10
+                return await asyncio.wait_for(
+                    self._complete(messages, sampling, seed=seed), self._timeout
+                )
+            # Unlike `wait_for` before 3.12, no task of its own per call.
+            async with _deadline(self._timeout):
+                return await self._complete(messages, sampling, seed=seed)
         except asyncio.TimeoutError:
             raise errors.APITimeoutError(
                 f"no complete reply within {self._timeout:g}s (--timeout)"
@@ -151,7 +165,31 @@ class SDKProvider(Provider):
     ) -> Completion:
         raise NotImplementedError
 
+    def _direct_post(self, path: str) -> DirectPost | None:
+        """The SDK client's request for `path` sent straight over aiohttp (cai.providers.direct),
+        or None where only the SDK's own path is exact (e.g. an injected `http_client`)."""
+        if not self._direct_checked:
+            self._direct_checked = True
+            if self._http_client is None:
+                sdk = importlib.import_module(self.sdk_module)
+                # The SDK client only says what a request carries and builds status errors:
+                # it never sends, so it gets no connection pool of its own.
+                spec = self._client or self._make_client(sdk, DirectPost.inert_http_client())
+                self._direct = DirectPost.create(
+                    sdk,
+                    spec,
+                    path,
+                    self._connections,
+                    self._timeout,
+                    owns_client=spec is not self._client,
+                )
+        return self._direct
+
     async def aclose(self) -> None:
+        if self._direct is not None:
+            await self._direct.aclose()
+            self._direct = None
+            self._direct_checked = False
         if self._client is not None:
             await self._client.close()
             self._client = None
