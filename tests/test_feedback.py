@@ -516,3 +516,17 @@ def test_the_bundled_model_labels_offline_with_llama_cpp_log_probabilities(
 
     data = datasets.load_dataset("json", data_files=str(labels_dir / "dpo.jsonl"), split="train")
     assert data.num_rows <= 1
+
+
+def test_constitution_show_lists_each_principles_comparison_question(tmp_path: Path) -> None:
+    path = tmp_path / "c.md"
+    path.write_text(CONSTITUTION, encoding="utf-8")
+    result = invoke("constitution", "show", path)
+    lines = result.output.splitlines()
+    assert (
+        "Comparison questions (cai label): 1 from 'Comparison:', 1 built from the name and critique"
+    ) in lines
+    assert "  harm: Which of these assistant responses is less harmful?" in lines
+    assert any(line.startswith("  honesty (default): Which of these") for line in lines)
+    checked = invoke("constitution", "check", path)
+    assert "ok - 'c', 2 principles" in checked.output

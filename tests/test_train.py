@@ -66,3 +66,41 @@ def test_dpo_trainer_trains_on_an_hf_export(tmp_path: Path) -> None:
     assert report["rows"] == 6 and report["steps"] == 2
     assert len(report["losses"]) == 2 and all(math.isfinite(x) for x in report["losses"])
     assert math.isfinite(report["train_loss"])
+
+
+@pytest.mark.slow
+def test_dpo_trainer_trains_on_a_label_export(tmp_path: Path, monkeypatch) -> None:
+    """RL-CAI data: a run labelled by a feedback model (the fake server's), exported as the
+    labels say, trains a DPO step too; the score columns ride along."""
+    from fake_server import FakeServer
+    from test_feedback import generate_run
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    with FakeServer() as server:
+        run = generate_run(tmp_path, server.url, prompts=8)
+        labels = tmp_path / "labels"
+        result = CliRunner().invoke(
+            cli,
+            ["label", str(run), "--out", str(labels), "--provider", "openai",
+             "--base-url", f"{server.url}/v1", "--votes", "2"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli, ["export", str(labels), "--format", "hf", "--sft-share", "0", "--test-size", "0.25"]
+    )
+    assert result.exit_code == 0, result.output
+    out = labels / "hf"
+    data = load_script().load_preferences(out)
+    assert data.num_rows >= 2 and data[0]["score_chosen"] == pytest.approx(0.7, abs=0.01)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    trained = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), "--steps", "1", "--max-length", "128", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = json.loads(trained.stdout.strip().splitlines()[-1])
+    assert report["steps"] == 1 and all(math.isfinite(x) for x in report["losses"])
