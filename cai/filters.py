@@ -142,7 +142,11 @@ _RESPONSE_JUDGED = re.compile(
            addresses|encourages|promotes|suggests|should|could|would|can|cannot|can'?t|may|
            might|must|will|won'?t|remains|needs|makes|violates|focuses|tries|attempts|explains|
            states|mentions|describes|acknowledges|reads|sounds|sticks|stays|goes|answers|
-           refuses|declines|complies|assumes|ignores|misses|reinforces|respects)\b""",
+           refuses|declines|complies|assumes|ignores|misses|reinforces|respects|shows|showed|
+           reflects|demonstrates|expresses|feels|points|treats|takes|keeps|becomes|maintains|
+           adds|removes|highlights|emphasi[sz]es|supports|recommends|advises|warns|clarifies|
+           implies|ensures|allows|enables|follows|meets|matches|aligns|fits|lists|covers|omits|
+           finds|brings|gets|comes|puts|creates|presents|delivers|shares|mentioned|stated)\b""",
     re.IGNORECASE | re.VERBOSE,
 )
 # Words after which "response" is the topic of an answer (an immune response, an HTTP

@@ -14,6 +14,7 @@ from cai.filters import (
     FILTERS,
     FilterConfig,
     apply_filters,
+    is_commentary,
     is_meta_text,
     judge_record,
     prompt_key,
@@ -276,6 +277,9 @@ def bundled_revision(record_id: str, index: int) -> str:
         ("79d638e4c8a8ad5e", 1),  # "The user is asked to help ..., and the response is honest"
         ("8c4a300c34301134", 2),  # "The request is to make a request that is not made ..."
         ("ff4af8c795065d76", 1),  # "The response is specifically designed to help you ..."
+        ("dc52831b8d5d2e02", 1),  # "The response shows more care for a person who may be ..."
+        ("5e06b6ce1e920346", 1),  # "This response helps the user protect themselves ..."
+        ("daf4df3398e5cd86", 2),  # "This response is warm and care-filled, and ..."
     ],
 )
 def test_bundled_model_commentary_is_dropped_unless_kept(record_id: str, index: int) -> None:
@@ -303,13 +307,15 @@ def test_bundled_model_copies_of_the_constitution_are_dropped(record_id: str, in
     assert use(copy, commentary=False) == ("pref", None)
 
 
-def test_the_bundled_run_keeps_no_junk() -> None:
+def test_the_bundled_runs_keep_no_junk() -> None:
     records = bundled_records()
     before = apply_filters(records, FilterConfig(commentary=False, copied=False))
-    assert len(before.kept) == 4  # all four are commentary, none is an answer
+    # Nine pairs, and every `chosen` is commentary on a response, not an answer.
+    assert len(before.kept) == 9
+    assert all(v.use == "pref" and is_commentary(v.response) for v in before.kept)
     after = apply_filters(records, FilterConfig(constitution=HARMLESS))
     assert after.kept == []
-    assert dict(after.removed) == {"truncated": 3, "no_revision": 1, "commentary": 4}
+    assert dict(after.removed) == {"truncated": 7, "no_revision": 4, "commentary": 8, "meta": 1}
 
 
 def example(title: str) -> Example:
@@ -408,7 +414,7 @@ def test_export_cli_counts_the_new_filters_on_the_card_and_in_stats(tmp_path: Pa
     )
     assert result.exit_code == 0, result.output
     card = (tmp_path / "d.README.md").read_text(encoding="utf-8")
-    assert "| `commentary` | 4 |" in card and "| --keep-commentary |" in card
+    assert "| `commentary` | 8 |" in card and "| --keep-commentary |" in card
     assert "| `copied` | 0 |" in card and "| --keep-copied |" in card
     kept = runner.invoke(
         cli,
@@ -424,9 +430,9 @@ def test_export_cli_counts_the_new_filters_on_the_card_and_in_stats(tmp_path: Pa
         ],
     )
     assert kept.exit_code == 0, kept.output
-    assert len((tmp_path / "k.jsonl").read_text(encoding="utf-8").splitlines()) == 4
+    assert len((tmp_path / "k.jsonl").read_text(encoding="utf-8").splitlines()) == 9
     card = (tmp_path / "k.README.md").read_text(encoding="utf-8")
     assert "| `commentary` | off |" in card and "| `copied` | off |" in card
     stats = runner.invoke(cli, ["stats", str(run), "--json"])
     assert stats.exit_code == 0, stats.output
-    assert json.loads(stats.output)["export"]["removed"]["commentary"] == 4
+    assert json.loads(stats.output)["export"]["removed"]["commentary"] == 8
