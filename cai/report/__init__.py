@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import ConfigError
-from cai.filters import FilterConfig, apply_filters, judge_record, similarity
+from cai.filters import FilterConfig, apply_filters, for_run, judge_record, similarity
 from cai.records import Record, Round
 from cai.rundir import (
     CALLS_FILE,
@@ -265,7 +265,7 @@ def build_report_data(
     manifest = manifest or {}
     config = filters or FilterConfig()
     labels = labels or []
-    stats = compute_stats(records, manifest)
+    stats = compute_stats(records, manifest, config)
     verdicts = _verdicts(records, config)
     names, texts = _Table(), _Table()
     label_by_id = {str(x.get("id")): x for x in labels}
@@ -661,6 +661,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         labels=labels,
         constitution_text=text,
         name=run_dir.resolve().name,
+        # The run's constitution, so the few-shot copy filter judges as `cai export` does.
+        filters=for_run(FilterConfig(), run_dir, manifest, records),
     )
     html = render_report(data)
     write_atomic(out, html.encode("utf-8"))
