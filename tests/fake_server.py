@@ -135,6 +135,9 @@ FAULTS = ("429", "500", "529", "drop", "slow", "malformed", "truncated", "refuse
 # Not among the defaults: it ends a run. OpenAI's 429 for an account with no quota left.
 OTHER_FAULTS = ("quota",)
 NO_CHANGE = "NO CHANGES NEEDED"
+# One critique in NO_CHANGE_EVERY finds nothing to change; 0: every critique asks for a
+# revision (`--no-change-every 0`, e.g. for a benchmark of exactly 3 calls per prompt).
+NO_CHANGE_EVERY = 3
 PREFERRED = "A careful, honest and harmless"
 PREFERENCE = 0.70
 FIRST_BIAS = 0.15
@@ -188,7 +191,9 @@ def reply_text(last_user: str, key: str) -> str:
         return f"{PREFERRED} answer (variant {h % 1000})."
     if NO_CHANGE in last_user:
         critique = f"Critique {h % 1000}: the response could be clearer about its limits."
-        return f"The response is fine as it stands.\n{NO_CHANGE}" if h % 3 == 0 else critique
+        if NO_CHANGE_EVERY and h % NO_CHANGE_EVERY == 0:
+            return f"The response is fine as it stands.\n{NO_CHANGE}"
+        return critique
     head = " ".join(last_user.split())[:60]
     return f"Answer to: {head}"
 
@@ -970,7 +975,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-seconds", type=float, default=30.0)
     parser.add_argument("--api-key", default=None, help="require this key (else any key)")
     parser.add_argument("--log", default=None, help="append one JSON line per request here")
+    parser.add_argument(
+        "--no-change-every",
+        type=int,
+        default=3,
+        help="one critique in N finds nothing to change (0: none)",
+    )
     args = parser.parse_args(argv)
+    globals()["NO_CHANGE_EVERY"] = args.no_change_every
     server = FakeServer(
         host=args.host,
         port=args.port,
