@@ -1,24 +1,29 @@
-"""Labelling throughput: `cai label` against the fake server, as a ratio to the bound.
+"""Labelling throughput: `cai label`'s engine against the fake server, as a ratio to the bound.
 
-A generate run of N prompts (one round) is made first against a fake server with no latency;
-then `cai label RUN --votes K` (its own process, real SDK, real HTTP, labels and call journal
-on disk) judges each record's pair against a second fake server with latency L at
-concurrency C, asking for log-probabilities. The bound is `calls x L / C`: the wall time if C
-calls were always in flight and the client cost nothing. Figures: wall time, calls per
-second, bound / wall (1.0 is perfect), client CPU ms per call (from `wait4`), peak RSS.
+A generate run of N prompts (one round) is made first (`cai generate`, its own process)
+against a fake server with no latency. Then its pairs are labelled in this process exactly as
+`cai label RUN --provider openai --votes K` labels them (`run_pairs`, `run_labels`: real SDK,
+real HTTP, labels and call journal on disk), asking for log-probabilities, against a second
+fake server (its own process) with latency L at concurrency C. The bound is
+`calls x L / C`: the wall time if C calls were always in flight and the client cost nothing.
+Interpreter start-up is left out, as in throughput.py. Figures: wall time, calls per second,
+bound / wall (1.0 is perfect), client CPU ms per call, peak RSS.
 
     python -m benchmarks.feedback [--quick]
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import resource
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, best, run_generate, run_process
+from benchmarks.common import ROOT, best, run_generate
 from benchmarks.common import main as bench_main
 
 __all__ = ["main", "run"]
@@ -33,6 +38,30 @@ def _prompts(path: Path, count: int) -> Path:
             f.write(json.dumps({"prompt": f"Benchmark prompt {i}: how do I calm a barking dog?"}))
             f.write("\n")
     return path
+
+
+async def _label(run_dir: Path, out: Path, url: str, concurrency: int) -> Any:
+    from cai.constitution import load_constitution
+    from cai.feedback import LabelConfig, run_labels, run_pairs
+    from cai.providers.openai import OpenAIProvider
+    from cai.rundir import LABELS_FILE, RunStore
+
+    started = time.perf_counter()
+    _, pairs, _ = run_pairs(run_dir)
+    selected = time.perf_counter() - started
+    provider = OpenAIProvider("bench-model", base_url=url + "/v1", connections=concurrency)
+    config = LabelConfig(votes=VOTES, concurrency=concurrency, max_retries=0)
+    try:
+        stats = await run_labels(
+            pairs,
+            load_constitution(ROOT / "constitutions" / "harmless.md"),
+            provider,
+            config,
+            RunStore(out, LABELS_FILE),
+        )
+        return stats, selected
+    finally:
+        await provider.aclose()
 
 
 def _case(prompts: int, concurrency: int, repeats: int) -> dict[str, Any]:
@@ -50,25 +79,35 @@ def _case(prompts: int, concurrency: int, repeats: int) -> dict[str, Any]:
         finally:
             fast.terminate()
             fast.wait(timeout=10)
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         server, url = _start_server(LATENCY)
         try:
             for n in range(repeats):
-                out = tmp_path / f"labels{n}"
-                command = [
-                    *(sys.executable, "-m", "cai", "label", str(run_dir), "--out", str(out)),
-                    *("--provider", "openai", "--model", "bench-model", "--base-url", url + "/v1"),
-                    *("--votes", str(VOTES), "--concurrency", str(concurrency)),
-                    "--max-retries=0",
-                ]
-                figures = run_process(command, tmp_path, tmp_path / f"labels{n}.log")
-                manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-                stats = manifest["stats"]
-                if stats["failed"] or not stats["done"]:
-                    raise RuntimeError(f"the label run was not clean: {stats}")
-                samples.append({**figures, "calls": stats["calls"], "pairs": stats["done"]})
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                stats, selected = asyncio.run(
+                    _label(run_dir, tmp_path / f"labels{n}", url, concurrency)
+                )
+                # Picking the pairs (reading the run, export's filters) is not calling.
+                wall = time.perf_counter() - wall0 - selected
+                cpu = time.process_time() - cpu0
+                if stats.failed or not stats.done:
+                    raise RuntimeError(f"the label run was not clean: {stats.to_dict()}")
+                samples.append(
+                    {
+                        "wall_s": wall,
+                        "cpu_s": cpu,
+                        "calls": stats.calls,
+                        "pairs": stats.done,
+                        "select_s": selected,
+                    }
+                )
         finally:
             server.terminate()
             server.wait(timeout=10)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_cpu = sum(
+            getattr(children, f) - getattr(children0, f) for f in ("ru_utime", "ru_stime")
+        )
     wall = best([s["wall_s"] for s in samples])
     sample = next(s for s in samples if s["wall_s"] == wall)
     calls = sample["calls"]
@@ -86,7 +125,12 @@ def _case(prompts: int, concurrency: int, repeats: int) -> dict[str, Any]:
         "bound_s": round(bound, 3),
         "ratio_to_bound": round(bound / wall, 3),
         "client_cpu_ms_per_call": round(sample["cpu_s"] * 1000 / calls, 3),
-        "peak_rss_mib": sample["peak_rss_mib"],
+        "client_cpu_share": round(sample["cpu_s"] / wall, 3),
+        # The fake server's CPU over all repeats: near the wall time, the server is the limit.
+        "server_cpu_ms_per_call": round(server_cpu * 1000 / (calls * repeats), 3),
+        "select_pairs_s": round(sample["select_s"], 3),
+        # ru_maxrss is KiB on Linux.
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
@@ -100,7 +144,9 @@ def report(result: dict[str, Any]) -> str:
         f"label: {c['pairs']} pairs x {c['votes']} votes x 2 orders = {c['calls']} calls, "
         f"L={c['latency_s'] * 1000:.0f}ms C={c['concurrency']}: {c['wall_s']:.2f}s, "
         f"{c['calls_per_s']:.0f} calls/s, {c['ratio_to_bound']:.0%} of the bound "
-        f"({c['bound_s']:.2f}s incl. start-up), {c['client_cpu_ms_per_call']:.2f} ms CPU/call, "
+        f"({c['bound_s']:.2f}s), {c['client_cpu_ms_per_call']:.2f} ms CPU/call "
+        f"(CPU share {c['client_cpu_share']:.0%}; server {c['server_cpu_ms_per_call']:.2f} ms), "
+        f"pairs picked in {c['select_pairs_s']:.2f}s, "
         f"peak RSS {c['peak_rss_mib']:.0f} MiB"
         for c in result["cases"]
     )
