@@ -269,6 +269,15 @@ _CALL_OPTIONS = _options(
     click.option("--tpm", default=None, type=float, help="Most tokens a minute (client-side)."),
 )
 
+
+def _call_config(params: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """`CallConfig`'s fields from a command's options (`_CALL_OPTIONS` and --temperature)."""
+    names = ("seed", "temperature", "max_tokens", "concurrency", "max_retries", "limit")
+    fields = {name: params[name] for name in (*names, "rpm", "tpm")}
+    fields.update(shard=_parse_shard(params["shard"]), retry_failed=not params["no_retry_failed"])
+    return {**fields, **overrides}
+
+
 _COST_OPTIONS = _options(
     click.option(
         "--price-table",
@@ -434,16 +443,7 @@ def generate(
         )
     config = GenerateConfig(
         rounds=rounds,
-        seed=seed,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        concurrency=concurrency,
-        max_retries=max_retries,
-        limit=limit,
-        shard=_parse_shard(shard),
-        retry_failed=not no_retry_failed,
-        rpm=rpm,
-        tpm=tpm,
+        **_call_config(click.get_current_context().params, concurrency=concurrency),
     )
     parsed = load_constitution(constitution_path)
     source = PromptSource(prompts_spec, prompt_field=prompt_field, skip_bad_lines=skip_bad_lines)
@@ -1094,16 +1094,7 @@ def label(
     from cai.sources import PromptSource
 
     config = LabelConfig(
-        seed=seed,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        concurrency=concurrency,
-        max_retries=max_retries,
-        limit=limit,
-        shard=_parse_shard(shard),
-        retry_failed=not no_retry_failed,
-        rpm=rpm,
-        tpm=tpm,
+        **_call_config(click.get_current_context().params),
         votes=votes,
         cot=cot,
         clamp=_parse_clamp(clamp),

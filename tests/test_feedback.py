@@ -530,3 +530,55 @@ def test_constitution_show_lists_each_principles_comparison_question(tmp_path: P
     assert any(line.startswith("  honesty (default): Which of these") for line in lines)
     checked = invoke("constitution", "check", path)
     assert "ok - 'c', 2 principles" in checked.output
+
+
+def test_ctrl_c_while_labelling_keeps_every_paid_vote_then_resume_finishes(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    run = generate_run(tmp_path, server.url, prompts=24)
+    labels_dir = tmp_path / "labels"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with FakeServer(latency=0.05) as slow:
+        command = [sys.executable, "-m", "cai", "label", str(run), "--out", str(labels_dir),
+                   "--provider", "openai", "--base-url", f"{slow.url}/v1", "--votes", "2",
+                   "--concurrency", "6"]  # fmt: skip
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while _count(labels_dir / "calls.jsonl") < 10 and time.monotonic() < deadline:
+            assert process.poll() is None
+            time.sleep(0.002)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr[-2000:]
+        assert "Stopping: finishing calls in flight" in stderr
+        manifest = json.loads((labels_dir / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["status"] == "interrupted" and manifest["kind"] == "label"
+        asked = len(slow.log)
+        # Every call that went out was answered and journaled before the process ended.
+        assert _count(labels_dir / "calls.jsonl") == asked
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        bodies = Counter(json.dumps(e.body, sort_keys=True) for e in slow.log)
+    assert set(bodies.values()) == {1}  # no vote bought twice
+    labels = read_lines(labels_dir / LABELS_FILE)
+    assert len(labels) == len({label["id"] for label in labels}) == len(bodies) // 4
+
+
+def test_shards_split_the_pairs_and_a_finished_run_buys_nothing_again(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    run = generate_run(tmp_path, server.url, prompts=12)
+    base = ["--provider", "openai", "--base-url", f"{server.url}/v1", "--votes", "1"]
+    ids = []
+    for k in (1, 2):
+        out = tmp_path / f"labels{k}"
+        invoke("label", run, "--out", out, "--shard", f"{k}/2", *base)
+        shard = [label["id"] for label in read_lines(out / LABELS_FILE)]
+        assert all(int(i, 16) % 2 == k - 1 for i in shard)
+        ids += shard
+    everything = tmp_path / "all"
+    invoke("label", run, "--out", everything, *base)
+    assert sorted(ids) == sorted(label["id"] for label in read_lines(everything / LABELS_FILE))
+    server.reset()
+    again = invoke("label", run, "--out", everything, *base)
+    assert server.requests == 0 and f"{len(ids)} items already done" in again.stderr
