@@ -655,6 +655,10 @@ def check_not_writing(run_dir: str | Path) -> None:
 # -- the record store ---------------------------------------------------------------------
 
 
+# `json.dumps(data, ensure_ascii=False)`, without making an encoder for every line.
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 class RunStore:
     """Append-only storage for one run directory.
 
@@ -733,7 +737,7 @@ class RunStore:
         self.close()
 
     def _append(self, f: Any, data: dict[str, Any]) -> None:
-        line = redact_secrets(json.dumps(data, ensure_ascii=False), self._secrets)
+        line = redact_secrets(_LINE_ENCODER.encode(data), self._secrets)
         # One write of one whole line, then flush: a kill can tear only the line being written.
         f.write(line.encode("utf-8") + b"\n")
         f.flush()
