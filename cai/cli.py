@@ -1443,12 +1443,13 @@ def export(
     )
     click.echo(f"Card: {result.card}", err=True)
     if not sum(result.counts.values()):
+        # No "Load it" line: datasets refuses an empty JSONL file (it has no columns).
         click.echo(
             f"Note: no rows passed the filters; `cai stats {run_dir}` shows why, and the "
             "--keep-* flags turn filters off.",
             err=True,
         )
-    if fmt == "hf":
+    elif fmt == "hf":
         click.echo(f'Load it: datasets.load_from_disk("{result.out}")', err=True)
     else:
         click.echo(f'Load it: datasets.load_dataset("json", data_files="{result.out}")', err=True)
