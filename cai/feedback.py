@@ -84,9 +84,8 @@ _LETTER = re.compile(r"^\W*([AB])\W*$")
 def comparison_question(principle: Principle) -> str:
     """The question the feedback model answers: the principle's `Comparison:`, or one built
     from its name and critique request."""
-    own = getattr(principle, "comparison", None)
-    if own:
-        return " ".join(own.split())
+    if principle.comparison:
+        return " ".join(principle.comparison.split())
     name = principle.name.replace("-", " ").replace("_", " ")
     critique = " ".join(principle.critique.split())
     return (

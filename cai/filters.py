@@ -211,11 +211,12 @@ class FilterConfig:
     duplicate: bool = True
     similarity: float = SIMILARITY_THRESHOLD
     constitution: Constitution | None = field(default=None, repr=False, compare=False)
+    # Derived from `constitution` once per config, not once per record.
+    copy_index: CopyIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.similarity <= 1:
             raise ConfigError(f"similarity threshold must be in (0, 1], got {self.similarity}")
-        # Built once per config, not once per record.
         index = CopyIndex.of(self.constitution) if self.constitution is not None else None
         object.__setattr__(self, "copy_index", index)
 
@@ -396,7 +397,7 @@ def _revision_reason(round_: Round, config: FilterConfig, prompt: str) -> str | 
         return "meta"
     if config.commentary and is_commentary(text, prompt):
         return "commentary"
-    index: CopyIndex | None = getattr(config, "copy_index", None)
+    index = config.copy_index
     if config.copied and index is not None and index.copies(text, prompt):
         return "copied"
     return None
