@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -458,33 +459,37 @@ def label_settings(
     return settings
 
 
+async def label_chain(
+    constitution: Constitution,
+    config: LabelConfig,
+    cot: bool,
+    item: PairItem,
+    call: Callable[..., Any],
+    provider: Provider,
+) -> list[dict[str, Any]]:
+    """The label job's chain, `partial(label_chain, constitution, config, cot)`: plain data
+    only, so an engine can send it to workers (cai/engines/ray.py). `provider` is the feedback
+    model of the process it runs in; sampled responses come from the provider named "policy"."""
+    return await _PairJudge(constitution, config, provider, cot)(item, call)
+
+
 class _PairJudge:
-    """The label job's chain: sample an item's responses if it has none, then judge each pair."""
+    """One item's labelling: sample its responses if it has none, then judge each pair."""
 
     def __init__(
-        self,
-        constitution: Constitution,
-        config: LabelConfig,
-        provider: Provider,
-        policy: Provider | None,
-        cot: bool,
-        stats: LabelStats,
+        self, constitution: Constitution, config: LabelConfig, provider: Provider, cot: bool
     ) -> None:
         self.constitution = constitution
         self.config = config
         self.provider = provider
-        self.policy = policy
         self.cot = cot
         self.bounds = config.bounds(cot)
         self.sampling = config.vote_sampling(cot)
-        self.stats = stats
         self.window = context_window(provider)
 
-    async def __call__(
-        self, item: PairItem, call: Callable[..., Any], provider: Any
-    ) -> list[dict[str, Any]]:
+    async def __call__(self, item: PairItem, call: Callable[..., Any]) -> list[dict[str, Any]]:
         # The run's provider makes independent calls at once where it can (`_InFlight`).
-        gather = getattr(provider, "gather", None) or _in_order
+        gather = getattr(self.provider, "gather", None) or _in_order
         started = time.time()
         sampled = item.responses is None
         usage = Usage()
@@ -497,7 +502,7 @@ class _PairJudge:
                         list(item.messages),
                         usage,
                         sampling=self.config.policy_sampling,
-                        via=self.policy,
+                        via="policy",
                     )
                     for n in range(self.config.responses)
                 )
@@ -644,20 +649,21 @@ class _PairJudge:
                 error={"kind": "no_answer", "message": "no vote's reply held an answer letter"},
             )
 
-    def count(self, line: dict[str, Any]) -> None:
-        stats = self.stats
-        if line["status"] == "failed":
-            stats.failed += 1
-        elif line["status"] == "skipped":
-            stats.too_long += (line.get("error") or {}).get("kind") == "too_long"
-        else:
-            stats.done += 1
-        stats.votes += len(line["votes"])
-        stats.problem_votes += sum("problem" in v for v in line["votes"])
-        stats.inconsistent += line["status"] == "ok" and not line["position_consistent"]
-        if line.get("chosen_round") is not None and line["p_a"] is not None:
-            stats.revision_pairs += 1
-            stats.revision_preferred += line["p_a"] < 0.5
+
+def count_label(stats: LabelStats, line: dict[str, Any]) -> None:
+    """Add a written label line to the run's counts."""
+    if line["status"] == "failed":
+        stats.failed += 1
+    elif line["status"] == "skipped":
+        stats.too_long += (line.get("error") or {}).get("kind") == "too_long"
+    else:
+        stats.done += 1
+    stats.votes += len(line["votes"])
+    stats.problem_votes += sum("problem" in v for v in line["votes"])
+    stats.inconsistent += line["status"] == "ok" and not line["position_consistent"]
+    if line.get("chosen_round") is not None and line["p_a"] is not None:
+        stats.revision_pairs += 1
+        stats.revision_preferred += line["p_a"] < 0.5
 
 
 async def _in_order(*calls: Any) -> list[Any]:
@@ -696,16 +702,16 @@ def label_job(
 ) -> Job:
     """The `cai label` job. With `policy`, items are prompts whose responses it samples."""
     cot = uses_cot(config, provider)
-    judge = _PairJudge(constitution, config, provider, policy, cot, stats)
     return Job(
         kind="label",
         settings=label_settings(config, constitution, provider, policy, cot),
         provider=provider,
-        chain=judge,
-        count=judge.count,
+        chain=partial(label_chain, constitution, config, cot),
+        count=partial(count_label, stats),
         unit_of=unit_of,
         lines_per_item=math.comb(config.responses, 2) if policy is not None else 1,
         constitution=constitution,
+        others={"policy": provider if policy is None else policy},
     )
 
 
@@ -721,19 +727,30 @@ async def run_labels(
     on_event: Callable[[str, Any], None] = lambda kind, data: None,
     stop: asyncio.Event | None = None,
     stats: LabelStats | None = None,
+    engine: Any = None,
 ) -> LabelStats:
     """Label (or resume labelling) `items` into `store` (a `RunStore` of `LABELS_FILE`).
 
     Items with responses are judged as they are; items without are sampled from `policy`
     first. The run has the guarantees of a generate run (`cai.pipeline.run_job`): calls
-    journaled, resume, lock, a clean stop on `stop`.
+    journaled, resume, lock, a clean stop on `stop`. `engine` (e.g. `RayEngine`, whose
+    `make_provider` makes a "policy" provider too: `cai.engines.make_providers`) runs the
+    chains elsewhere.
     """
     if store.records_path.name != LABELS_FILE:
         raise ConfigError(f"a label run writes {LABELS_FILE}: use RunStore(dir, LABELS_FILE)")
     stats = stats or LabelStats()
     job = label_job(constitution, provider, config, stats, policy=policy)
     await run_job(
-        items, job, config, store, manifest=manifest, on_event=on_event, stop=stop, stats=stats
+        items,
+        job,
+        config,
+        store,
+        manifest=manifest,
+        on_event=on_event,
+        stop=stop,
+        stats=stats,
+        engine=engine,
     )
     return stats
 

@@ -655,8 +655,9 @@ class ChainRunner:
     """Runs one item's chain at a time in this process, any number at once, through one caller.
 
     `chain(item, call, provider)` makes the chain's calls with `call(record_id, step, messages,
-    usage)`: journal first, then the provider under the `config.concurrency` semaphore and the
-    rate limits, with retries; each reply goes to `store.append_call` as it arrives. Once `stop`
+    usage, via=NAME)`: journal first, then the provider (or `others[NAME]`, e.g. a label job's
+    policy model) under the `config.concurrency` semaphore and the rate limits, with retries;
+    each reply goes to `store.append_call` as it arrives. Once `stop`
     is set no new call starts and `run` returns None for the chains that needed one. The
     default engine is one runner; each worker of the Ray engine (cai/engines/ray.py) is another.
     """
@@ -671,8 +672,10 @@ class ChainRunner:
         on_event: Callable[[str, Any], None],
         stop: asyncio.Event,
         chain: Callable[..., Any],
+        others: dict[str, Provider] | None = None,
     ) -> None:
         self.in_flight = _InFlight(provider)
+        self.others = others or {}
         self.caller = _Caller(
             self.in_flight,
             config,
@@ -694,6 +697,8 @@ class ChainRunner:
     ) -> Completion:
         if self.stop.is_set() and (record_id, step) not in self.journal:
             raise _Abandoned
+        if isinstance(options.get("via"), str):  # a provider named in `others`, not an object
+            options["via"] = self.others[options["via"]]
         return await self.caller(record_id, step, messages, usage, **options)
 
     async def run(self, item: Any) -> Any:
@@ -732,6 +737,8 @@ class Job:
     unit_of: Callable[[str], str] = str
     lines_per_item: int = 1
     constitution: Constitution | None = None
+    # Providers the chain's calls name with `via=NAME` (a label job's "policy").
+    others: dict[str, Provider] = field(default_factory=dict)
 
 
 def generation_job(
@@ -931,7 +938,7 @@ async def _run_locked(
     args = (config, store, journal, stats, on_event, stop, job.chain)
     try:
         runner = (
-            ChainRunner(job.provider, *args)
+            ChainRunner(job.provider, *args, others=job.others)
             if engine is None
             else await engine.start(job.provider, *args)
         )

@@ -8,7 +8,9 @@ An engine has the same shape, so `run_generation(..., engine=...)` (and any loop
 - `await engine.start(provider, config, store, journal, stats, on_event, stop, chain)`:
   returns a runner with `await run(item) -> Record | None`, `watch(tasks)` and
   `await close()`. `chain(item, call, provider)` runs one item's chain; every reply the
-  engine receives goes to `store.append_call` before anything else.
+  engine receives goes to `store.append_call` before anything else. A chain that calls
+  other providers (a label job's policy model) names them, `call(..., via="policy")`, and
+  the engine's `make_provider` makes them too (`make_providers`).
 
 `make_engine` builds one by name for the CLI; the Ray engine needs `pip install 'cai[ray]'`.
 """
@@ -20,9 +22,34 @@ from typing import Any
 
 from cai.errors import ConfigError
 
-__all__ = ["ENGINES", "make_engine"]
+__all__ = ["ENGINES", "make_engine", "make_providers", "split_providers"]
 
 ENGINES = ("default", "ray")
+MAIN = "main"
+
+
+def make_providers(
+    main: Callable[..., Any],
+    others: dict[str, Callable[..., Any] | None] | None = None,
+    *,
+    connections: int,
+) -> dict[str, Any]:
+    """The providers a job needs, each with `connections`: `main`, and each of `others` by name
+    (None: the main provider serves that name too). As `partial(make_providers, main, others)`
+    it is an engine's `make_provider`; the names are those the job's calls give as `via=`."""
+    providers = {MAIN: main(connections=connections)}
+    for name, make in (others or {}).items():
+        providers[name] = providers[MAIN] if make is None else make(connections=connections)
+    return providers
+
+
+def split_providers(made: Any) -> tuple[Any, dict[str, Any]]:
+    """(the job's provider, the others by name) from what a `make_provider` returned: one
+    provider, or `make_providers`'s dict."""
+    if not isinstance(made, dict):
+        return made, {}
+    others = dict(made)
+    return others.pop(MAIN), others
 
 
 def make_engine(
@@ -34,7 +61,8 @@ def make_engine(
 ) -> Any:
     """The engine called `name`; None for the default (chains in this process).
 
-    `make_provider(connections=N)` builds a provider in each worker, with N connections.
+    `make_provider(connections=N)` builds the providers of each worker, with N connections:
+    one provider, or several by name (`make_providers`).
     """
     if name == "default":
         if workers is not None or address is not None:

@@ -89,7 +89,7 @@ class _Outbox:
 
 
 class ChainWorker:
-    """One Ray actor: a `ChainRunner` over a provider of its own (made with `make_provider`).
+    """One Ray actor: a `ChainRunner` over providers of its own (made with `make_provider`).
 
     The driver calls `feed` with batches of (item, replies already journaled for it) and
     reads `events`, a streaming generator of lists of events: ("call", id, step, completion),
@@ -98,9 +98,12 @@ class ChainWorker:
     """
 
     def __init__(self, make_provider: Callable[..., Any], config: Any, chain: Any) -> None:
+        from cai.engines import split_providers
         from cai.pipeline import ChainRunner, RunStats
 
-        self.provider = make_provider(connections=config.concurrency)
+        self.provider, others = split_providers(make_provider(connections=config.concurrency))
+        # Each provider once, the job's own first: a name may share it (policy = feedback model).
+        self.providers = list({id(p): p for p in (self.provider, *others.values())}.values())
         self.outbox = _Outbox()
         self.stats = RunStats()
         self.journal: dict[tuple[str, str], dict[str, Any]] = {}
@@ -114,6 +117,7 @@ class ChainWorker:
             lambda kind, data: None,
             self.stop_event,
             chain,
+            others,
         )
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.finishing = False
@@ -187,10 +191,11 @@ class ChainWorker:
                 return
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.provider.aclose()
-        with contextlib.suppress(Exception):
-            self.provider.close()
+        for provider in self.providers:
+            with contextlib.suppress(Exception):
+                await provider.aclose()
+            with contextlib.suppress(Exception):
+                provider.close()
 
 
 @dataclass
@@ -214,7 +219,8 @@ class RayEngine:
 
     Without `address` it joins the cluster in `RAY_ADDRESS` (as under `ray job submit`), else
     starts a local Ray instance for the job and stops it at the end. `make_provider(
-    connections=N)` builds each worker's provider; `actor_options` go to every actor (e.g.
+    connections=N)` builds each worker's provider, or its providers by name (a label job's
+    feedback and policy models: `cai.engines.make_providers`); `actor_options` go to every actor (e.g.
     `{"num_gpus": 1}`), `init_options` to `ray.init`.
     """
 
