@@ -1,11 +1,12 @@
 """Combine runs of the same job (shards made on several machines) into one run directory.
 
-Each prompt ends up once in the result: where runs overlap, a usable record wins over a
-skipped one and a skipped one over a failure. Runs are only merged when they were made with
-the same constitution and settings (their manifests' `settings`), so records never mix
-silently. The inputs are only read; the result is built in a temporary folder and renamed
-into place, so a killed merge leaves nothing in the way of the next one. It can be exported,
-or resumed with `cai generate --out` like any run.
+Each prompt (of a label run: each pair) ends up once in the result: where runs overlap, a
+usable line wins over a skipped one and a skipped one over a failure. Runs are only merged
+when they are of one kind (generate or label) and were made with the same constitution and
+settings (their manifests' `settings`), so records never mix silently. The inputs are only
+read; the result is built in a temporary folder and renamed into place, so a killed merge
+leaves nothing in the way of the next one. It can be exported, or resumed with `cai generate
+--out` (`cai label --out`) like any run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cai.errors import ConfigError, RunMismatchError
 from cai.pipeline import count_statuses, settings_differences
 from cai.rundir import (
     CONSTITUTION_COPY,
+    LABELS_FILE,
     RECORDS_FILE,
     Manifest,
     RunStore,
@@ -32,6 +34,9 @@ from cai.rundir import (
 )
 
 __all__ = ["MergeResult", "merge_runs"]
+
+# Where each kind of run keeps its lines.
+_LINES_FILE = {"generate": RECORDS_FILE, "label": LABELS_FILE}
 
 
 @dataclass
@@ -50,15 +55,22 @@ def _check_inputs(run_dirs: Sequence[Path], out: Path) -> list[Manifest]:
         raise ConfigError("give at least one run directory to merge")
     manifests = []
     for run_dir in run_dirs:
-        if not (run_dir / RECORDS_FILE).is_file():
-            raise ConfigError(
-                f"{run_dir}: no {RECORDS_FILE} here; pass run directories made by cai generate"
-            )
         manifest = read_manifest(run_dir)
+        kind = manifest.kind if manifest is not None else "generate"
+        name = _LINES_FILE.get(kind, RECORDS_FILE)
+        if not (run_dir / name).is_file():
+            raise ConfigError(
+                f"{run_dir}: no {name} here; pass run directories made by cai generate or cai label"
+            )
         if manifest is None or not manifest.settings:
             raise RunMismatchError(
                 f"{run_dir}: no manifest.json with the run's settings, so it cannot "
                 "be checked against the other runs"
+            )
+        if manifests and kind != manifests[0].kind:
+            raise RunMismatchError(
+                f"{run_dir} is a cai {kind} run and {run_dirs[0]} a {manifests[0].kind} run; "
+                "merge runs of one kind"
             )
         differ = manifests and settings_differences(manifests[0].settings, manifest.settings)
         if differ:
@@ -80,10 +92,11 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
     dirs = [Path(d) for d in run_dirs]
     out = Path(out)
     manifests = _check_inputs(dirs, out)
-    stores = [RunStore(d) for d in dirs]
+    lines_file = _LINES_FILE.get(manifests[0].kind, RECORDS_FILE)
+    stores = [RunStore(d, lines_file) for d in dirs]
     locked: list[RunStore] = []
     try:
-        # Not while a generate process is still writing one of them.
+        # Not while a generate (or label) process is still writing one of them.
         unique = {store.dir.resolve(): store for store in stores}
         for store in unique.values():
             store.lock("merge")
@@ -92,8 +105,8 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
 
         def numbered() -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
             nonlocal lines
-            for index, run_dir in enumerate(dirs):
-                for lineno, _, data in record_lines(run_dir / RECORDS_FILE):
+            for index, store in enumerate(stores):
+                for lineno, _, data in record_lines(store.records_path):
                     lines += 1
                     yield (index, lineno), data
 
@@ -101,8 +114,8 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
         keep = {position for _, position, _ in best.values()}
 
         def chosen() -> Iterator[bytes]:
-            for index, run_dir in enumerate(dirs):
-                for lineno, raw, _ in record_lines(run_dir / RECORDS_FILE):
+            for index, store in enumerate(stores):
+                for lineno, raw, _ in record_lines(store.records_path):
                     if (index, lineno) in keep:
                         yield raw if raw.endswith(b"\n") else raw + b"\n"
 
@@ -117,6 +130,7 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
                 result.missing_shards = sorted(set(range(1, n + 1)) - {k for k, _ in shards})
         first = manifests[0]
         manifest = Manifest(
+            kind=first.kind,
             constitution=first.constitution,
             prompts=first.prompts,
             config={**first.config, "shard": None},
@@ -139,7 +153,7 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
             },
         )
         with atomic_dir(out) as tmp:
-            write_atomic(tmp / RECORDS_FILE, chosen())
+            write_atomic(tmp / lines_file, chosen())
             write_manifest(tmp, manifest)
             sha = first.constitution.get("sha256") or ""
             save_constitution_copy(tmp, dirs[0] / CONSTITUTION_COPY, sha)

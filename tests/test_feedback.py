@@ -582,3 +582,24 @@ def test_shards_split_the_pairs_and_a_finished_run_buys_nothing_again(
     server.reset()
     again = invoke("label", run, "--out", everything, *base)
     assert server.requests == 0 and f"{len(ids)} items already done" in again.stderr
+
+    # The shards merge into the same labels as the whole run, a label run that resumes.
+    merged = tmp_path / "merged"
+    shards = [tmp_path / "labels1", tmp_path / "labels2", tmp_path / "labels2"]
+    result = invoke("merge", *shards, "--out", merged)
+    twice = len(read_lines(shards[-1] / LABELS_FILE))
+    assert f"{len(ids)} records ({len(ids)} ok), {twice} duplicates dropped" in result.stderr
+
+    def outcome(path: Path) -> dict:
+        return {x["id"]: (x["p_a"], x["votes"]) for x in read_lines(path / LABELS_FILE)}
+
+    assert outcome(merged) == outcome(everything)
+    assert len(read_lines(merged / LABELS_FILE)) == len(ids)
+    assert json.loads((merged / "manifest.json").read_text())["kind"] == "label"
+    again = invoke("label", run, "--out", merged, *base)
+    assert server.requests == 0 and f"{len(ids)} items already done" in again.stderr
+    invoke("export", merged, "--format", "dpo")
+    assert len(read_lines(merged / "dpo.jsonl")) == len(ids)
+    # A label run and a generate run are not one job.
+    mixed = CliRunner().invoke(cli, ["merge", *map(str, (everything, run)), "--out", "-"])
+    assert mixed.exit_code == 2 and "merge runs of one kind" in mixed.stderr

@@ -557,9 +557,9 @@ def test_cli_merge_of_shards_warns_of_a_missing_one(workdir: Path) -> None:
         again.stderr == "Error: --out all already exists and is not empty; pass a new directory\n"
     )
     missing = CliRunner().invoke(cli, ["merge", "s1", "nowhere", "--out", "x"])
-    assert (
-        missing.stderr
-        == "Error: nowhere: no records.jsonl here; pass run directories made by cai generate\n"
+    assert missing.stderr == (
+        "Error: nowhere: no records.jsonl here; pass run directories made by cai generate "
+        "or cai label\n"
     )
     assert not (workdir / "x").exists()
 
