@@ -9,16 +9,22 @@ fresh fake server, two sides alternate, each in a fresh process, several times:
   the command line runs it: progress bar (to a file), pipeline, provider, call journal and
   records on disk.
 - **floor**: a bare `aiohttp` loop that sends every captured body (JSON-encoded per call,
-  compact, as cai sends it) under an `asyncio.Semaphore(C)` on a C-connection pool, reads
-  each reply and decodes its JSON - the least any Python client of this API must do.
+  compact, as cai sends it, with orjson as cai does where it is installed) under an
+  `asyncio.Semaphore(C)` on a C-connection pool, reads each reply and decodes its JSON - the
+  least any Python client of this API must do.
 
 Each side's figure is its CPU time (`time.process_time`, user + system) from just before its
 work to just after, divided by the calls made: interpreter start-up and module imports are
-per process, not per call, and are left out on both sides (both import their modules before
-the clock starts). CPU time, not wall time, because the machine is shared. Best and median
+per process, not per call, and are left out on both sides (the floor imports aiohttp before
+its clock; cai first makes a one-prompt run into a scratch directory, which imports what the
+command imports, lazily or not). CPU time, not wall time, because the machine is shared. Best and median
 over the repeats; the ratio is taken on the best of each.
 
     python -m benchmarks.cpu_per_call [--quick] [--prompts N] [--latency L] [--concurrency C]
+
+`--baseline DIR` adds a third side: `cai generate` from another checkout (e.g. a `git worktree`
+of an older commit), in the same alternation, to measure a change against the floor and
+against what it replaced in one run.
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ __all__ = ["main", "run"]
 FLOOR = """
 import asyncio, json, sys, time
 import aiohttp
+try:  # the encoder cai uses, so that the floor is no slower than cai at JSON
+    from orjson import dumps, loads
+except ImportError:
+    dumps = lambda body: json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    loads = json.loads
 
 plan = json.load(open(sys.argv[1]))
 
@@ -54,13 +65,13 @@ async def main():
     async with aiohttp.ClientSession(connector=connector) as session:
         async def call(body):
             nonlocal sent
-            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            data = dumps(body)
             sent += len(data)
             async with semaphore:
                 async with session.post(url, data=data, headers=headers) as response:
                     raw = await response.read()
                     assert response.status == 200, raw
-            return json.loads(raw)["choices"][0]["message"]["content"]
+            return loads(raw)["choices"][0]["message"]["content"]
 
         replies = await asyncio.gather(*(call(b) for b in bodies))
     assert all(isinstance(r, str) for r in replies)
@@ -72,15 +83,23 @@ cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
 print(json.dumps({"cpu_s": cpu, "wall_s": wall, "calls": len(plan["bodies"]), "bytes_sent": sent}))
 """
 
-# cai: the click command, in-process, its modules imported before the clock starts.
+# cai: the click command, in-process. A one-prompt run into a scratch directory first makes
+# every import the command makes (some lazily, e.g. yaml for the constitution): imports are
+# per process, not per call (benchmarks/startup.py measures them).
 CAI = """
 import json, sys, time
-import aiohttp, openai, tqdm  # imported by the run anyway; per process, not per call
-import cai.cli, cai.pipeline, cai.providers.openai
+import cai.cli
 
-out = sys.argv[1]
+out, warm_up, args = sys.argv[1], sys.argv[2] == "warm", sys.argv[3:]
+if warm_up:
+    warm = [a if a != out else out + "-warmup" for a in args]
+    prompts = warm[warm.index("--prompts") + 1]
+    with open(prompts) as f, open(prompts + ".warmup", "w") as w:
+        w.write(f.readline())
+    warm[warm.index("--prompts") + 1] = prompts + ".warmup"
+    cai.cli.cli.main(warm, standalone_mode=False)
 cpu0, wall0 = time.process_time(), time.perf_counter()
-cai.cli.cli.main(sys.argv[2:], standalone_mode=False)
+cai.cli.cli.main(args, standalone_mode=False)
 cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
 calls = json.load(open(out + "/manifest.json"))["stats"]["calls"]
 print(json.dumps({"cpu_s": cpu, "wall_s": wall, "calls": calls}))
@@ -115,9 +134,9 @@ def _cai_args(url: str, prompts: Path, out: Path, rounds: int, concurrency: int)
     ]
 
 
-def _child(code: str, args: list[str], cwd: Path, log: Path) -> dict[str, Any]:
+def _child(code: str, args: list[str], cwd: Path, log: Path, root: Path = ROOT) -> dict[str, Any]:
     env = dict(os.environ, OPENAI_API_KEY="sk-fake-benchmark-key")  # the fake server's
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     with log.open("w") as err:
         done = subprocess.run(
             [sys.executable, "-c", code, *args],
@@ -157,10 +176,13 @@ def run(
     latency: float = 0.1,
     concurrency: int = 64,
     repeats: int | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     prompts = prompts or (300 if quick else 1000)
     repeats = repeats or (2 if quick else 4)
     samples: dict[str, list[dict[str, Any]]] = {"cai": [], "floor": []}
+    if baseline:
+        samples["baseline"] = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         source = tmp / "prompts.jsonl"
@@ -170,7 +192,8 @@ def run(
         server, url = _start_server(latency, log)
         try:
             args = _cai_args(url, source, tmp / "capture", rounds, concurrency)
-            _child(CAI, [str(tmp / "capture"), *args], tmp, tmp / "capture.log")
+            # No warm-up here: the server's log must hold exactly the measured run's requests.
+            _child(CAI, [str(tmp / "capture"), "cold", *args], tmp, tmp / "capture.log")
         finally:
             _stop(server)
         with log.open(encoding="utf-8") as f:
@@ -184,13 +207,27 @@ def run(
             for k in range(repeats):
                 out = tmp / f"run{k}"
                 args = _cai_args(url, source, out, rounds, concurrency)
-                samples["cai"].append(_child(CAI, [str(out), *args], tmp, tmp / f"cai{k}.log"))
+                cai_args = [str(out), "warm", *args]
+                samples["cai"].append(_child(CAI, cai_args, tmp, tmp / f"cai{k}.log"))
                 samples["floor"].append(_child(FLOOR, [str(plan)], tmp, tmp / f"floor{k}.log"))
+                if baseline:
+                    out = tmp / f"base{k}"
+                    args = _cai_args(url, source, out, rounds, concurrency)
+                    log = tmp / f"base{k}.log"
+                    base_args = [str(out), "warm", *args]
+                    base = _child(CAI, base_args, tmp, log, Path(baseline).resolve())
+                    samples["baseline"].append(base)
         finally:
             _stop(server)
     cai, floor = _summary(samples["cai"]), _summary(samples["floor"])
     if cai["calls"] != floor["calls"]:
         raise RuntimeError(f"cai made {cai['calls']} calls, the floor {floor['calls']}")
+    extra: dict[str, Any] = {}
+    if baseline:
+        extra["baseline"] = {"checkout": baseline, **_summary(samples["baseline"])}
+        extra["baseline_cpu_ratio"] = round(
+            extra["baseline"]["cpu_ms_per_call_best"] / floor["cpu_ms_per_call_best"], 3
+        )
     return {
         "settings": {
             "prompts": prompts,
@@ -208,6 +245,7 @@ def run(
             cai["cpu_ms_per_call_median"] / floor["cpu_ms_per_call_median"], 3
         ),
         "target_cpu_ratio": 2.0,
+        **extra,
         "all_runs": samples,
     }
 
@@ -221,6 +259,12 @@ def report(result: dict[str, Any]) -> str:
         f"floor {floor['cpu_ms_per_call_best']:.3f} ms "
         f"(median {floor['cpu_ms_per_call_median']:.3f}); ratio {result['cpu_ratio']:.2f} "
         f"(median {result['cpu_ratio_median']:.2f}, target <= 2)"
+        + (
+            f"; baseline {result['baseline']['cpu_ms_per_call_best']:.3f} ms "
+            f"(ratio {result['baseline_cpu_ratio']:.2f})"
+            if "baseline" in result
+            else ""
+        )
     )
 
 
@@ -230,6 +274,7 @@ def _options(parser: Any) -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--baseline", default=None, help="another checkout of cai, measured too")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

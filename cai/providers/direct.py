@@ -32,7 +32,7 @@ def _encode_stdlib(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-try:  # the `fast` extra: the same JSON text, encoded about ten times faster
+try:  # the same JSON text, encoded about ten times faster than by the json module
     from orjson import dumps as _encode_orjson
 except ImportError:  # pragma: no cover - depends on the environment
     _encode_orjson = None
@@ -41,7 +41,10 @@ except ImportError:  # pragma: no cover - depends on the environment
 def encode_body(body: dict[str, Any]) -> bytes:
     """A request body as the SDKs encode it: compact UTF-8 JSON, no ASCII escapes."""
     if _encode_orjson is not None:
-        return _encode_orjson(body)
+        try:
+            return _encode_orjson(body)
+        except TypeError:  # what orjson will not write (e.g. a lone surrogate): as json does
+            pass
     return _encode_stdlib(body)
 
 
