@@ -1,15 +1,17 @@
 """Batch mode: the same calls through Anthropic's Message Batches or OpenAI's Batch API, at
 half the price, resumable across Ctrl-C, SIGKILL and reboots.
 
-`BatchProvider` stands in for a cloud provider inside `cai.pipeline.run_generation`, so the
-chains, the call journal and the records are the interactive mode's own. Its `complete`
-queues the request under a `custom_id` naming the record and the step (so the same call has
-the same id in every process) and waits. A collector task sends the queue as one wave once no
-chain has added to it for a moment (every running chain is then waiting on a reply), or when
-it reaches `--batch-size`; a wave is split at the provider's limits (`LIMITS`). Each batch's id
-goes to `batches.jsonl` (fsynced) the moment the provider returns it. Batches are polled every
-`--poll-interval`; as one ends, its results wake their chains, and the pipeline journals each
-reply exactly as it does an interactive one.
+`BatchProvider` stands in for a cloud provider inside `cai.pipeline.run_job` (a generate run's
+chains, a label run's votes), so the chains, the call journal and the records are the
+interactive mode's own. Its `complete` queues the request under a `custom_id` naming the
+record and the step (so the same call has the same id in every process) and waits. A
+collector task sends the queue as one wave once no chain has added to it for a moment (every
+running chain is then waiting on a reply), or when it reaches `--batch-size`; a wave is split
+at the provider's limits (`LIMITS`). Each batch's id goes to `batches.jsonl` (fsynced) the
+moment the provider returns it. Batches are polled every `--poll-interval`; as one ends, its
+results wake their chains, and the pipeline journals each reply exactly as it does an
+interactive one. A label run's votes of a pair are asked at once (`gather`), so they go out in
+the same wave; a prompts source's policy responses go in one wave before them.
 
 A resumed run reads `batches.jsonl` first: a request that belongs to a batch not yet taken in
 is waited for there (or read from its results), never sent again. A request that came back
@@ -427,7 +429,7 @@ class OpenAIBatches(_BatchAPI):
 def batch_api(provider: Any, max_retries: int = 6) -> _BatchAPI:
     """The batch endpoints of `provider` (an Anthropic or OpenAI provider)."""
     apis = {"anthropic": AnthropicBatches, "openai": OpenAIBatches}
-    if provider.name not in apis or not hasattr(provider, "request_body"):
+    if not provider.supports_batch or provider.name not in apis:
         raise ConfigError(
             f"--batch goes with --provider anthropic or openai, not {provider.name}; "
             "drop --batch to call it directly"
@@ -459,7 +461,7 @@ class BatchProvider(Provider):
     (a line for the user).
     """
 
-    batch = True
+    batched = True
 
     def __init__(
         self,
@@ -532,6 +534,14 @@ class BatchProvider(Provider):
     def has_tokenizer(self) -> bool:  # type: ignore[override]
         return self.provider.has_tokenizer
 
+    @property
+    def supports_logprobs(self) -> bool:  # type: ignore[override]
+        return self.provider.supports_logprobs
+
+    @property
+    def supports_seed(self) -> bool:  # type: ignore[override]
+        return self.provider.supports_seed
+
     def count_tokens(self, text: str) -> int:
         return self.provider.count_tokens(text)
 
@@ -545,7 +555,7 @@ class BatchProvider(Provider):
     ) -> Completion:
         call = CURRENT_CALL.get()
         if call is None:
-            raise ConfigError("BatchProvider works inside cai.pipeline.run_generation only")
+            raise ConfigError("BatchProvider works inside cai.pipeline.run_job only")
         if self.stop is not None and self.stop.is_set():
             raise _Abandoned
         cid = custom_id(*call)
@@ -834,7 +844,7 @@ def run_batch_api(run_dir: str | Path, base_url: str | None = None) -> tuple[Any
     if not BatchJournal(run_dir).batches():
         raise ConfigError(
             f"{run_dir} has no batches ({BATCHES_FILE} is missing or empty): "
-            "was it run with cai generate --batch?"
+            "was it run with cai generate --batch or cai label --batch?"
         )
     manifest = read_manifest(run_dir)
     config = manifest.config if manifest is not None else {}

@@ -292,6 +292,55 @@ _COST_OPTIONS = _options(
     ),
 )
 
+_BATCH_OPTIONS = _options(
+    click.option(
+        "--batch",
+        is_flag=True,
+        help="Send the calls through the provider's batch API (anthropic, openai): half the "
+        "price, results within 24 hours; see docs/batch.md.",
+    ),
+    click.option(
+        "--batch-size",
+        default=10_000,
+        show_default=True,
+        type=int,
+        help="--batch: most requests per batch (and items in progress at once).",
+    ),
+    click.option(
+        "--poll-interval",
+        default=60.0,
+        show_default=True,
+        type=float,
+        help="--batch: seconds between looks at the open batches.",
+    ),
+)
+
+
+def _batch_backend(
+    backend: Any, run_dir: Path, manifest: Any, price: Any, params: dict[str, Any]
+) -> tuple[Any, Any]:
+    """The run's provider and price, from a command's options (`_BATCH_OPTIONS`). With
+    --batch, a `BatchProvider` around `backend`, priced at the batch rate, its figures kept in
+    the manifest's `config.batch`; without, a run whose batches are not taken in is refused,
+    as calling again would pay twice."""
+    from cai.batch import BatchProvider, check_no_open_batches
+    from cai.pricing import batch_price
+
+    if not params["batch"]:
+        check_no_open_batches(run_dir)
+        return backend, price
+    size, interval = params["batch_size"], params["poll_interval"]
+    manifest.config["batch"] = {"batch_size": size, "poll_interval": interval}
+    batched = BatchProvider(
+        backend,
+        run_dir,
+        batch_size=size,
+        poll_interval=interval,
+        max_retries=params["max_retries"],
+        report=manifest.config["batch"],
+    )
+    return batched, batch_price(price) if price is not None else None
+
 
 @cli.command()
 @click.option(
@@ -340,26 +389,7 @@ _COST_OPTIONS = _options(
     help="Skip and count malformed prompt lines instead of stopping.",
 )
 @_CALL_OPTIONS
-@click.option(
-    "--batch",
-    is_flag=True,
-    help="Send the calls through the provider's batch API (anthropic, openai): half the price, "
-    "results within 24 hours; see docs/batch.md.",
-)
-@click.option(
-    "--batch-size",
-    default=10_000,
-    show_default=True,
-    type=int,
-    help="--batch: most requests per batch (and prompts in progress at once).",
-)
-@click.option(
-    "--poll-interval",
-    default=60.0,
-    show_default=True,
-    type=float,
-    help="--batch: seconds between looks at the open batches.",
-)
+@_BATCH_OPTIONS
 @_COST_OPTIONS
 @click.option(
     "--engine",
@@ -528,24 +558,8 @@ def generate(
     )
     if config.limit is not None and total is not None:
         total = min(total, config.limit)
-    if not batch:
-        from cai.batch import check_no_open_batches
-
-        check_no_open_batches(run_dir)
-    if batch:
-        from cai.batch import BatchProvider
-        from cai.pricing import batch_price
-
-        manifest.config["batch"] = {"batch_size": batch_size, "poll_interval": poll_interval}
-        backend = BatchProvider(
-            backend,
-            run_dir,
-            batch_size=batch_size,
-            poll_interval=poll_interval,
-            max_retries=max_retries,
-            report=manifest.config["batch"],
-        )
-        price = batch_price(price) if price is not None else None
+    params = click.get_current_context().params
+    backend, price = _batch_backend(backend, run_dir, manifest, price, params)
     store = RunStore(run_dir)
     from cai.pipeline import RunStats, run_generation
 
@@ -603,7 +617,7 @@ def _run_with_progress(
 
     total = stats.total
     bar: Any = None
-    batching = getattr(backend, "batch", False)
+    batching = backend.batched
     waves = _WaveBars()
 
     def on_event(kind: str, data: Any) -> None:
@@ -816,7 +830,8 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
 
 @cli.group()
 def batch() -> None:
-    """Look at and cancel the provider batches of a `cai generate --batch` run."""
+    """Look at and cancel the provider batches of a `cai generate --batch` or `cai label --batch`
+    run."""
 
 
 def _batch_rows(run_dir: Path, base_url: str | None, cancel: bool) -> Any:
@@ -852,10 +867,11 @@ def batch_cancel(run_dir: Path, base_url: str | None) -> None:
     """Cancel the run's batches that have not ended; the run stays resumable.
 
     Requests the provider had already answered are kept; the others come back canceled, and
-    the next `cai generate` of the run sends them again (or drop --batch to call directly).
+    the next `cai generate` (or `cai label`) of the run sends them again (or drop --batch to
+    call directly).
     """
     from cai.batch import BatchState
-    from cai.rundir import lock_state
+    from cai.rundir import lock_state, read_manifest
 
     lock = lock_state(run_dir)
     if lock.held:
@@ -863,6 +879,7 @@ def batch_cancel(run_dir: Path, base_url: str | None) -> None:
             f"{run_dir} is being written by {lock.who()}: stop it (Ctrl-C) first, "
             "then cancel its batches"
         )
+    manifest = read_manifest(run_dir)
     rows = _batch_rows(run_dir, base_url, cancel=True)
     for batch_id, state in rows:
         if isinstance(state, BatchState):
@@ -870,7 +887,8 @@ def batch_cancel(run_dir: Path, base_url: str | None) -> None:
         else:
             click.echo(f"{batch_id}  not canceled: {state}", err=True)
     click.echo(
-        f"{len(rows)} batch(es) asked to cancel. Resume with the same cai generate command "
+        f"{len(rows)} batch(es) asked to cancel. Resume with the same cai "
+        f"{manifest.kind if manifest is not None else 'generate'} command "
         f"and --out {run_dir}.",
         err=True,
     )
@@ -1020,6 +1038,7 @@ def _parse_clamp(value: str | None) -> tuple[float, float] | None:
 )
 @_FILTER_OPTIONS
 @_CALL_OPTIONS
+@_BATCH_OPTIONS
 @_COST_OPTIONS
 def label(
     source: str,
@@ -1058,6 +1077,9 @@ def label(
     no_retry_failed: bool,
     rpm: float | None,
     tpm: float | None,
+    batch: bool,
+    batch_size: int,
+    poll_interval: float,
     price_table: Path | None,
     dry_run: bool,
 ) -> None:
@@ -1070,6 +1092,8 @@ def label(
     the log-probabilities of (A) and (B) where the provider has them (OpenAI, compatible
     servers, the bundled model); else (or with --cot) the model reasons and ends with (A) or
     (B), clamped to --clamp. Labels go to OUT/labels.jsonl; `cai export OUT` makes DPO data.
+    With --batch (anthropic, openai) the calls go through the provider's batch API at half the
+    price (docs/batch.md); a policy model other than the feedback model is called directly.
 
     Exit codes: 0 done, 2 bad input, 3 some pairs failed (rerun to retry them), 130 interrupted.
     """
@@ -1093,8 +1117,13 @@ def label(
     from cai.rundir import RunStore, check_run_dir, is_run_dir
     from cai.sources import PromptSource
 
+    if batch:
+        from cai.batch import check_batch_options
+
+        # Each pair in progress waits on its votes in a wave: a wave's worth of calls at once.
+        concurrency = check_batch_options(provider, batch_size, poll_interval, rpm=rpm, tpm=tpm)
     config = LabelConfig(
-        **_call_config(click.get_current_context().params),
+        **_call_config(click.get_current_context().params, concurrency=concurrency),
         votes=votes,
         cot=cot,
         clamp=_parse_clamp(clamp),
@@ -1191,6 +1220,11 @@ def label(
     manifest.kind = "label"
     if policy is not None and policy is not backend:
         manifest.config.update(policy_provider=policy.name, policy_model=policy.model)
+    direct = backend
+    params = click.get_current_context().params
+    backend, price = _batch_backend(backend, out, manifest, price, params)
+    if policy is direct:
+        policy = backend  # the feedback model writes the responses: in the same batches
     store = RunStore(out, LABELS_FILE)
     stats = LabelStats(total=total, price=price)
     start = partial(
@@ -1215,6 +1249,8 @@ def label(
             raise
         raise error from e
     _print_label_summary(stats, out)
+    if batch:
+        _print_batch_summary(backend, stats, out, False)
     if stats.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if stats.failed_in_run:

@@ -105,6 +105,54 @@ def _calls(run_dir: Path) -> int:
     return len((run_dir / "calls.jsonl").read_text().splitlines())
 
 
+def killed_twice_then_resumed(
+    args: list[str], run_dir: Path, server: FakeServer
+) -> tuple[list[str], int]:
+    """Run `cai ARGS` and SIGKILL it once it has a batch of its own open at the provider,
+    twice, then run it to the end. Checks that it re-attached, that every request was paid
+    once and journaled, and that some came back errored and went out again; returns the ids
+    of the batches the kills left open and how many requests came back errored."""
+    for kill in (1, 2):
+        seen = len(_batches(run_dir))
+        proc = _cai(args)
+        _wait_for(lambda: len(_batches(run_dir)) > seen or proc.poll() is not None)  # noqa: B023
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert any(b["results"] is None for b in server.batches.values())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"kill {kill}"
+    open_before = [b["id"] for b in _batches(run_dir) if not b["collected"]]
+    assert open_before, "no batch was left open by the kills"
+    proc = _cai(args)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "re-attached" in err
+    # Never paid twice, and every reply paid for is in the journal.
+    assert max(server.paid.values()) == 1
+    assert server.paid_total == _calls(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config"]["batch"]["reattached"] >= 1
+    errored = sum(
+        kind == "errored" for b in server.batches.values() for kind, _ in b["results"].values()
+    )
+    assert errored > 0  # some requests came back errored and were sent again
+    return open_before, errored
+
+
+def ctrl_c_while_a_batch_is_open(args: list[str], run_dir: Path) -> tuple[str, str]:
+    """Run `cai ARGS` and press Ctrl-C once its first batch is open; its stderr (it exited
+    130, saying the batch is still open) and the batch's id."""
+    proc = _cai(args)
+    _wait_for(lambda: len(_batches(run_dir)) == 1)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "batch(es) still open" in err
+    (batch_id,) = [b["id"] for b in _batches(run_dir)]
+    return err, batch_id
+
+
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
 def test_killed_twice_while_batches_are_open_then_resumed(
     provider: str, tmp_path: Path, mini_constitution: Path
@@ -116,37 +164,12 @@ def test_killed_twice_while_batches_are_open_then_resumed(
     with FakeServer(batch_delay=0.5, batch_error_rate=0.05, seed=3) as server:
         args = [*_args(provider, server, mini_constitution, prompts, run), "--batch"]
         args += ["--poll-interval", POLL]
-        for kill in (1, 2):
-            seen = len(_batches(run))
-            proc = _cai(args)
-            # Killed once this process has a batch of its own open at the provider.
-            _wait_for(lambda: len(_batches(run)) > seen)  # noqa: B023
-            assert any(b["results"] is None for b in server.batches.values())
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            assert proc.returncode == -signal.SIGKILL, f"kill {kill}"
-        open_before = [b["id"] for b in _batches(run) if not b["collected"]]
-        assert open_before, "no batch was left open by the kills"
-        proc = _cai(args)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        assert "re-attached" in err
+        open_before, errored = killed_twice_then_resumed(args, run, server)
         batch_texts = _texts(run)
         assert len(batch_texts) == 100
         assert all(t[0] == "ok" for t in batch_texts.values())
-        # Never paid twice, and every reply paid for is in the journal.
-        assert max(server.paid.values()) == 1
-        assert server.paid_total == _calls(run)
         manifest = json.loads((run / "manifest.json").read_text())
-        assert manifest["config"]["batch"]["reattached"] >= 1
         assert manifest["stats"]["usage"]["calls"] >= 1
-        errored = sum(
-            1
-            for b in server.batches.values()
-            for kind, _ in b["results"].values()
-            if kind == "errored"
-        )
-        assert errored > 0  # some requests came back errored and were sent again
         print(
             f"\n{provider}: {len(_batches(run))} batches, {server.paid_total} requests paid "
             f"(most for one body: {max(server.paid.values())}), {errored} errored and resent, "
@@ -263,15 +286,8 @@ def test_ctrl_c_leaves_batches_running_then_status_cancel_and_resume(
     with FakeServer(batch_delay=60) as server:
         args = [*_args("openai", server, mini_constitution, prompts, run), "--batch"]
         args += ["--poll-interval", POLL]
-        proc = _cai(args)
-        _wait_for(lambda: len(_batches(run)) == 1)
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 130, err
-        assert "batch(es) still open" in err and "To re-attach: cai generate" in err
-        assert f"--out {run}" in err
-        (batch_id,) = [b["id"] for b in _batches(run)]
+        err, batch_id = ctrl_c_while_a_batch_is_open(args, run)
+        assert "To re-attach: cai generate" in err and f"--out {run}" in err
         assert server.batches[batch_id]["results"] is None  # still running at the provider
 
         # An interactive resume would buy the batch's requests again: refused.

@@ -66,6 +66,7 @@ class AnthropicProvider(SDKProvider):
     info = INFO
     sdk_module = "anthropic"
     client_class = "AsyncAnthropic"
+    supports_batch = True
 
     @property
     def takes_sampling(self) -> bool:

@@ -149,6 +149,11 @@ class Provider:
     supports_logprobs: ClassVar[bool] = False
     # `count_tokens` is the model's own tokenizer, not an estimate.
     has_tokenizer: ClassVar[bool] = False
+    # The provider has a batch API that `cai.batch` drives (`request_body` gives a call's body).
+    supports_batch: ClassVar[bool] = False
+    # Calls go out in batches (`cai.batch.BatchProvider`): a run waits on batches, and a stop
+    # leaves them running at the provider.
+    batched: ClassVar[bool] = False
 
     @property
     def takes_sampling(self) -> bool:

@@ -26,6 +26,7 @@ class OpenAIProvider(SDKProvider):
     client_class = "AsyncOpenAI"
     supports_seed = True
     supports_logprobs = True
+    supports_batch = True
 
     def request_body(
         self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
