@@ -49,7 +49,9 @@ def encode_body(body: dict[str, Any]) -> bytes:
 
 
 class DirectPost:
-    """POSTs JSON bodies to one SDK endpoint over one aiohttp session (made on first use)."""
+    """POSTs JSON bodies to one SDK endpoint over one aiohttp session (made on first use).
+
+    It sets no timeouts: its caller bounds each call as a whole (`SDKProvider.complete`)."""
 
     def __init__(
         self,
@@ -58,7 +60,6 @@ class DirectPost:
         url: str,
         headers: dict[str, str],
         connections: int,
-        timeout: float,
         map_errors: Any,
         owns_client: bool = False,
     ) -> None:
@@ -67,7 +68,6 @@ class DirectPost:
         self._url = url
         self._headers = headers
         self._connections = max(connections, 1)
-        self._timeout = timeout
         self._map_errors = map_errors
         self._owns_client = owns_client
         self._session: Any = None
@@ -79,7 +79,6 @@ class DirectPost:
         client: Any,
         path: str,
         connections: int,
-        timeout: float,
         *,
         owns_client: bool = False,
     ) -> DirectPost | None:
@@ -115,7 +114,7 @@ class DirectPost:
         # aiohttp sets these itself, per connection and per body.
         own = {"host", "content-length", "connection", "accept-encoding", "transfer-encoding"}
         headers = {k: v for k, v in request.headers.items() if k.lower() not in own}
-        return cls(sdk, client, url, headers, connections, timeout, transport, owns_client)
+        return cls(sdk, client, url, headers, connections, transport, owns_client)
 
     @staticmethod
     def inert_http_client() -> Any:
@@ -136,10 +135,13 @@ class DirectPost:
             import httpx2
 
             ssl = httpx2.create_ssl_context(verify=True, trust_env=True)
-        t = self._timeout
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._connections, ssl=ssl),
-            timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t),
+            # No timer of aiohttp's own: each call runs under `SDKProvider.complete`'s deadline,
+            # which a read or connect timeout of the same length could only follow.
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=None, sock_read=None
+            ),
             headers=self._headers,
         )
         return self._session

@@ -180,7 +180,6 @@ class SDKProvider(Provider):
                     spec,
                     path,
                     self._connections,
-                    self._timeout,
                     owns_client=spec is not self._client,
                 )
         return self._direct
