@@ -121,7 +121,9 @@ def test_killed_twice_while_batches_are_open_then_resumed(
     # Anthropic's bodies carry no seed: two votes drawing one principle would be one body,
     # which the fake's count by body could not tell from a request bought twice.
     votes = 2 if provider == "openai" else 1
-    with FakeServer(batch_delay=0.5, batch_error_rate=0.1, seed=3) as server:
+    # A label run has one wave and its retries: a batch open for 1 s leaves room for each kill
+    # to land before the batch ends, even on a busy machine.
+    with FakeServer(batch_delay=1.0, batch_error_rate=0.1, seed=3) as server:
         args = _label(provider, server, source_run, out, "--votes", votes, "--batch")
         args += ["--poll-interval", POLL]
         open_before, errored = killed_twice_then_resumed(args, out, server)
