@@ -292,6 +292,29 @@ _COST_OPTIONS = _options(
     ),
 )
 
+_ENGINE_OPTIONS = _options(
+    click.option(
+        "--engine",
+        "engine_name",
+        type=click.Choice(["default", "ray"]),
+        default="default",
+        show_default=True,
+        help="Where chains run: in this process, or on Ray workers (pip install 'cai[ray]'; "
+        "see docs/distributed.md).",
+    ),
+    click.option(
+        "--ray-address",
+        default=None,
+        help="--engine ray: the cluster to join (default: $RAY_ADDRESS, else a local instance).",
+    ),
+    click.option(
+        "--workers",
+        default=None,
+        type=int,
+        help="--engine ray: worker actors (default 2); --concurrency, --rpm, --tpm are shared out.",
+    ),
+)
+
 _BATCH_OPTIONS = _options(
     click.option(
         "--batch",
@@ -391,26 +414,7 @@ def _batch_backend(
 @_CALL_OPTIONS
 @_BATCH_OPTIONS
 @_COST_OPTIONS
-@click.option(
-    "--engine",
-    "engine_name",
-    type=click.Choice(["default", "ray"]),
-    default="default",
-    show_default=True,
-    help="Where chains run: in this process, or on Ray workers (pip install 'cai[ray]'; "
-    "see docs/distributed.md).",
-)
-@click.option(
-    "--ray-address",
-    default=None,
-    help="--engine ray: the cluster to join (default: $RAY_ADDRESS, else a local instance).",
-)
-@click.option(
-    "--workers",
-    default=None,
-    type=int,
-    help="--engine ray: worker actors (default 2); --concurrency, --rpm, --tpm are shared out.",
-)
+@_ENGINE_OPTIONS
 def generate(
     constitution_path: Path,
     prompts_spec: str,
@@ -505,27 +509,17 @@ def generate(
 
     from cai.engines import make_engine
 
-    engine = make_engine(
-        engine_name,
-        partial(
-            create_provider,
-            provider,
-            model=model,
-            base_url=base_url,
-            model_path=model_path,
-            timeout=timeout,
-        ),
-        workers=workers,
-        address=ray_address,
-    )
-    backend = create_provider(
+    # Picklable, so each Ray worker builds a provider of its own with it.
+    make_provider = partial(
+        create_provider,
         provider,
         model=model,
         base_url=base_url,
         model_path=model_path,
         timeout=timeout,
-        connections=concurrency,
     )
+    engine = make_engine(engine_name, make_provider, workers=workers, address=ray_address)
+    backend = make_provider(connections=concurrency)
     price = FREE if provider == "local" else prices.lookup(backend.model)
     if not backend.takes_sampling:
         click.echo(
@@ -1028,7 +1022,11 @@ def _parse_clamp(value: str | None) -> tuple[float, float] | None:
     help="Prompts source: the model that writes the responses (default: the feedback model's).",
 )
 @click.option("--policy-model", default=None, help="Prompts source: the policy model's name.")
-@click.option("--policy-base-url", default=None, help="Prompts source: the policy model's URL.")
+@click.option(
+    "--policy-base-url",
+    default=None,
+    help="Prompts source: the policy model's URL (default: --base-url, for the same provider).",
+)
 @click.option(
     "--policy-temperature",
     default=1.0,
@@ -1040,6 +1038,7 @@ def _parse_clamp(value: str | None) -> tuple[float, float] | None:
 @_CALL_OPTIONS
 @_BATCH_OPTIONS
 @_COST_OPTIONS
+@_ENGINE_OPTIONS
 def label(
     source: str,
     out: Path,
@@ -1082,6 +1081,9 @@ def label(
     poll_interval: float,
     price_table: Path | None,
     dry_run: bool,
+    engine_name: str,
+    ray_address: str | None,
+    workers: int | None,
 ) -> None:
     """Label pairs of responses with AI feedback (RL-CAI): soft preferences from a feedback model.
 
@@ -1121,7 +1123,9 @@ def label(
         from cai.batch import check_batch_options
 
         # Each pair in progress waits on its votes in a wave: a wave's worth of calls at once.
-        concurrency = check_batch_options(provider, batch_size, poll_interval, rpm=rpm, tpm=tpm)
+        concurrency = check_batch_options(
+            provider, batch_size, poll_interval, engine=engine_name, rpm=rpm, tpm=tpm
+        )
     config = LabelConfig(
         **_call_config(click.get_current_context().params, concurrency=concurrency),
         votes=votes,
@@ -1172,28 +1176,40 @@ def label(
         total = None if count is None else min(count, limit or count) * pairs
     parsed = load_constitution(constitution_path)
     prices = load_price_table(price_table)
-    backend = create_provider(
+    # Picklable factories, so each Ray worker builds the feedback (and policy) models itself.
+    make_feedback = partial(
+        create_provider,
         provider,
         model=model,
         base_url=base_url,
         model_path=model_path,
         timeout=timeout,
-        connections=concurrency,
     )
-    policy = None
+    backend = make_feedback(connections=concurrency)
+    policy = make_policy = None
     if not from_run:
-        same = policy_provider in (None, provider) and policy_model in (None, backend.model)
-        policy = (
-            backend
-            if same and policy_base_url in (None, base_url)
-            else create_provider(
+        same_provider = policy_provider in (None, provider)
+        # Like the provider, the URL defaults to the feedback model's (e.g. another model of
+        # the same vLLM server); with another provider, to that provider's own.
+        policy_url = policy_base_url or (base_url if same_provider else None)
+        same = same_provider and policy_model in (None, backend.model)
+        if not (same and policy_url == base_url):
+            make_policy = partial(
+                create_provider,
                 policy_provider or provider,
                 model=policy_model,
-                base_url=policy_base_url,
+                base_url=policy_url,
                 timeout=timeout,
-                connections=concurrency,
             )
-        )
+        policy = backend if make_policy is None else make_policy(connections=concurrency)
+    from cai.engines import make_engine, make_providers
+
+    engine = make_engine(
+        engine_name,
+        partial(make_providers, make_feedback, {"policy": make_policy}),
+        workers=workers,
+        address=ray_address,
+    )
     chain_of_thought = uses_cot(config, backend)
     if chain_of_thought and not cot:
         click.echo(
@@ -1237,6 +1253,7 @@ def label(
         policy=policy,
         manifest=manifest,
         stats=stats,
+        engine=engine,
     )
     others = (policy,) if policy is not None and policy is not backend else ()
     try:
@@ -1301,6 +1318,8 @@ def _print_label_summary(stats: Any, out: Path) -> None:
 )
 def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
     """Combine runs of one job, e.g. the shards made with --shard K/N, into one run directory.
+
+    Generate runs merge their records.jsonl, label runs their labels.jsonl (one line a pair).
 
     Each prompt appears once in the result: where runs overlap, a usable record wins over a
     failed one. Runs made with a different constitution or settings are refused. The inputs

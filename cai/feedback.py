@@ -741,17 +741,8 @@ async def run_labels(
         raise ConfigError(f"a label run writes {LABELS_FILE}: use RunStore(dir, LABELS_FILE)")
     stats = stats or LabelStats()
     job = label_job(constitution, provider, config, stats, policy=policy)
-    await run_job(
-        items,
-        job,
-        config,
-        store,
-        manifest=manifest,
-        on_event=on_event,
-        stop=stop,
-        stats=stats,
-        engine=engine,
-    )
+    run = {"manifest": manifest, "on_event": on_event, "stop": stop, "engine": engine}
+    await run_job(items, job, config, store, stats=stats, **run)
     return stats
 
 

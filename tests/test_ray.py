@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from fake_server import FakeServer
+from fake_server import PREFERENCE, PREFERRED, FakeServer
 
 from cai.constitution import load_constitution
 from cai.errors import ConfigError
@@ -206,6 +206,18 @@ def _count_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+def _sigkill_after(command: list[str], env: dict, journal: Path, calls: int) -> None:
+    """Run `command` until `journal` holds `calls` lines, then SIGKILL it."""
+    first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _count_lines(journal) < calls and first.poll() is None:
+        assert time.monotonic() < deadline, "the first run made no progress"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the first run ended before the kill"
+
+
 def test_a_killed_driver_resumes_with_the_same_command(
     cluster: str, tmp_path: Path, mini_constitution: Path, prompts: Path
 ) -> None:
@@ -220,14 +232,7 @@ def test_a_killed_driver_resumes_with_the_same_command(
             "--model", "fake-model", "--out", str(out), "--concurrency", "32",
             "--engine", "ray", "--ray-address", cluster, "--workers", "2",
         ]  # fmt: skip
-        first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while _count_lines(out / "calls.jsonl") < 300 and first.poll() is None:
-            assert time.monotonic() < deadline, "the first run made no progress"
-            time.sleep(0.02)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        assert first.returncode == -signal.SIGKILL
+        _sigkill_after(command, env, out / "calls.jsonl", 300)
         before = _count_lines(out / "records.jsonl")
         assert 0 < before < PROMPTS, "killed mid-run"
         journaled = _journal_steps(out)
@@ -326,3 +331,143 @@ def test_workers_call_a_vllm_server_on_the_gpu(
     finally:
         server.terminate()
         server.wait(60)
+
+
+# -- cai label on Ray ------------------------------------------------------------------------
+
+PAIRS = 60
+
+
+def _pair_items() -> list:
+    """Pairs whose second response the fake feedback model prefers (0.70, +0.15 to (A))."""
+    from cai.feedback import PairItem
+
+    return [
+        PairItem(f"{i:016x}", [{"role": "user", "content": f"How do I fix thing {i}?"}],
+                 [f"Fix {i} somehow.", f"{PREFERRED} answer about thing {i}."])
+        for i in range(PAIRS)
+    ]  # fmt: skip
+
+
+def _label(url: str, out: Path, constitution: Path, items, *, engine=None, during=None,
+           policy_model: str | None = None, **options):  # fmt: skip
+    """One `run_labels` in this process, as the CLI runs it: the feedback model, and a policy
+    model of its own when `policy_model` is given (each Ray worker makes both)."""
+    from cai.engines import make_providers
+    from cai.feedback import LabelConfig, LabelStats, run_labels
+    from cai.rundir import LABELS_FILE
+
+    config = LabelConfig(**{"concurrency": 16, "max_retries": 6, "votes": 2, **options})
+    make_policy = policy_model and partial(
+        create_provider, "openai", model=policy_model, base_url=url, timeout=2.0
+    )
+    if engine == "ray":
+        engine = RayEngine(partial(make_providers, _make_provider(url), {"policy": make_policy}))
+    provider = _make_provider(url)(connections=config.concurrency)
+    policy = make_policy(connections=config.concurrency) if make_policy else None
+    stats = LabelStats()
+
+    async def go():
+        try:
+            run = run_labels(items, load_constitution(constitution), provider, config,
+                             RunStore(out, LABELS_FILE), policy=policy, stats=stats,
+                             engine=engine)  # fmt: skip
+            if during is None:
+                return await run
+            return (await asyncio.gather(run, during(engine, stats)))[0]
+        finally:
+            for p in {provider, policy} - {None}:
+                await p.aclose()
+
+    return asyncio.run(go()), engine
+
+
+def _labels(run_dir: Path) -> dict[str, tuple]:
+    """Each label's outcome by id; every line whole and every pair once."""
+    lines = [json.loads(x) for x in (run_dir / "labels.jsonl").read_text().splitlines()]
+    assert Counter(x["id"] for x in lines).most_common(1)[0][1] == 1
+    return {x["id"]: (x["status"], x["p_a"], x["response_a"], x["response_b"], x["votes"])
+            for x in lines}  # fmt: skip
+
+
+def test_labels_on_ray_equal_the_default_engine_and_cancel_the_bias(
+    cluster: str, tmp_path: Path, mini_constitution: Path
+) -> None:
+    with FakeServer() as fake:
+        _label(fake.url + "/v1", tmp_path / "default", mini_constitution, _pair_items())
+        expected = _labels(tmp_path / "default")
+        stats, engine = _label(fake.url + "/v1", tmp_path / "ray", mini_constitution,
+                               _pair_items(), engine="ray")  # fmt: skip
+    got = _labels(tmp_path / "ray")
+    assert got == expected and len(got) == PAIRS
+    # Both orders of each vote cancel the fake's +0.15 for (A): the unbiased 0.30 for A.
+    assert all(abs(p_a - (1 - PREFERENCE)) <= 0.01 for _, p_a, *_ in got.values())
+    assert stats.done == PAIRS and stats.votes == PAIRS * 4
+    steps = _journal_steps(tmp_path / "ray")
+    assert len(steps) == PAIRS * 4 and max(steps.values()) == 1 and stats.calls == PAIRS * 4
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["kind"] == "label" and manifest["config"]["engine"] == "ray"
+    assert manifest["status"] == "complete" and len(set(engine.worker_pids)) == 2
+
+
+def test_a_killed_worker_loses_no_label_and_buys_no_vote_twice(
+    cluster: str, tmp_path: Path, mini_constitution: Path
+) -> None:
+    server = {"latency": 0.05, "fault_rate": 0.2, "faults": RETRYABLE_FAULTS, "seed": 11}
+    with FakeServer(**server) as fake:
+        _label(fake.url + "/v1", tmp_path / "default", mini_constitution, _pair_items())
+    expected = _labels(tmp_path / "default")
+    killed = []
+
+    async def kill_one(engine: RayEngine, stats) -> None:
+        while stats.calls < 60:
+            await asyncio.sleep(0.02)
+        slot = engine.slots[0]
+        killed.append(len(slot.assigned))
+        ray.kill(slot.actor)
+
+    with FakeServer(**server) as fake:
+        _, engine = _label(fake.url + "/v1", tmp_path / "ray", mini_constitution, _pair_items(),
+                           engine="ray", during=kill_one)  # fmt: skip
+    assert killed and killed[0] > 0, "the worker held pairs when it was killed"
+    assert engine.deaths == 1
+    assert _labels(tmp_path / "ray") == expected
+    # Every vote journaled once: a redone pair replays what came back before the kill.
+    steps = _journal_steps(tmp_path / "ray")
+    assert len(steps) == PAIRS * 4 and max(steps.values()) == 1
+
+
+def test_label_from_prompts_killed_driver_resumes_on_ray_with_its_policy_model(
+    cluster: str, tmp_path: Path, mini_constitution: Path, prompts: Path
+) -> None:
+    """`cai label PROMPTS --engine ray` with a policy model of its own: SIGKILL, then resume."""
+    out = tmp_path / "labels"
+    env = {**os.environ, "OPENAI_API_KEY": KEY}
+    with FakeServer(latency=0.1) as fake:
+        command = [
+            sys.executable, "-m", "cai", "label", str(prompts), "--out", str(out),
+            "--constitution", str(mini_constitution), "--limit", "80", "--votes", "1",
+            "--provider", "openai", "--base-url", fake.url + "/v1", "--model", "fake-model",
+            "--policy-model", "fake-policy", "--concurrency", "16",
+            "--engine", "ray", "--ray-address", cluster, "--workers", "2",
+        ]  # fmt: skip
+        _sigkill_after(command, env, out / "calls.jsonl", 100)
+        before = _count_lines(out / "labels.jsonl")
+        assert 0 < before < 80, "killed mid-run"
+        journaled = _journal_steps(out)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        models = Counter(e.body.get("model") for e in fake.log)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (
+        "ended without cleaning up" in second.stderr
+        and f"{before} items already done" in second.stderr
+    )
+    labels = _labels(out)
+    assert len(labels) == 80 and all(s == "ok" and p == 0.5 for s, p, *_ in labels.values())
+    steps = _journal_steps(out)
+    assert len(steps) == 80 * 4 and max(steps.values()) == 1 and set(journaled) <= set(steps)
+    # The workers sampled the responses from the policy model and asked the feedback model.
+    assert models["fake-policy"] >= 160 and models["fake-model"] >= 160
+    assert set(models) == {"fake-policy", "fake-model"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["engine"] == "ray" and manifest["status"] == "complete"

@@ -20,36 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cai.engines.providers import make_providers
 from cai.errors import ConfigError
 
-__all__ = ["ENGINES", "make_engine", "make_providers", "split_providers"]
+__all__ = ["ENGINES", "make_engine", "make_providers"]
 
 ENGINES = ("default", "ray")
-MAIN = "main"
-
-
-def make_providers(
-    main: Callable[..., Any],
-    others: dict[str, Callable[..., Any] | None] | None = None,
-    *,
-    connections: int,
-) -> dict[str, Any]:
-    """The providers a job needs, each with `connections`: `main`, and each of `others` by name
-    (None: the main provider serves that name too). As `partial(make_providers, main, others)`
-    it is an engine's `make_provider`; the names are those the job's calls give as `via=`."""
-    providers = {MAIN: main(connections=connections)}
-    for name, make in (others or {}).items():
-        providers[name] = providers[MAIN] if make is None else make(connections=connections)
-    return providers
-
-
-def split_providers(made: Any) -> tuple[Any, dict[str, Any]]:
-    """(the job's provider, the others by name) from what a `make_provider` returned: one
-    provider, or `make_providers`'s dict."""
-    if not isinstance(made, dict):
-        return made, {}
-    others = dict(made)
-    return others.pop(MAIN), others
 
 
 def make_engine(

@@ -98,7 +98,7 @@ class ChainWorker:
     """
 
     def __init__(self, make_provider: Callable[..., Any], config: Any, chain: Any) -> None:
-        from cai.engines import split_providers
+        from cai.engines.providers import split_providers
         from cai.pipeline import ChainRunner, RunStats
 
         self.provider, others = split_providers(make_provider(connections=config.concurrency))
@@ -220,8 +220,8 @@ class RayEngine:
     Without `address` it joins the cluster in `RAY_ADDRESS` (as under `ray job submit`), else
     starts a local Ray instance for the job and stops it at the end. `make_provider(
     connections=N)` builds each worker's provider, or its providers by name (a label job's
-    feedback and policy models: `cai.engines.make_providers`); `actor_options` go to every actor (e.g.
-    `{"num_gpus": 1}`), `init_options` to `ray.init`.
+    feedback and policy models: `cai.engines.make_providers`); `actor_options` go to every
+    actor (e.g. `{"num_gpus": 1}`), `init_options` to `ray.init`.
     """
 
     name = "ray"
