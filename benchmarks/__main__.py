@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, Callable[[bool], Any]] = {
     "startup": _module("startup"),
     "memory": _module("memory"),
     "overhead": _module("overhead"),
+    "cpu_per_call": _module("cpu_per_call"),
     "throughput": _throughput,
     "feedback": _module("feedback"),
     "local_model": _module("local_model"),
@@ -79,6 +80,46 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                     data["measured"],
                 )
             )
+        for case in data["cases"]:
+            if (case["latency_s"], case["concurrency"], case.get("no_change_every")) != (
+                1.0,
+                512,
+                0,
+            ):
+                continue
+            rows.append(
+                (
+                    f"Throughput, C=512, L=1 s, {case['prompts']} prompts x 3 calls",
+                    f"{case['ratio_to_bound']:.1%} of the bound ({case['calls']} calls in "
+                    f"{case['wall_s']:.2f} s, bound {case['bound_s']:.2f} s; "
+                    f"{case['client_cpu_ms_per_call']:.2f} ms CPU/call, load "
+                    f"{case['load_average_1m']})",
+                    ">= 85%",
+                    _verdict(case["ratio_to_bound"] >= 0.85),
+                    data["measured"],
+                )
+            )
+    if data := _load("cpu_per_call"):
+        s, cai, floor = data["settings"], data["cai"], data["floor"]
+        rows.append(
+            (
+                f"Client CPU per call vs aiohttp floor, C={s['concurrency']}, "
+                f"L={s['latency_s'] * 1000:.0f} ms",
+                f"{data['cpu_ratio']:.2f}x the floor (best {cai['cpu_ms_per_call_best']:.3f} vs "
+                f"{floor['cpu_ms_per_call_best']:.3f} ms; median ratio "
+                f"{data['cpu_ratio_median']:.2f}x); {s['calls']} calls of "
+                f"{s['mean_request_bytes']} B"
+                + (
+                    f"; before issue 16: {data['baseline']['cpu_ms_per_call_best']:.3f} ms "
+                    f"({data['baseline_cpu_ratio']:.2f}x)"
+                    if "baseline" in data
+                    else ""
+                ),
+                "<= 2x",
+                _verdict(data["cpu_ratio"] <= 2.0),
+                data["measured"],
+            )
+        )
     if data := _load("feedback"):
         for case in data["cases"]:
             # Each pair's 2 x votes calls are gathered: the last wave of calls is part-full.

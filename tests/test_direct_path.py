@@ -22,6 +22,7 @@ from cai import errors
 from cai.providers.base import Completion, Sampling, Usage
 from cai.providers.direct import _encode_stdlib, encode_body
 from cai.providers.openai import OpenAIProvider
+from cai.records import Record, Round
 
 SAMPLING = Sampling(temperature=0.5, max_tokens=64)
 HELLO = [{"role": "user", "content": "Tell me about bread, café \u2028 naïve."}]
@@ -168,9 +169,24 @@ def test_bodies_are_encoded_as_the_sdk_encodes_them() -> None:
     assert json.loads(encode_body(body)) == json.loads(sent)
 
 
-def test_spelled_out_to_dicts_match_the_dataclasses() -> None:
+def test_spelled_out_to_dicts_match_asdict() -> None:
     for sampling in (Sampling(), Sampling(0.1, 5, 0.9, 3)):
         expected = {k: v for k, v in asdict(sampling).items() if v is not None}
         assert sampling.to_dict() == expected and list(sampling.to_dict()) == list(expected)
     usage = Usage(1, 2, 3, 4, 5)
     assert usage.to_dict() == asdict(usage) and list(usage.to_dict()) == list(asdict(usage))
+    record = Record(
+        id="r1",
+        prompt=[{"role": "user", "content": "hi"}],
+        rounds=[Round(1, "harm", "critique?", "fine\nNO CHANGES NEEDED", skipped=True)],
+        sampling={"temperature": 0.5},
+        error={"kind": "server_error", "status": 500, "details": {"ids": [1, 2]}},
+        timings={"seconds": 1.5},
+    )
+    data = record.to_dict()
+    assert json.dumps(data) == json.dumps(asdict(record))  # same keys, same order, same values
+    data["prompt"][0]["content"] = "changed"
+    data["error"]["details"]["ids"].append(3)
+    data["rounds"][0]["critique"] = "changed"
+    assert record.prompt[0]["content"] == "hi" and record.error["details"]["ids"] == [1, 2]
+    assert record.rounds[0].critique.startswith("fine")
