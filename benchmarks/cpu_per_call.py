@@ -15,9 +15,8 @@ fresh fake server, two sides alternate, each in a fresh process, several times:
 
 Each side's figure is its CPU time (`time.process_time`, user + system) from just before its
 work to just after, divided by the calls made: interpreter start-up and module imports are
-per process, not per call, and are left out on both sides (the floor imports aiohttp before
-its clock; cai first makes a one-prompt run into a scratch directory, which imports what the
-command imports, lazily or not). CPU time, not wall time, because the machine is shared. Best and median
+per process, not per call, and are left out on both sides: each imports, before its clock,
+what its work imports (for cai, also what the command imports lazily: yaml, cai.batch, ...). CPU time, not wall time, because the machine is shared. Best and median
 over the repeats; the ratio is taken on the best of each.
 
     python -m benchmarks.cpu_per_call [--quick] [--prompts N] [--latency L] [--concurrency C]
@@ -83,21 +82,15 @@ cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
 print(json.dumps({"cpu_s": cpu, "wall_s": wall, "calls": len(plan["bodies"]), "bytes_sent": sent}))
 """
 
-# cai: the click command, in-process. A one-prompt run into a scratch directory first makes
-# every import the command makes (some lazily, e.g. yaml for the constitution): imports are
-# per process, not per call (benchmarks/startup.py measures them).
+# cai: the click command, in-process. What it imports (some lazily, e.g. yaml for the
+# constitution) is imported before the clock: imports are per process, not per call
+# (benchmarks/startup.py measures them).
 CAI = """
 import json, sys, time
-import cai.cli
+import aiohttp, multiprocessing, openai, tqdm, yaml
+import cai.batch, cai.cli, cai.engines, cai.pipeline, cai.providers.openai
 
-out, warm_up, args = sys.argv[1], sys.argv[2] == "warm", sys.argv[3:]
-if warm_up:
-    warm = [a if a != out else out + "-warmup" for a in args]
-    prompts = warm[warm.index("--prompts") + 1]
-    with open(prompts) as f, open(prompts + ".warmup", "w") as w:
-        w.write(f.readline())
-    warm[warm.index("--prompts") + 1] = prompts + ".warmup"
-    cai.cli.cli.main(warm, standalone_mode=False)
+out, args = sys.argv[1], sys.argv[2:]
 cpu0, wall0 = time.process_time(), time.perf_counter()
 cai.cli.cli.main(args, standalone_mode=False)
 cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -192,8 +185,7 @@ def run(
         server, url = _start_server(latency, log)
         try:
             args = _cai_args(url, source, tmp / "capture", rounds, concurrency)
-            # No warm-up here: the server's log must hold exactly the measured run's requests.
-            _child(CAI, [str(tmp / "capture"), "cold", *args], tmp, tmp / "capture.log")
+            _child(CAI, [str(tmp / "capture"), *args], tmp, tmp / "capture.log")
         finally:
             _stop(server)
         with log.open(encoding="utf-8") as f:
@@ -207,14 +199,14 @@ def run(
             for k in range(repeats):
                 out = tmp / f"run{k}"
                 args = _cai_args(url, source, out, rounds, concurrency)
-                cai_args = [str(out), "warm", *args]
+                cai_args = [str(out), *args]
                 samples["cai"].append(_child(CAI, cai_args, tmp, tmp / f"cai{k}.log"))
                 samples["floor"].append(_child(FLOOR, [str(plan)], tmp, tmp / f"floor{k}.log"))
                 if baseline:
                     out = tmp / f"base{k}"
                     args = _cai_args(url, source, out, rounds, concurrency)
                     log = tmp / f"base{k}.log"
-                    base_args = [str(out), "warm", *args]
+                    base_args = [str(out), *args]
                     base = _child(CAI, base_args, tmp, log, Path(baseline).resolve())
                     samples["baseline"].append(base)
         finally:
