@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cai import errors
-from cai.errors import ConfigError, ProviderError
+from cai.errors import BatchCanceledError, BatchExpiredError, ConfigError, ProviderError
 from cai.pipeline import CURRENT_CALL, _Abandoned
 from cai.providers.base import Completion, Provider, Sampling
 from cai.retry import call_with_retries
@@ -41,8 +41,6 @@ from cai.rundir import BATCHES_FILE
 
 __all__ = [
     "LIMITS",
-    "BatchCanceledError",
-    "BatchExpiredError",
     "BatchJournal",
     "BatchProvider",
     "BatchState",
@@ -61,20 +59,6 @@ __all__ = [
 LIMITS = {"anthropic": (100_000, 256 * 1024 * 1024), "openai": (50_000, 200 * 1024 * 1024)}
 # Room left under the byte limit for the envelope around the requests.
 _BYTES_MARGIN = 1024 * 1024
-
-
-class BatchExpiredError(ProviderError):
-    """A batch request the provider did not run before the batch expired (24 hours)."""
-
-    kind = "batch_expired"
-    retryable = True
-
-
-class BatchCanceledError(ProviderError):
-    """A batch request that was not run because its batch was canceled."""
-
-    kind = "batch_canceled"
-    retryable = True
 
 
 def custom_id(record_id: str, step: str) -> str:

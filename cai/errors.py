@@ -8,6 +8,8 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BadResponseError",
+    "BatchCanceledError",
+    "BatchExpiredError",
     "CaiError",
     "ConfigError",
     "ConflictError",
@@ -160,6 +162,20 @@ class BadResponseError(ProviderError):
     """The server answered with something that is not a valid completion (e.g. malformed JSON)."""
 
     kind = "bad_response"
+    retryable = True
+
+
+class BatchExpiredError(ProviderError):
+    """A batch request the provider did not run before the batch expired (24 hours)."""
+
+    kind = "batch_expired"
+    retryable = True
+
+
+class BatchCanceledError(ProviderError):
+    """A batch request that was not run because its batch was canceled."""
+
+    kind = "batch_canceled"
     retryable = True
 
 
