@@ -11,7 +11,9 @@ fresh fake server, two sides alternate, each in a fresh process, several times:
 - **floor**: a bare `aiohttp` loop that sends every captured body (JSON-encoded per call,
   compact, as cai sends it, with orjson as cai does where it is installed) under an
   `asyncio.Semaphore(C)` on a C-connection pool, reads each reply and decodes its JSON - the
-  least any Python client of this API must do.
+  least any Python client of this API must do. The target ratio is taken against it.
+- **floor_json**: the same loop with the json module, as a floor written with the stdlib alone
+  would be (reported, not the target).
 
 Each side's figure is its CPU time (`time.process_time`, user + system) from just before its
 work to just after, divided by the calls made: interpreter start-up and module imports are
@@ -19,7 +21,7 @@ per process, not per call, and are left out on both sides: each imports, before 
 what its work imports (for cai, also what the command imports lazily: yaml, cai.batch, ...). CPU time, not wall time, because the machine is shared. Best and median
 over the repeats; the ratio is taken on the best of each.
 
-    python -m benchmarks.cpu_per_call [--quick] [--prompts N] [--latency L] [--concurrency C]
+    python -m benchmarks.cpu_per_call [--quick] [--prompts N] [--latency L] [--concurrency C]...
 
 `--baseline DIR` adds a third side: `cai generate` from another checkout (e.g. a `git worktree`
 of an older commit), in the same alternation, to measure a change against the floor and
@@ -42,6 +44,9 @@ from benchmarks.common import ROOT
 
 __all__ = ["main", "run"]
 
+# C=512 is issue 16's case (a self-hosted fleet's concurrency); C=64 is cai's usual scale.
+DEFAULT_CONCURRENCY = (512, 64)
+
 # The floor: what any Python client of the API must do per call, and nothing else.
 FLOOR = """
 import asyncio, json, sys, time
@@ -49,6 +54,8 @@ import aiohttp
 try:  # the encoder cai uses, so that the floor is no slower than cai at JSON
     from orjson import dumps, loads
 except ImportError:
+    dumps = None
+if dumps is None or sys.argv[2] == "json":  # the floor a user would write with the stdlib
     dumps = lambda body: json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     loads = json.loads
 
@@ -167,15 +174,12 @@ def run(
     prompts: int | None = None,
     rounds: int = 1,
     latency: float = 0.1,
-    concurrency: int = 64,
+    concurrency: list[int] | None = None,
     repeats: int | None = None,
     baseline: str | None = None,
 ) -> dict[str, Any]:
     prompts = prompts or (300 if quick else 1000)
-    repeats = repeats or (2 if quick else 4)
-    samples: dict[str, list[dict[str, Any]]] = {"cai": [], "floor": []}
-    if baseline:
-        samples["baseline"] = []
+    repeats = repeats or (2 if quick else 5)
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         source = tmp / "prompts.jsonl"
@@ -184,34 +188,59 @@ def run(
         log = tmp / "requests.jsonl"
         server, url = _start_server(latency, log)
         try:
-            args = _cai_args(url, source, tmp / "capture", rounds, concurrency)
+            args = _cai_args(url, source, tmp / "capture", rounds, 64)
             _child(CAI, [str(tmp / "capture"), *args], tmp, tmp / "capture.log")
         finally:
             _stop(server)
         with log.open(encoding="utf-8") as f:
             bodies = [e["body"] for e in map(json.loads, f) if e["api"] == "openai"]
-        server, url = _start_server(latency)
-        try:
-            plan = tmp / "plan.json"
-            plan.write_text(
-                json.dumps({"url": url + "/v1", "concurrency": concurrency, "bodies": bodies})
+        cases = []
+        for c in concurrency or DEFAULT_CONCURRENCY:
+            case = _case(tmp, source, bodies, prompts, rounds, latency, c, repeats, baseline)
+            cases.append(case)
+    return {"cases": cases}
+
+
+def _case(
+    tmp: Path,
+    source: Path,
+    bodies: list[Any],
+    prompts: int,
+    rounds: int,
+    latency: float,
+    concurrency: int,
+    repeats: int,
+    baseline: str | None,
+) -> dict[str, Any]:
+    """The sides alternated `repeats` times at one concurrency, against a fresh server."""
+    samples: dict[str, list[dict[str, Any]]] = {"cai": [], "floor": [], "floor_json": []}
+    if baseline:
+        samples["baseline"] = []
+    server, url = _start_server(latency)
+    try:
+        plan = tmp / "plan.json"
+        plan.write_text(
+            json.dumps({"url": url + "/v1", "concurrency": concurrency, "bodies": bodies})
+        )
+        for k in range(repeats):
+            out = tmp / f"run{concurrency}-{k}"
+            args = _cai_args(url, source, out, rounds, concurrency)
+            samples["cai"].append(_child(CAI, [str(out), *args], tmp, tmp / f"{out.name}.log"))
+            samples["floor"].append(
+                _child(FLOOR, [str(plan), "orjson"], tmp, tmp / f"floor{concurrency}-{k}.log")
             )
-            for k in range(repeats):
-                out = tmp / f"run{k}"
-                args = _cai_args(url, source, out, rounds, concurrency)
-                cai_args = [str(out), *args]
-                samples["cai"].append(_child(CAI, cai_args, tmp, tmp / f"cai{k}.log"))
-                samples["floor"].append(_child(FLOOR, [str(plan)], tmp, tmp / f"floor{k}.log"))
-                if baseline:
-                    out = tmp / f"base{k}"
-                    args = _cai_args(url, source, out, rounds, concurrency)
-                    log = tmp / f"base{k}.log"
-                    base_args = [str(out), *args]
-                    base = _child(CAI, base_args, tmp, log, Path(baseline).resolve())
-                    samples["baseline"].append(base)
-        finally:
-            _stop(server)
+            samples["floor_json"].append(
+                _child(FLOOR, [str(plan), "json"], tmp, tmp / f"floor_json{concurrency}-{k}.log")
+            )
+            if baseline:
+                out = tmp / f"base{concurrency}-{k}"
+                args = [str(out), *_cai_args(url, source, out, rounds, concurrency)]
+                base = _child(CAI, args, tmp, tmp / f"{out.name}.log", Path(baseline).resolve())
+                samples["baseline"].append(base)
+    finally:
+        _stop(server)
     cai, floor = _summary(samples["cai"]), _summary(samples["floor"])
+    floor_json = _summary(samples["floor_json"])
     if cai["calls"] != floor["calls"]:
         raise RuntimeError(f"cai made {cai['calls']} calls, the floor {floor['calls']}")
     extra: dict[str, Any] = {}
@@ -232,6 +261,11 @@ def run(
         },
         "cai": cai,
         "floor": floor,
+        # The same loop with the json module: what a floor written with the stdlib costs.
+        "floor_json": floor_json,
+        "cpu_ratio_floor_json": round(
+            cai["cpu_ms_per_call_best"] / floor_json["cpu_ms_per_call_best"], 3
+        ),
         "cpu_ratio": round(cai["cpu_ms_per_call_best"] / floor["cpu_ms_per_call_best"], 3),
         "cpu_ratio_median": round(
             cai["cpu_ms_per_call_median"] / floor["cpu_ms_per_call_median"], 3
@@ -243,28 +277,38 @@ def run(
 
 
 def report(result: dict[str, Any]) -> str:
-    s, cai, floor = result["settings"], result["cai"], result["floor"]
-    return (
-        f"cpu_per_call: {s['calls']} calls ({s['mean_request_bytes']} B each) at "
-        f"C={s['concurrency']}, L={s['latency_s'] * 1000:.0f}ms: cai "
-        f"{cai['cpu_ms_per_call_best']:.3f} ms (median {cai['cpu_ms_per_call_median']:.3f}), "
-        f"floor {floor['cpu_ms_per_call_best']:.3f} ms "
-        f"(median {floor['cpu_ms_per_call_median']:.3f}); ratio {result['cpu_ratio']:.2f} "
-        f"(median {result['cpu_ratio_median']:.2f}, target <= 2)"
-        + (
-            f"; baseline {result['baseline']['cpu_ms_per_call_best']:.3f} ms "
-            f"(ratio {result['baseline_cpu_ratio']:.2f})"
-            if "baseline" in result
-            else ""
+    lines = []
+    for case in result["cases"]:
+        s, cai, floor = case["settings"], case["cai"], case["floor"]
+        lines.append(
+            f"cpu_per_call: {s['calls']} calls ({s['mean_request_bytes']} B each) at "
+            f"C={s['concurrency']}, L={s['latency_s'] * 1000:.0f}ms: cai "
+            f"{cai['cpu_ms_per_call_best']:.3f} ms (median {cai['cpu_ms_per_call_median']:.3f}), "
+            f"floor {floor['cpu_ms_per_call_best']:.3f} ms "
+            f"(median {floor['cpu_ms_per_call_median']:.3f}); ratio {case['cpu_ratio']:.2f} "
+            f"(median {case['cpu_ratio_median']:.2f}, target <= 2); floor with the json module "
+            f"{case['floor_json']['cpu_ms_per_call_best']:.3f} ms "
+            f"(ratio {case['cpu_ratio_floor_json']:.2f})"
+            + (
+                f"; baseline {case['baseline']['cpu_ms_per_call_best']:.3f} ms "
+                f"(ratio {case['baseline_cpu_ratio']:.2f})"
+                if "baseline" in case
+                else ""
+            )
         )
-    )
+    return "\n".join(lines)
 
 
 def _options(parser: Any) -> None:
     parser.add_argument("--prompts", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.1)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        action="append",
+        help=f"repeatable; default {' and '.join(map(str, DEFAULT_CONCURRENCY))}",
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--baseline", default=None, help="another checkout of cai, measured too")
 
