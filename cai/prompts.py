@@ -84,7 +84,24 @@ def _example_messages(example: Example, constitution: Constitution) -> list[Mess
     return messages
 
 
+# The few-shot prefix is the same for every critique and revision of a run: built once per
+# constitution (frozen, so it cannot change), not once per call (benchmarks/cpu_per_call.py).
+# Callers splice it into new lists and never change its messages.
+_PREFIXES: dict[int, tuple[Constitution, list[Message]]] = {}
+
+
 def _prefix(constitution: Constitution) -> list[Message]:
+    cached = _PREFIXES.get(id(constitution))
+    if cached is not None and cached[0] is constitution:
+        return cached[1]
+    messages = _build_prefix(constitution)
+    if len(_PREFIXES) >= 8:
+        _PREFIXES.clear()
+    _PREFIXES[id(constitution)] = (constitution, messages)
+    return messages
+
+
+def _build_prefix(constitution: Constitution) -> list[Message]:
     messages: list[Message] = []
     if constitution.system:
         messages.append({"role": "system", "content": constitution.system})
