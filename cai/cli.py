@@ -1301,7 +1301,10 @@ def _print_label_summary(stats: Any, out: Path) -> None:
             "Run the same command again to resume"
             + (" and retry the failed pairs." if stats.failed else ".")
         )
-    lines += [f"See them: cai stats {out}", f"Next: cai export {out} --format dpo"]
+    if stats.run_counts.get("ok", stats.done):
+        lines += [f"See them: cai stats {out}", f"Next: cai export {out} --format dpo"]
+    else:
+        lines.append("No pair was labelled, so there is nothing to export.")
     click.echo(_redact("\n".join(lines)), err=True)
 
 
