@@ -528,10 +528,6 @@ class _ContextCheck:
     def __init__(self, provider: Provider, constitution: Constitution, config: GenerateConfig):
         self.provider = provider
         self.window = context_window(provider)
-        # Without the provider's tokenizer: about four characters a token (English text).
-        self.count: Callable[[str], int] | None = (
-            provider.count_tokens if provider.has_tokenizer else None
-        )
         self.constitution = constitution
         self.config = config
         self.fixed: dict[str, int] = {}
@@ -561,7 +557,7 @@ class _ContextCheck:
             need = max(need, max(map(self._round, principles)) + prompt + 3 * reply)
         if need <= self.window:
             return None
-        about = "" if self.count is not None else "about "
+        about = "" if self.provider.has_tokenizer else "about "
         return (
             f"too long for the model's context: its longest call needs {about}{need} tokens "
             f"(prompt {about}{prompt}, up to {reply} per reply) but the window is {self.window}; "
