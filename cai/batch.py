@@ -718,7 +718,7 @@ class BatchProvider(Provider):
             "succeeded"
             if isinstance(outcome, Completion)
             else {"batch_expired": "expired", "batch_canceled": "canceled"}.get(
-                getattr(outcome, "kind", ""), "errored"
+                outcome.kind, "errored"
             )
         )
         setattr(self.stats, kind, getattr(self.stats, kind) + 1)
