@@ -469,7 +469,8 @@ async def label_chain(
 ) -> list[dict[str, Any]]:
     """The label job's chain, `partial(label_chain, constitution, config, cot)`: plain data
     only, so an engine can send it to workers (cai/engines/ray.py). `provider` is the feedback
-    model of the process it runs in; sampled responses come from the provider named "policy"."""
+    model of the process it runs in as `ChainRunner` passes it, whose `gather` makes independent
+    calls at once; sampled responses come from the provider named "policy"."""
     return await _PairJudge(constitution, config, provider, cot)(item, call)
 
 
@@ -488,8 +489,8 @@ class _PairJudge:
         self.window = context_window(provider)
 
     async def __call__(self, item: PairItem, call: Callable[..., Any]) -> list[dict[str, Any]]:
-        # The run's provider makes independent calls at once where it can (`_InFlight`).
-        gather = getattr(self.provider, "gather", None) or _in_order
+        # The runner's provider (`pipeline._InFlight`) makes a chain's independent calls at once.
+        gather = self.provider.gather
         started = time.time()
         sampled = item.responses is None
         usage = Usage()
@@ -664,17 +665,6 @@ def count_label(stats: LabelStats, line: dict[str, Any]) -> None:
     if line.get("chosen_round") is not None and line["p_a"] is not None:
         stats.revision_pairs += 1
         stats.revision_preferred += line["p_a"] < 0.5
-
-
-async def _in_order(*calls: Any) -> list[Any]:
-    """`gather` for a provider that cannot make calls at once: one after the other."""
-    results = []
-    for call in calls:
-        try:
-            results.append(await call)
-        except Exception as e:
-            results.append(e)
-    return results
 
 
 def _error_of(results: Sequence[Any]) -> ProviderError | None:
