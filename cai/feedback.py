@@ -801,6 +801,7 @@ def label_stats(labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
         bins[min(int(label["p_a"] * 10), 9)] += 1
     revision = [label for label in ok if label.get("chosen_round") is not None]
     decided = [v for v in answered if v["p_first"] != 0.5]
+    first = sum(v["p_first"] > 0.5 for v in decided)
     principles = Counter(v.get("principle") for v in votes)
     return {
         "pairs": len(labels),
@@ -808,10 +809,10 @@ def label_stats(labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "votes": len(votes),
         "answered_votes": len(answered),
         "vote_problems": dict(problems),
+        "decided_votes": len(decided),
+        "first_option_votes": first,
         # The share of votes for whichever option was shown first: 0.5 without position bias.
-        "first_option_share": round(sum(v["p_first"] > 0.5 for v in decided) / len(decided), 4)
-        if decided
-        else None,
+        "first_option_share": round(first / len(decided), 4) if decided else None,
         "mean_p_first": round(sum(v["p_first"] for v in answered) / len(answered), 4)
         if answered
         else None,

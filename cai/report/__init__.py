@@ -177,27 +177,24 @@ def _call_stats(records: list[Record], calls: Iterable[dict[str, Any]]) -> dict[
 
 
 def _label_data(labels: list[dict[str, Any]]) -> dict[str, Any]:
-    """p_a distribution, position bias and order consistency of a label run."""
+    """p_a distribution, position bias and order consistency of a label run; the counts are
+    `cai stats`'s (`label_stats`)."""
+    from cai.feedback import label_stats
+
+    stats = label_stats(labels)
     p_a = [float(x["p_a"]) for x in labels if isinstance(x.get("p_a"), int | float)]
-    votes = [v for x in labels for v in (x.get("votes") or []) if isinstance(v, dict)]
-    firsts = [float(v["p_first"]) for v in votes if isinstance(v.get("p_first"), int | float)]
-    consistent = [bool(x["position_consistent"]) for x in labels if "position_consistent" in x]
-    by_order: dict[str, list[float]] = {}
-    for v in votes:
-        if isinstance(v.get("p_first"), int | float):
-            by_order.setdefault(str(v.get("order", "?")), []).append(float(v["p_first"]))
     return {
-        "pairs": len(labels),
-        "status": dict(Counter(str(x.get("status", "ok")) for x in labels).most_common()),
+        "pairs": stats["pairs"],
+        "status": stats["statuses"],
         "p_a": p_a,
         "p_a_hist": _hist(p_a, 20, 0.0, 1.0),
         "b_preferred": sum(p < 0.5 for p in p_a),
-        "votes": len(votes),
-        "first_preferred": sum(p > 0.5 for p in firsts),
-        "mean_p_first": round(sum(firsts) / len(firsts), 4) if firsts else None,
-        "mean_p_first_by_order": {k: round(sum(v) / len(v), 4) for k, v in by_order.items()},
-        "consistent": sum(consistent),
-        "consistency_known": len(consistent),
+        "votes": stats["votes"],
+        "decided_votes": stats["decided_votes"],
+        "first_preferred": stats["first_option_votes"],
+        "mean_p_first": stats["mean_p_first"],
+        "consistent": stats["position_consistent"],
+        "consistency_known": stats["labelled"],
     }
 
 
@@ -508,9 +505,9 @@ def _labels_plot(labels: dict[str, Any]) -> Any:
     left.set_ylabel("pairs")
     left.set_title("Soft labels", loc="left")
     shares, names = [], []
-    if labels["votes"]:
-        shares.append(labels["first_preferred"] / labels["votes"])
-        names.append("votes for the\noption shown first")
+    if labels["decided_votes"]:
+        shares.append(labels["first_preferred"] / labels["decided_votes"])
+        names.append("decided votes for the\noption shown first")
     if labels["consistency_known"]:
         shares.append(labels["consistent"] / labels["consistency_known"])
         names.append("pairs consistent\nin both orders")
