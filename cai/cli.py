@@ -270,12 +270,25 @@ _CALL_OPTIONS = _options(
 )
 
 
-def _call_config(params: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    """`CallConfig`'s fields from a command's options (`_CALL_OPTIONS` and --temperature)."""
+def _call_config(params: dict[str, Any]) -> dict[str, Any]:
+    """`CallConfig`'s fields from a command's options (`_CALL_OPTIONS`, --temperature and
+    `_BATCH_OPTIONS`)."""
     names = ("seed", "temperature", "max_tokens", "concurrency", "max_retries", "limit")
     fields = {name: params[name] for name in (*names, "rpm", "tpm")}
+    if params["batch"]:
+        from cai.batch import check_batch_options
+
+        # Each item in progress waits on its calls in a wave: a wave's worth of them at once.
+        fields["concurrency"] = check_batch_options(
+            params["provider"],
+            params["batch_size"],
+            params["poll_interval"],
+            engine=params["engine_name"],
+            rpm=params["rpm"],
+            tpm=params["tpm"],
+        )
     fields.update(shard=_parse_shard(params["shard"]), retry_failed=not params["no_retry_failed"])
-    return {**fields, **overrides}
+    return fields
 
 
 _COST_OPTIONS = _options(
@@ -468,17 +481,8 @@ def generate(
             "--fresh goes without --out: --out DIR resumes the run in DIR; "
             "to start afresh, pass --out with a new directory"
         )
-    if batch:
-        from cai.batch import check_batch_options
-
-        # Each prompt in progress waits on one request of a wave: a wave's worth of them.
-        concurrency = check_batch_options(
-            provider, batch_size, poll_interval, engine=engine_name, rpm=rpm, tpm=tpm
-        )
-    config = GenerateConfig(
-        rounds=rounds,
-        **_call_config(click.get_current_context().params, concurrency=concurrency),
-    )
+    params = click.get_current_context().params
+    config = GenerateConfig(rounds=rounds, **_call_config(params))
     parsed = load_constitution(constitution_path)
     source = PromptSource(prompts_spec, prompt_field=prompt_field, skip_bad_lines=skip_bad_lines)
     total = _check_prompts(source)
@@ -519,7 +523,7 @@ def generate(
         timeout=timeout,
     )
     engine = make_engine(engine_name, make_provider, workers=workers, address=ray_address)
-    backend = make_provider(connections=concurrency)
+    backend = make_provider(connections=config.concurrency)
     price = FREE if provider == "local" else prices.lookup(backend.model)
     if not backend.takes_sampling:
         click.echo(
@@ -552,7 +556,6 @@ def generate(
     )
     if config.limit is not None and total is not None:
         total = min(total, config.limit)
-    params = click.get_current_context().params
     backend, price = _batch_backend(backend, run_dir, manifest, price, params)
     store = RunStore(run_dir)
     from cai.pipeline import RunStats, run_generation
@@ -1119,15 +1122,9 @@ def label(
     from cai.rundir import RunStore, check_run_dir, is_run_dir
     from cai.sources import PromptSource
 
-    if batch:
-        from cai.batch import check_batch_options
-
-        # Each pair in progress waits on its votes in a wave: a wave's worth of calls at once.
-        concurrency = check_batch_options(
-            provider, batch_size, poll_interval, engine=engine_name, rpm=rpm, tpm=tpm
-        )
+    params = click.get_current_context().params
     config = LabelConfig(
-        **_call_config(click.get_current_context().params, concurrency=concurrency),
+        **_call_config(params),
         votes=votes,
         cot=cot,
         clamp=_parse_clamp(clamp),
@@ -1185,7 +1182,7 @@ def label(
         model_path=model_path,
         timeout=timeout,
     )
-    backend = make_feedback(connections=concurrency)
+    backend = make_feedback(connections=config.concurrency)
     policy = make_policy = None
     if not from_run:
         same_provider = policy_provider in (None, provider)
@@ -1201,7 +1198,7 @@ def label(
                 base_url=policy_url,
                 timeout=timeout,
             )
-        policy = backend if make_policy is None else make_policy(connections=concurrency)
+        policy = backend if make_policy is None else make_policy(connections=config.concurrency)
     from cai.engines import make_engine, make_providers
 
     engine = make_engine(
@@ -1237,7 +1234,6 @@ def label(
     if policy is not None and policy is not backend:
         manifest.config.update(policy_provider=policy.name, policy_model=policy.model)
     direct = backend
-    params = click.get_current_context().params
     backend, price = _batch_backend(backend, out, manifest, price, params)
     if policy is direct:
         policy = backend  # the feedback model writes the responses: in the same batches
