@@ -290,21 +290,6 @@ class _BatchRefused(errors.BadRequestError):
 _OPENAI_ENDED = {"completed", "failed", "expired", "cancelled"}
 
 
-def _status_error(status: int, message: str) -> ProviderError:
-    """A failed request inside an OpenAI batch, by its HTTP status, as cai's error kinds."""
-    if status == 429:
-        cls: type[ProviderError] = errors.RateLimitError
-    elif status in (401, 403):
-        cls = errors.AuthenticationError
-    elif status == 408:
-        cls = errors.APITimeoutError
-    elif status >= 500:
-        cls = errors.ServerError
-    else:
-        cls = errors.BadRequestError
-    return cls(message, status=status, retry_after=0.0)
-
-
 class OpenAIBatches(_BatchAPI):
     name = "openai"
     endpoint = "/v1/chat/completions"
@@ -398,9 +383,11 @@ class OpenAIBatches(_BatchAPI):
                 )
             elif response:
                 detail = (response.get("body") or {}).get("error") or {}
-                outcome = _status_error(
-                    int(response.get("status_code") or 500),
+                status = int(response.get("status_code") or 500)
+                outcome = errors.status_error_class(status)(
                     f"batch {state.id}: {detail.get('message') or 'request failed'}",
+                    status=status,
+                    retry_after=0.0,
                 )
             else:
                 outcome = errors.ServerError(

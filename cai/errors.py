@@ -23,6 +23,7 @@ __all__ = [
     "RateLimitError",
     "RunMismatchError",
     "ServerError",
+    "status_error_class",
 ]
 
 from dataclasses import dataclass
@@ -186,3 +187,21 @@ class AuthenticationError(ProviderError):
 
 class BadRequestError(ProviderError):
     kind = "bad_request"
+
+
+def status_error_class(status: int) -> type[ProviderError]:
+    """The kind of a failed HTTP request by its status, as the SDKs sort them (408, 409, 429
+    and 5xx are worth another try)."""
+    if status == 429:
+        return RateLimitError
+    if status in (401, 403):
+        return AuthenticationError
+    if status == 408:
+        return APITimeoutError
+    if status == 409:
+        return ConflictError
+    if status == 529:
+        return OverloadedError
+    if status >= 500:
+        return ServerError
+    return BadRequestError

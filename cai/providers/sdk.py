@@ -284,30 +284,19 @@ def translate_sdk_error(e: Exception, sdk: ModuleType, key_variable: str) -> err
         cls = errors.APITimeoutError
     elif isinstance(e, sdk.APIConnectionError):
         cls = errors.APIConnectionError
-    elif isinstance(e, sdk.RateLimitError) and getattr(e, "code", None) == "insufficient_quota":
+    elif isinstance(e, sdk.APIResponseValidationError) or status is None:
+        cls = errors.BadResponseError
+    elif status == 429 and getattr(e, "code", None) == "insufficient_quota":
         # Not a passing limit: no retry helps, and every call would fail the same way.
         cls = errors.AuthenticationError
         message = (
             f"the account of the key in {key_variable} has no quota left "
             "(429 insufficient_quota) - check its plan and billing"
         )
-    elif isinstance(e, sdk.RateLimitError):
-        cls = errors.RateLimitError
-    elif isinstance(e, sdk.AuthenticationError | sdk.PermissionDeniedError):
-        cls = errors.AuthenticationError
-        message = f"the server refused the key ({status}) - check {key_variable}"
-    elif status == 408:
-        cls = errors.APITimeoutError
-    elif status == 409:
-        cls = errors.ConflictError
-    elif status == 529:
-        cls = errors.OverloadedError
-    elif status is not None and status >= 500:
-        cls = errors.ServerError
-    elif isinstance(e, sdk.APIResponseValidationError) or status is None:
-        cls = errors.BadResponseError
     else:
-        cls = errors.BadRequestError
+        cls = errors.status_error_class(status)
+        if cls is errors.AuthenticationError:
+            message = f"the server refused the key ({status}) - check {key_variable}"
     if request_id:
         message += f" (request id {request_id})"
     return cls(
