@@ -38,7 +38,6 @@ from cai.stats import compute_stats
 __all__ = [
     "REPORT_FILE",
     "build_report_data",
-    "load_labels",
     "render_plots",
     "render_report",
     "round_kind",
@@ -608,12 +607,6 @@ def render_report(data: dict[str, Any], svgs: dict[str, str] | None = None) -> s
 # -- files ----------------------------------------------------------------------------------
 
 
-def load_labels(path: Path) -> list[dict[str, Any]]:
-    """The pairs of a labels.jsonl file; lines that are not JSON objects (a torn last line)
-    are left out."""
-    return [data for _, _, data in read_jsonl(path) if data is not None]
-
-
 def _calls(path: Path) -> Iterable[dict[str, Any]]:
     for _, _, data in read_jsonl(path):
         if data is not None:
@@ -621,17 +614,21 @@ def _calls(path: Path) -> Iterable[dict[str, Any]]:
             yield data
 
 
-def _load(run_dir: Path) -> tuple[dict[str, Any], list[Record]]:
+def _load(run_dir: Path) -> tuple[dict[str, Any], list[Record], list[dict[str, Any]]]:
+    """The run's manifest, records and labels (one line per pair, as `cai stats` reads them)."""
+    from cai import feedback
+
+    labels = feedback.read_labels(run_dir) if feedback.is_label_run(run_dir) else []
     if (run_dir / RECORDS_FILE).exists():
         manifest, records = load_run(run_dir)
-        return manifest.to_dict(), records
-    if not (run_dir / LABELS_FILE).exists():
+        return manifest.to_dict(), records, labels
+    if not feedback.is_label_run(run_dir):
         raise ConfigError(
             f"{run_dir}: neither {RECORDS_FILE} nor {LABELS_FILE} here; pass a directory "
             "made by cai generate or cai label"
         )
     manifest = read_manifest(run_dir)
-    return (manifest.to_dict() if manifest is not None else {}), []
+    return (manifest.to_dict() if manifest is not None else {}), [], labels
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -648,8 +645,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise ConfigError(f"{out} is a directory; pass --out with a file name ending in .html")
     if out.exists() and not _is_report(out):
         raise ConfigError(f"{out} exists and is not a cai report; pass --out with a new file name")
-    manifest, records = _load(run_dir)
-    labels = load_labels(run_dir / LABELS_FILE)
+    manifest, records, labels = _load(run_dir)
     text, _ = find_constitution_text(run_dir, manifest, records) if records else (None, "")
     data = build_report_data(
         records,
