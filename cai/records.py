@@ -37,6 +37,12 @@ class Round:
     problem: str | None = None
     critique_failed: bool = False
 
+    def __post_init__(self) -> None:
+        if self.skipped and self.problem is not None and not self.critique_failed:
+            # The form written before `critique_failed`, when `skipped` also meant a failed
+            # critique: read it with today's meaning, whether built here or loaded.
+            self.skipped, self.critique_failed = False, True
+
     @property
     def state(self) -> str:
         if self.critique_failed:
@@ -47,11 +53,7 @@ class Round:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Round:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "critique_failed" not in known and known.get("skipped") and known.get("problem"):
-            # Written before `critique_failed`: `skipped` then also meant a failed critique.
-            known["skipped"], known["critique_failed"] = False, True
-        return cls(**known)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass

@@ -55,7 +55,8 @@ def _record(rid: str, prompt: str, rounds: list[Round], **kw) -> Record:
     # a `problem`), which Round reads the way it describes such a round today.
     data = record.to_dict()
     for r in data["rounds"]:
-        r.pop("critique_failed", None)
+        if r.pop("critique_failed", False):
+            r["skipped"] = True
     return Record.from_dict(data)
 
 
