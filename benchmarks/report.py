@@ -105,7 +105,7 @@ def synthetic_records(n: int, seed: int = 0) -> list[Record]:
             id=f"{rng.getrandbits(64):016x}",
             prompt=prompt,
             provider="openai",
-            model="gpt-4o-mini",
+            model="synthetic-demo",
             sampling={"temperature": 0.7, "max_tokens": 512},
             constitution={"name": constitution.name, "sha256": constitution.sha256},
             source_line=i + 1,
@@ -126,7 +126,11 @@ def synthetic_records(n: int, seed: int = 0) -> list[Record]:
                 if roll < 0.25:
                     r.critique, r.skipped = _NO_CHANGE, True
                 elif roll < 0.28:
-                    r.critique_finish_reason, r.problem, r.skipped = "length", "length", True
+                    r.critique_finish_reason, r.problem, r.critique_failed = (
+                        "length",
+                        "length",
+                        True,
+                    )
                 else:
                     calls += 1
                     r.revision_request = revision_request(p)
@@ -182,7 +186,7 @@ def write_run(run_dir: Path, records: list[Record]) -> None:
         },
         "config": {
             "provider": "openai",
-            "model": "gpt-4o-mini",
+            "model": "synthetic-demo",
             "rounds": 2,
             "seed": 0,
             "temperature": 0.7,
@@ -246,7 +250,7 @@ def screenshot(path: Path, records: int = 60) -> None:
     from cai.report import write_report
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "harmless-demo"
+        run = Path(tmp) / "synthetic-demo"
         recs = synthetic_records(records, seed=3)
         write_run(run, recs)
         out = write_report(run)
