@@ -260,7 +260,7 @@ class AnthropicBatches(_BatchAPI):
             if kind == "succeeded":
                 message = result.message.to_dict()
                 try:
-                    outcome = parse_message(message, json.dumps(message).encode())
+                    outcome = parse_message(message)
                 except ProviderError as e:
                     e.retryable = False  # it was paid for: sending it again would pay twice
                     outcome = e
@@ -369,7 +369,7 @@ class OpenAIBatches(_BatchAPI):
             if response.get("status_code") == 200:
                 body = response.get("body")
                 try:
-                    outcome = parse_chat_completion(body, json.dumps(body).encode())
+                    outcome = parse_chat_completion(body)
                 except ProviderError as e:
                     e.retryable = False  # it was paid for: sending it again would pay twice
                     outcome = e

@@ -109,15 +109,21 @@ class AnthropicProvider(SDKProvider):
         return parse_message(data, raw, response.request_id)
 
 
-def _bad(what: str, data: Any, raw: bytes, request_id: str | None) -> errors.BadResponseError:
+def _bad(
+    what: str, data: Any, raw: bytes | None, request_id: str | None
+) -> errors.BadResponseError:
+    if raw is None:
+        raw = json.dumps(data).encode()
     return errors.BadResponseError(
         f"the server's reply is not a message ({what}; request id {request_id}): {raw[:200]!r}",
         request_id=request_id,
     )
 
 
-def parse_message(data: Any, raw: bytes = b"", request_id: str | None = None) -> Completion:
-    """A `Completion` from a Messages API reply body; `BadResponseError` for any other shape."""
+def parse_message(data: Any, raw: bytes | None = None, request_id: str | None = None) -> Completion:
+    """A `Completion` from a Messages API reply body; `BadResponseError` for any other shape.
+
+    `raw`, the body as received, is quoted in that error (without it, `data` as JSON)."""
     if not isinstance(data, dict):
         raise _bad(f"a JSON {type(data).__name__}, not an object", data, raw, request_id)
     if not isinstance(request_id, str):

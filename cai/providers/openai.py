@@ -77,9 +77,11 @@ class OpenAIProvider(SDKProvider):
         return parse_chat_completion(data, raw)
 
 
-def _bad(what: str, data: Any, raw: bytes) -> errors.BadResponseError:
+def _bad(what: str, data: Any, raw: bytes | None) -> errors.BadResponseError:
     request_id = data.get("id") if isinstance(data, dict) else None
     request_id = request_id if isinstance(request_id, str) else None
+    if raw is None:
+        raw = json.dumps(data).encode()
     return errors.BadResponseError(
         f"the server's reply is not a chat completion ({what}; id {request_id}): {raw[:200]!r}",
         request_id=request_id,
@@ -95,8 +97,10 @@ def _tokens(usage: dict[str, Any], name: str) -> int:
     return value
 
 
-def parse_chat_completion(data: Any, raw: bytes = b"") -> Completion:
-    """A `Completion` from a Chat Completions reply body; `BadResponseError` for any other shape."""
+def parse_chat_completion(data: Any, raw: bytes | None = None) -> Completion:
+    """A `Completion` from a Chat Completions reply body; `BadResponseError` for any other shape.
+
+    `raw`, the body as received, is quoted in that error (without it, `data` as JSON)."""
     if not isinstance(data, dict):
         raise _bad(f"a JSON {type(data).__name__}, not an object", data, raw)
     choices = data.get("choices")
