@@ -562,15 +562,17 @@ def generate(
 
     stats = RunStats(total=total, price=price)
     start = partial(
-        run_generation, source, parsed, backend, config, store, manifest=manifest, stats=stats
+        run_generation,
+        source,
+        parsed,
+        backend,
+        config,
+        store,
+        manifest=manifest,
+        stats=stats,
+        engine=engine,
     )
-    try:
-        stats = _run_with_progress(partial(start, engine=engine), backend, store, stats)
-    except OSError as e:
-        error = _unwritable_run(e, run_dir)
-        if error is None:
-            raise
-        raise error from e
+    stats = _run_with_progress(start, backend, store, stats)
     resume = (
         "Run the same command again"
         if out is not None
@@ -579,6 +581,11 @@ def generate(
     _print_summary(stats, run_dir, source, resume)
     if batch:
         _print_batch_summary(backend, stats, run_dir, out is None)
+    _exit_unfinished(stats)
+
+
+def _exit_unfinished(stats: Any) -> None:
+    """Exit 130 when the run was interrupted, 3 when items of the run failed; else return."""
     if stats.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if stats.failed_in_run:
@@ -605,7 +612,8 @@ def _run_with_progress(
     """Run a job under a progress bar; the first Ctrl-C stops taking prompts, the second quits.
 
     `start(on_event=..., stop=...)` is the job's coroutine (`run_generation`, `run_labels`);
-    `backend` and `others` (e.g. a label job's policy model) are closed when it ends.
+    `backend` and `others` (e.g. a label job's policy model) are closed when it ends. A failed
+    write into the run directory becomes an error that says to pass another --out.
     """
     import asyncio
     import signal
@@ -686,6 +694,11 @@ def _run_with_progress(
 
     try:
         return asyncio.run(run())
+    except OSError as e:
+        error = _unwritable_run(e, store.dir)
+        if error is None:
+            raise
+        raise error from e
     finally:
         waves.close()
         if bar is not None:
@@ -1252,22 +1265,13 @@ def label(
         engine=engine,
     )
     others = (policy,) if policy is not None and policy is not backend else ()
-    try:
-        stats = _run_with_progress(
-            start, backend, store, stats, unit="pair", desc="label", others=others
-        )
-    except OSError as e:
-        error = _unwritable_run(e, out)
-        if error is None:
-            raise
-        raise error from e
+    stats = _run_with_progress(
+        start, backend, store, stats, unit="pair", desc="label", others=others
+    )
     _print_label_summary(stats, out)
     if batch:
         _print_batch_summary(backend, stats, out, False)
-    if stats.interrupted:
-        sys.exit(EXIT_INTERRUPTED)
-    if stats.failed_in_run:
-        sys.exit(EXIT_PARTIAL)
+    _exit_unfinished(stats)
 
 
 def _print_label_summary(stats: Any, out: Path) -> None:
