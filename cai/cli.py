@@ -1115,7 +1115,7 @@ def label(
 
     Exit codes: 0 done, 2 bad input, 3 some pairs failed (rerun to retry them), 130 interrupted.
     """
-    import math as _math
+    import math
     from functools import partial
 
     from cai.constitution import load_constitution
@@ -1182,7 +1182,7 @@ def label(
         if count == 0:
             raise InputError(source, None, "no prompts in the file")
         items = prompt_pairs(prompts)
-        pairs = _math.comb(config.responses, 2)
+        pairs = math.comb(config.responses, 2)
         total = None if count is None else min(count, limit or count) * pairs
     parsed = load_constitution(constitution_path)
     prices = load_price_table(price_table)
@@ -1243,7 +1243,6 @@ def label(
         price_table=price_table,
         prices_as_of=prices.as_of,
     )
-    manifest.kind = "label"
     if policy is not None and policy is not backend:
         manifest.config.update(policy_provider=policy.name, policy_model=policy.model)
     direct = backend

@@ -161,7 +161,7 @@ def run_settings(
 def build_manifest(
     constitution: Constitution,
     prompts: Any,
-    config: GenerateConfig,
+    config: CallConfig,
     provider: Provider,
     *,
     count: int | None = None,
@@ -170,7 +170,8 @@ def build_manifest(
     price_table: str | Path | None = None,
     prices_as_of: str | None = None,
 ) -> Manifest:
-    """The manifest of a generate run: what made it, from which prompts, with which settings.
+    """The manifest of a run: what made it, from which prompts, with which settings (`run_job`
+    sets its `kind` from the job's).
 
     `prompts` is a `PromptSource`; a prompts file is recorded by name and sha256, so the card
     never shows the user's directory layout.
