@@ -447,10 +447,7 @@ class BatchProvider(Provider):
         api: _BatchAPI | None = None,
         report: dict[str, Any] | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-        if not poll_interval > 0:
-            raise ConfigError(f"--poll-interval must be a positive number, got {poll_interval}")
+        _check_wave_options(batch_size, poll_interval)
         self.provider = provider
         self.name = provider.name
         self.model = provider.model
@@ -798,11 +795,15 @@ def check_batch_options(
             "--rpm and --tpm pace interactive calls; a batch API queues requests itself: "
             "drop them with --batch"
         )
+    _check_wave_options(batch_size, poll_interval)
+    return min(batch_size, LIMITS[provider][0])
+
+
+def _check_wave_options(batch_size: int, poll_interval: float) -> None:
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if not poll_interval > 0:
         raise ConfigError(f"--poll-interval must be a positive number, got {poll_interval}")
-    return min(batch_size, LIMITS[provider][0])
 
 
 def run_batch_api(run_dir: str | Path, base_url: str | None = None) -> tuple[Any, _BatchAPI]:
