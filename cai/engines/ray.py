@@ -473,7 +473,7 @@ class RayEngine:
         await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for slot in self.slots if hasattr(self, "slots") else ():
+        for slot in self.slots:
             if slot.actor is not None:
                 with contextlib.suppress(Exception):
                     self.ray.kill(slot.actor)
