@@ -41,6 +41,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.common import ROOT
+from benchmarks.throughput import _start_server
 
 __all__ = ["main", "run"]
 
@@ -104,20 +105,6 @@ cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
 calls = json.load(open(out + "/manifest.json"))["stats"]["calls"]
 print(json.dumps({"cpu_s": cpu, "wall_s": wall, "calls": calls}))
 """
-
-
-def _start_server(latency: float, log: Path | None = None) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, str(ROOT / "tests" / "fake_server.py"), "--port", "0"]
-    command += ["--latency", str(latency)]
-    if log is not None:
-        command += ["--log", str(log)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    url = server.stdout.readline().strip()
-    if not url.startswith("http://"):
-        server.kill()
-        raise RuntimeError("the fake server did not start")
-    return server, url
 
 
 def _stop(server: subprocess.Popen) -> None:
@@ -186,7 +173,7 @@ def run(
         _write_prompts(source, prompts)
         # The capture run: cai's own requests, logged by the server, become the floor's plan.
         log = tmp / "requests.jsonl"
-        server, url = _start_server(latency, log)
+        server, url = _start_server(latency, log=log)
         try:
             args = _cai_args(url, source, tmp / "capture", rounds, 64)
             _child(CAI, [str(tmp / "capture"), *args], tmp, tmp / "capture.log")

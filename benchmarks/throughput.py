@@ -38,23 +38,16 @@ STANDARD_CASES = [(1000, 2, 0.1, 64), (1000, 2, 0.1, 512), (1000, 1, 1.0, 512, 0
 __all__ = ["main", "run_case"]
 
 
-def _start_server(latency: float, no_change_every: int = 3) -> tuple[subprocess.Popen, str]:
+def _start_server(
+    latency: float, no_change_every: int = 3, log: Path | None = None
+) -> tuple[subprocess.Popen, str]:
     """The fake server in its own process; one critique in `no_change_every` (0: none) finds
-    nothing to change, which skips that prompt's revision call."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "fake_server.py"),
-            "--port",
-            "0",
-            "--latency",
-            str(latency),
-            "--no-change-every",
-            str(no_change_every),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    nothing to change, which skips that prompt's revision call. `log` records each request."""
+    command = [sys.executable, str(ROOT / "tests" / "fake_server.py"), "--port", "0"]
+    command += ["--latency", str(latency), "--no-change-every", str(no_change_every)]
+    if log is not None:
+        command += ["--log", str(log)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     url = server.stdout.readline().strip()
     if not url.startswith("http://"):
