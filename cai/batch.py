@@ -7,8 +7,11 @@ interactive mode's own. Its `complete` queues the request under a `custom_id` na
 record and the step (so the same call has the same id in every process) and waits. A
 collector task sends the queue as one wave once no chain has added to it for a moment (every
 running chain is then waiting on a reply), or when it reaches `--batch-size`; a wave is split
-at the provider's limits (`LIMITS`). Each batch's id goes to `batches.jsonl` (fsynced) the
-moment the provider returns it. Batches are polled every `--poll-interval`; as one ends, its
+at the provider's limits (`LIMITS`). An `intent` line (a token, the custom_ids) goes to
+`batches.jsonl` (fsynced) before each batch is created, and the batch's id the moment the
+provider returns it; a resumed run looks for the batch of an intent with no id at the provider
+(OpenAI: by the token in its metadata; Anthropic: by its custom_ids, once it has ended) before
+sending those requests again. Batches are polled every `--poll-interval`; as one ends, its
 results wake their chains, and the pipeline journals each reply exactly as it does an
 interactive one. A label run's votes of a pair are asked at once (`gather`), so they go out in
 the same wave; a prompts source's policy responses go in one wave before them.
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +107,10 @@ class BatchStats:
 
 
 class BatchJournal:
-    """`batches.jsonl`: one `created` line per batch, written and fsynced as soon as the
-    provider returns its id, and one `collected` line once all its results are taken in."""
+    """`batches.jsonl`: one `intent` line before each batch is created (its token and
+    custom_ids), one `created` line with its id as soon as the provider returns it (or an
+    `unsent` line when it surely was not created), and one `collected` line once all its
+    results are taken in; each appended and fsynced."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / BATCHES_FILE
@@ -127,6 +134,13 @@ class BatchJournal:
         return [
             {**e, "collected": e["id"] in collected} for e in entries if e.get("event") == "created"
         ]
+
+    def intents(self) -> list[dict[str, Any]]:
+        """The `intent` entries (written just before a batch is created) that no `created` or
+        `unsent` line settles: their batch may exist at the provider, unknown to the run."""
+        entries = self.entries()
+        settled = {e.get("token") for e in entries if e.get("event") in ("created", "unsent")}
+        return [e for e in entries if e.get("event") == "intent" and e.get("token") not in settled]
 
     def append(self, entry: dict[str, Any]) -> None:
         data = (json.dumps(entry) + "\n").encode()
@@ -191,6 +205,30 @@ class _BatchAPI:
     def results(self, state: BatchState) -> AsyncIterator[tuple[str, Completion | ProviderError]]:
         raise NotImplementedError
 
+    async def find(
+        self, intent: dict[str, Any], known: set[str]
+    ) -> tuple[BatchState | None, list[str]]:
+        """The batch an `intent` line announced, if the provider created it: (its state, [])
+        when found for sure, (None, ids of batches that may be it but cannot be told yet), or
+        (None, []) when the provider has no such batch. `known`: batch ids the run journaled."""
+        raise NotImplementedError
+
+    async def _listed(self, pager: Callable[[], Any], since: float) -> AsyncIterator[Any]:
+        """Every batch the provider lists, newest first, down to one created before `since`."""
+        page = await self._call(pager)
+        while True:
+            for batch in page.data:
+                yield batch
+                created = self._state(batch).created_at
+                if created is not None and created < since:
+                    return
+            if not page.has_next_page():
+                return
+            page = await self._call(page.get_next_page)
+
+    def _state(self, batch: Any) -> BatchState:
+        raise NotImplementedError
+
 
 def _rfc3339(value: Any) -> float | None:
     if value is None:
@@ -203,6 +241,10 @@ def _rfc3339(value: Any) -> float | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
     return None
 
+
+# How far the provider's clock may be behind ours when looking for a batch created after an
+# intent line was written.
+_CLOCK_SKEW = 600.0
 
 # Anthropic's error types inside an errored batch result, as cai's error kinds.
 _ANTHROPIC_ERRORS: dict[str, type[ProviderError]] = {
@@ -246,6 +288,33 @@ class AnthropicBatches(_BatchAPI):
 
     async def cancel(self, batch_id: str) -> BatchState:
         return self._state(await self._call(lambda: self.client.messages.batches.cancel(batch_id)))
+
+    async def find(
+        self, intent: dict[str, Any], known: set[str]
+    ) -> tuple[BatchState | None, list[str]]:
+        # Message Batches carry no metadata: a candidate is one created since the intent with
+        # as many requests, and it is ours only if its results name exactly our custom_ids,
+        # which can be read once it has ended.
+        wanted = set(intent.get("custom_ids") or [])
+        since = float(intent.get("created") or 0) - _CLOCK_SKEW
+        unsure = []
+        async for batch in self._listed(
+            lambda: self.client.messages.batches.list(limit=100), since
+        ):
+            state = self._state(batch)
+            if (
+                batch.id in known
+                or (state.created_at or 0) < since
+                or sum(state.counts.values()) != len(wanted)
+            ):
+                continue
+            if not state.ended:
+                unsure.append(batch.id)
+                continue
+            decoder = await self._call(partial(self.client.messages.batches.results, batch.id))
+            if {item.custom_id async for item in decoder} == wanted:
+                return state, []
+        return None, unsure
 
     async def results(
         self, state: BatchState
@@ -334,6 +403,16 @@ class OpenAIBatches(_BatchAPI):
 
     async def cancel(self, batch_id: str) -> BatchState:
         return self._state(await self._call(lambda: self.client.batches.cancel(batch_id)))
+
+    async def find(
+        self, intent: dict[str, Any], known: set[str]
+    ) -> tuple[BatchState | None, list[str]]:
+        # Each batch carries its wave's token in metadata.cai_wave: a match is certain.
+        since = float(intent.get("created") or 0) - _CLOCK_SKEW
+        async for batch in self._listed(lambda: self.client.batches.list(limit=100), since):
+            if (batch.metadata or {}).get("cai_wave") == intent.get("token"):
+                return self._state(batch), []
+        return None, []
 
     async def _lines(self, file_id: str | None) -> list[dict[str, Any]]:
         if not file_id:
@@ -483,6 +562,16 @@ class BatchProvider(Provider):
             for cid in ids:
                 self._members[cid] = entry["id"]
         self.stats.reattached = len(self._open)
+        # A kill between creating a batch and journaling its id leaves only its intent line:
+        # its requests wait (bodies in `_held`) until the collector finds that batch or learns
+        # the provider has none.
+        self._intents = {e["id"]: e for e in self.journal.intents()}
+        self._held: dict[str, dict[str, Any]] = {}
+        self._told: set[str] = set()
+        for entry in self._intents.values():
+            self._waves = max(self._waves, int(entry.get("wave", 0)))
+            for cid in entry.get("custom_ids") or []:
+                self._members[cid] = entry["id"]
         self._report()
 
     def _report(self) -> None:
@@ -533,6 +622,8 @@ class BatchProvider(Provider):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if cid in self._members:
             self._waiters[cid] = future  # in a batch already: wait for it, never send it again
+            if self._members[cid] in self._intents:
+                self._held[cid] = self.provider.request_body(messages, sampling, seed=seed)
         else:
             body = self.provider.request_body(messages, sampling, seed=seed)
             self._pending[cid] = (body, future)
@@ -554,13 +645,16 @@ class BatchProvider(Provider):
     # -- the collector ---------------------------------------------------------------------
 
     async def _collect(self) -> None:
-        next_poll = 0.0
+        next_poll = next_find = 0.0
         try:
             while True:
                 if self.stop is not None and self.stop.is_set():
                     self._abandon()
                     return
                 self._mark_collected()
+                if self._intents and time.monotonic() >= next_find:
+                    next_find = time.monotonic() + self.poll_interval
+                    await self._find_intents()
                 now = time.monotonic()
                 if self._pending and (
                     len(self._pending) >= self.batch_size or now - self._last_added >= self.settle
@@ -611,9 +705,25 @@ class BatchProvider(Provider):
         states = []
         for ids in chunks:
             token = uuid.uuid4().hex[:16]
+            intent = {
+                "event": "intent",
+                "id": f"intent-{token}",
+                "provider": self.name,
+                "model": self.model,
+                "wave": self._waves,
+                "created": time.time(),
+                "requests": len(ids),
+                "digest": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
+                "token": token,
+                "custom_ids": ids,
+            }
+            # Before the batch exists: a kill before its id is journaled leaves this, and the
+            # next run looks for the batch instead of paying for the requests again.
+            self.journal.append(intent)
             try:
                 state = await self.api.create([lines[cid] for cid in ids], token)
             except ProviderError as e:
+                self.journal.append({"event": "unsent", "id": intent["id"], "token": token})
                 for cid in ids:
                     future = pending[cid][1]
                     if not future.done():
@@ -643,6 +753,65 @@ class BatchProvider(Provider):
         self._report()
         if states:
             self.on_event("wave", (self._waves, states))
+
+    async def _find_intents(self) -> None:
+        """Settle each intent left by a killed run: re-attach to its batch, or send its
+        requests again once the provider surely has no such batch."""
+        known = {e["id"] for e in self.journal.batches()}
+        for intent_id, intent in list(self._intents.items()):
+            ids = [c for c in intent.get("custom_ids") or [] if isinstance(c, str)]
+            wave = int(intent.get("wave", 0))
+            try:
+                state, unsure = await self.api.find(intent, known)
+            except errors.AuthenticationError as e:
+                self._fail_all(e)
+                raise
+            except ProviderError as e:
+                self.on_event("notice", f"could not list batches ({e}); trying again")
+                return
+            if state is None and unsure:
+                if intent_id not in self._told:
+                    self._told.add(intent_id)
+                    self.on_event(
+                        "notice",
+                        f"wave {wave}'s batch of {len(ids)} requests was created by a run "
+                        f"killed before it journaled the id; it may be {', '.join(unsure)} "
+                        "(same request count, created since), but Anthropic batches carry no "
+                        "tag, so cai holds those requests until that batch ends and its "
+                        "custom_ids can be compared. To stop waiting, cancel it at the provider "
+                        "(cai batch cancel knows only journaled batches); its canceled requests "
+                        "then go out again",
+                    )
+                continue
+            del self._intents[intent_id]
+            if state is not None:
+                self.journal.append(
+                    {
+                        **{k: v for k, v in intent.items() if k != "digest"},
+                        "event": "created",
+                        "id": state.id,
+                        "found": True,
+                    }
+                )
+                self.stats.reattached += 1
+                self.stats.batches += 1
+                self._open[state.id] = _Open(state.id, ids, wave, time.time(), state)
+                for cid in ids:
+                    self._members[cid] = state.id
+                self.on_event(
+                    "notice",
+                    f"re-attached to {state.id}, wave {wave}'s batch, found at the "
+                    "provider (a run was killed before journaling its id)",
+                )
+                continue
+            self.journal.append({"event": "unsent", "id": intent_id, "token": intent["token"]})
+            for cid in ids:
+                if self._members.get(cid) == intent_id:
+                    del self._members[cid]
+                if cid in self._held and cid in self._waiters:
+                    self._pending[cid] = (self._held.pop(cid), self._waiters.pop(cid))
+                    self._last_added = time.monotonic()
+        self._report()
 
     async def _poll(self) -> None:
         for batch in list(self._open.values()):
@@ -859,7 +1028,10 @@ def _age(seconds: float) -> str:
 def check_no_open_batches(run_dir: str | Path) -> None:
     """Refuse an interactive resume while batches of the run are not taken in: their requests
     would be bought a second time."""
-    waiting = [b["id"] for b in BatchJournal(run_dir).batches() if not b["collected"]]
+    journal = BatchJournal(run_dir)
+    waiting = [b["id"] for b in journal.batches() if not b["collected"]]
+    # An intent not settled may be a batch the provider created: only --batch looks for it.
+    waiting += [e["id"] for e in journal.intents()]
     if waiting:
         raise ConfigError(
             f"{run_dir} has {len(waiting)} batch(es) whose results are not taken in yet "

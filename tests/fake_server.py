@@ -13,7 +13,9 @@ Endpoints:
   `GET /v1/files/{id}/content`, `POST /v1/batches`, `GET /v1/batches/{id}`,
   `POST /v1/batches/{id}/cancel`; Anthropic's `POST /v1/messages/batches`,
   `GET /v1/messages/batches/{id}`, `POST /v1/messages/batches/{id}/cancel` and the JSONL at
-  the batch's `results_url`, `GET /v1/messages/batches/{id}/results`.
+  the batch's `results_url`, `GET /v1/messages/batches/{id}/results`; and both lists,
+  `GET /v1/batches` (with each batch's `metadata`) and `GET /v1/messages/batches`, newest
+  first on one page (the query's paging parameters are ignored).
 
 Replies are a deterministic function of the request (never of arrival order):
 
@@ -710,6 +712,23 @@ class FakeServer:
             return None
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
+    def _listing(self, api: str, shape: Any) -> dict[str, Any]:
+        """`GET .../batches`: every batch of `api`, newest first, on one page."""
+        batches = [b for b in reversed(self.batches.values()) if b["api"] == api]
+        for batch in batches:
+            self._advance(batch)
+            if api == "openai":
+                self._openai_files(batch)
+        data = [shape(b) for b in batches]
+        ids = [b["id"] for b in data]
+        return {
+            "object": "list",
+            "data": data,
+            "has_more": False,
+            "first_id": ids[0] if ids else None,
+            "last_id": ids[-1] if ids else None,
+        }
+
     def _anthropic_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         counts = self._counts(batch)
         ended = batch["results"] is not None
@@ -746,6 +765,8 @@ class FakeServer:
                 raise _HTTPError(400, "custom_id must match ^[a-zA-Z0-9_-]{1,64}$")
             pairs = [(r["custom_id"], r["params"]) for r in requests]
             return 200, self._anthropic_batch(self._new_batch("anthropic", pairs))
+        if method == "GET" and not parts:
+            return 200, self._listing("anthropic", self._anthropic_batch)
         if not parts:
             raise _HTTPError(404, "no such route")
         batch = self._batch_of(parts[0], "anthropic")
@@ -865,6 +886,8 @@ class FakeServer:
             batch = self._new_batch("openai", pairs)
             batch["input_file_id"], batch["metadata"] = file_id, body.get("metadata")
             return 200, self._openai_batch(batch)
+        if method == "GET" and not parts:
+            return 200, self._listing("openai", self._openai_batch)
         if not parts:
             raise _HTTPError(404, "no such route")
         batch = self._batch_of(parts[0], "openai")

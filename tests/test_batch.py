@@ -183,6 +183,60 @@ def test_killed_twice_while_batches_are_open_then_resumed(
     assert _texts(plain) == batch_texts
 
 
+@pytest.mark.parametrize("created", [True, False], ids=["created", "never-created"])
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_killed_before_the_batch_id_was_journaled_then_resumed(
+    provider: str, created: bool, tmp_path: Path, mini_constitution: Path
+) -> None:
+    """A kill after the provider created a batch but before its id reached batches.jsonl
+    (reproduced by a SIGKILL right after, then taking the `created` line back out): the
+    resumed run finds the batch at the provider, by its tag (OpenAI) or by its custom_ids once
+    it has ended (Anthropic), instead of paying for its requests again. When the provider
+    never created it (the fake forgets it), the requests go out again, once."""
+    prompts = _prompts(tmp_path / "prompts.jsonl", 20)
+    run = tmp_path / "batch-run"
+    with FakeServer(batch_delay=2.0, seed=3) as server:
+        args = [*_args(provider, server, mini_constitution, prompts, run), "--batch"]
+        args += ["--poll-interval", POLL]
+        proc = _cai(args)
+        _wait_for(lambda: len(_batches(run)) == 1 or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        journal = run / "batches.jsonl"
+        kept = [x for x in journal.read_text().splitlines() if '"event": "created"' not in x]
+        assert [json.loads(x)["event"] for x in kept] == ["intent"]
+        journal.write_text("".join(x + "\n" for x in kept))
+        (lost,) = server.batches  # at the provider, unknown to the run
+        if not created:
+            del server.batches[lost]
+        plain_args = _args(provider, server, mini_constitution, prompts, run)
+        refused = CliRunner().invoke(cli, plain_args)  # that batch may be open: no double pay
+        assert refused.exit_code == 2 and "intent-" in refused.output, refused.output
+        proc = _cai(args)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        events = [e["event"] for e in cai.batch.BatchJournal(run).entries()]
+        if created:
+            assert f"re-attached to {lost}" in err
+            if provider == "anthropic":  # still running at the resume: not told apart yet
+                assert f"it may be {lost}" in err
+            assert server.batches[lost]["results"] is not None
+            (found,) = [b for b in _batches(run) if b.get("found")]
+            assert found["id"] == lost and len(found["custom_ids"]) == 20
+        else:
+            assert "re-attached to" not in err and "unsent" in events
+        assert max(server.paid.values()) == 1
+        assert server.paid_total == _calls(run)
+        batch_texts = _texts(run)
+    with FakeServer() as server:
+        plain = tmp_path / "plain-run"
+        result = CliRunner().invoke(cli, _args(provider, server, mini_constitution, prompts, plain))
+        assert result.exit_code == 0, result.output
+        assert server.paid_total == _calls(plain) == _calls(run)
+    assert _texts(plain) == batch_texts
+
+
 def _summary_cost(output: str) -> float:
     line = next(x for x in output.splitlines() if "estimated cost" in x)
     return float(line.split("estimated cost $")[1].split(";")[0].replace(",", ""))
