@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -15,6 +16,10 @@ __all__ = ["DEFAULT_MODEL", "OpenAIProvider", "parse_chat_completion"]
 INFO = PROVIDERS["openai"]
 DEFAULT_MODEL = INFO.default_model
 KEY_VARIABLE = INFO.key_variable or ""
+try:  # a reply read in a quarter of json's time; json still decides whatever orjson refuses
+    from orjson import loads as _loads_fast
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads_fast = None
 # Compatible servers send other values too (e.g. "eos"); those count as a normal stop.
 _FINISH = {"length": "length", "content_filter": "content_filter", "refusal": "refusal"}
 
@@ -71,6 +76,12 @@ class OpenAIProvider(SDKProvider):
                     body=body,
                     options={"security": {"bearer_auth": True}},
                 )
+            if _loads_fast is not None:
+                # orjson refuses what json accepts (NaN, lone surrogates, a BOM) and turns
+                # integers past 64 bits into floats, which `parse_chat_completion` refuses as
+                # token counts: any refusal is decided again from json's reading, as before.
+                with contextlib.suppress(ValueError, errors.BadResponseError):
+                    return parse_chat_completion(_loads_fast(raw), raw)
             data = json.loads(raw)
         except (openai.APIError, ValueError) as e:
             raise translate_sdk_error(e, openai, KEY_VARIABLE) from None
