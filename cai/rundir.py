@@ -718,8 +718,9 @@ class RunStore:
     def open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._secrets = secret_values()
-        self._records = self.records_path.open("ab")
-        self._calls = self.calls_path.open("ab")
+        # Unbuffered: each line goes to the kernel in its own write, with no copy and no flush.
+        self._records = self.records_path.open("ab", buffering=0)
+        self._calls = self.calls_path.open("ab", buffering=0)
 
     def close(self) -> None:
         for f in (self._records, self._calls):
@@ -737,10 +738,11 @@ class RunStore:
         self.close()
 
     def _append(self, f: Any, data: dict[str, Any]) -> None:
-        line = redact_secrets(_LINE_ENCODER.encode(data), self._secrets)
-        # One write of one whole line, then flush: a kill can tear only the line being written.
-        f.write(line.encode("utf-8") + b"\n")
-        f.flush()
+        line = (redact_secrets(_LINE_ENCODER.encode(data), self._secrets) + "\n").encode("utf-8")
+        # One write of one whole line: a kill can tear only the line being written.
+        written = f.write(line)
+        while written < len(line):  # a short write (e.g. a signal mid-write): the rest, in order
+            written += f.write(line[written:])
 
     def append_record(self, record: Record | dict[str, Any]) -> None:
         self._append(self._records, record if isinstance(record, dict) else record.to_dict())
