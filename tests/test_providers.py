@@ -348,6 +348,39 @@ def test_the_canned_good_reply_parses(kind: str, body: dict, keys: None) -> None
     assert (completion.text, completion.usage.output_tokens) == ("Hi.", 2)
 
 
+_GOOD = json.dumps(_OPENAI_OK)
+# Replies that orjson refuses or reads otherwise than json: the provider reads them first with
+# orjson, then lets json decide, so the outcome must be json's reading, exactly.
+ODD_REPLIES = [
+    b"\xef\xbb\xbf" + _GOOD.encode(),  # a byte-order mark
+    _GOOD.replace('"id"', '"x": NaN, "id"').encode(),  # NaN, which json accepts
+    _GOOD.replace('"Hi."', '"Hi.\\ud800"').encode(),  # a lone surrogate
+    _GOOD.replace(
+        '"completion_tokens": 2', '"completion_tokens": 123456789012345678901234'
+    ).encode(),
+    _GOOD.replace('"prompt_tokens": 5', '"prompt_tokens": 5, "big": 99999999999999999999').encode(),
+]
+
+
+@pytest.mark.parametrize("raw", ODD_REPLIES)
+def test_odd_replies_read_as_json_reads_them(raw: bytes, keys: None) -> None:
+    from cai.providers.openai import parse_chat_completion
+
+    try:
+        expected: object = parse_chat_completion(json.loads(raw), raw).to_dict()
+    except errors.BadResponseError as e:
+        expected = e.kind
+    with FakeServer() as server:
+        server.enqueue(Canned(body=raw))
+        try:
+            got: object = asyncio.run(_complete(_provider("openai", server))).to_dict()
+        except errors.BadResponseError as e:
+            got = e.kind
+    if isinstance(expected, dict) and isinstance(got, dict):
+        expected.pop("request_id"), got.pop("request_id")
+    assert got == expected
+
+
 def test_a_completion_is_always_well_formed() -> None:
     with pytest.raises(TypeError):
         Completion(["not", "text"])  # type: ignore[arg-type]
