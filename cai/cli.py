@@ -1124,6 +1124,7 @@ def label(
         LabelConfig,
         LabelStats,
         plan_labels,
+        policy_factory,
         prompt_pairs,
         run_labels,
         run_pairs,
@@ -1198,19 +1199,15 @@ def label(
     backend = make_feedback(connections=config.concurrency)
     policy = make_policy = None
     if not from_run:
-        same_provider = policy_provider in (None, provider)
-        # Like the provider, the URL defaults to the feedback model's (e.g. another model of
-        # the same vLLM server); with another provider, to that provider's own.
-        policy_url = policy_base_url or (base_url if same_provider else None)
-        same = same_provider and policy_model in (None, backend.model)
-        if not (same and policy_url == base_url):
-            make_policy = partial(
-                create_provider,
-                policy_provider or provider,
-                model=policy_model,
-                base_url=policy_url,
-                timeout=timeout,
-            )
+        make_policy = policy_factory(
+            backend,
+            provider=provider,
+            base_url=base_url,
+            timeout=timeout,
+            policy_provider=policy_provider,
+            policy_model=policy_model,
+            policy_base_url=policy_base_url,
+        )
         policy = backend if make_policy is None else make_policy(connections=config.concurrency)
     from cai.engines import make_engine, make_providers
 

@@ -62,6 +62,7 @@ __all__ = [
     "label_skip_reason",
     "letter_probability",
     "p_a_of",
+    "policy_factory",
     "render_conversation",
     "summarize_votes",
     "vote_principles",
@@ -375,6 +376,37 @@ def pair_id(item_id: str, i: int, j: int, *, sampled: bool) -> str:
 def unit_of(line_id: str) -> str:
     """The item (record or prompt) a label line belongs to."""
     return line_id.split(":", 1)[0]
+
+
+def policy_factory(
+    feedback: Provider,
+    *,
+    provider: str,
+    base_url: str | None,
+    timeout: float,
+    policy_provider: str | None = None,
+    policy_model: str | None = None,
+    policy_base_url: str | None = None,
+) -> Callable[..., Provider] | None:
+    """How to make the policy model that writes a prompts source's responses, as a picklable
+    factory (each Ray worker calls it); None when the feedback model writes them itself.
+
+    Like the provider, the policy's URL defaults to the feedback model's (e.g. another model
+    of the same vLLM server); with another provider, to that provider's own.
+    """
+    from cai.providers import create_provider
+
+    same_provider = policy_provider in (None, provider)
+    url = policy_base_url or (base_url if same_provider else None)
+    if same_provider and policy_model in (None, feedback.model) and url == base_url:
+        return None
+    return partial(
+        create_provider,
+        policy_provider or provider,
+        model=policy_model,
+        base_url=url,
+        timeout=timeout,
+    )
 
 
 def prompt_pairs(prompts: Iterable[Any]) -> Iterable[PairItem]:

@@ -603,3 +603,31 @@ def test_shards_split_the_pairs_and_a_finished_run_buys_nothing_again(
     # A label run and a generate run are not one job.
     mixed = CliRunner().invoke(cli, ["merge", *map(str, (everything, run)), "--out", "-"])
     assert mixed.exit_code == 2 and "merge runs of one kind" in mixed.stderr
+
+
+def test_policy_factory_defaults_to_the_feedback_model_and_its_url() -> None:
+    from fakes import FakeProvider
+
+    from cai.feedback import policy_factory
+
+    feedback = FakeProvider()  # model "fake-model"
+    url = "http://127.0.0.1:9/v1"
+    common = {"provider": "openai", "base_url": url, "timeout": 5.0}
+    # No policy of its own, or the same model at the same URL: the feedback model writes.
+    assert policy_factory(feedback, **common) is None
+    assert policy_factory(feedback, **common, policy_model="fake-model") is None
+    # Another model of the same provider: the same server unless told otherwise.
+    other = policy_factory(feedback, **common, policy_model="fake-policy")(connections=4)
+    assert (other.name, other.model, str(other.base_url).rstrip("/")) == (
+        "openai",
+        "fake-policy",
+        url,
+    )
+    moved = policy_factory(
+        feedback, **common, policy_model="fake-policy", policy_base_url="http://127.0.0.1:8/v1"
+    )
+    assert moved.keywords["base_url"] == "http://127.0.0.1:8/v1"
+    # Another provider: that provider's own URL, not the feedback model's.
+    assert (
+        policy_factory(feedback, **common, policy_provider="anthropic").keywords["base_url"] is None
+    )
