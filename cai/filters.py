@@ -304,6 +304,8 @@ class FilterResult:
 
     kept: list[Verdict] = field(default_factory=list)
     removed: Counter[str] = field(default_factory=Counter)
+    # Each record removed, with the filter that removed it ("duplicate" for a repeated prompt).
+    dropped: list[Verdict] = field(default_factory=list)
     sft_only: int = 0
     fell_back: int = 0
 
@@ -482,6 +484,7 @@ def apply_filters(
         verdict = judge_record(record, config)
         if verdict.use == "drop":
             result.removed[verdict.reason or "unknown"] += 1
+            result.dropped.append(verdict)
             continue
         key = prompt_key(record.prompt)
         winners[key] = min(winners.get(key, _rank(record)), _rank(record))
@@ -490,6 +493,7 @@ def apply_filters(
     for key, verdict in judged:
         if config.duplicate and (key in taken or _rank(verdict.record) != winners[key]):
             result.removed["duplicate"] += 1
+            result.dropped.append(Verdict(verdict.record, "drop", reason="duplicate"))
             continue
         taken.add(key)
         result.kept.append(verdict)

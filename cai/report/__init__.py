@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import ConfigError
-from cai.filters import FilterConfig, apply_filters, for_run, judge_record, similarity
+from cai.filters import FilterConfig, apply_filters, for_run, similarity
 from cai.records import Record, Round
 from cai.rundir import (
     CALLS_FILE,
@@ -84,21 +84,18 @@ class _Table:
 
 
 def _verdicts(records: list[Record], config: FilterConfig) -> list[tuple[str, str, int]]:
-    """For each record, as `cai export` judges it: (use or drop reason, label, chosen round).
-
-    `apply_filters` settles duplicates; `judge_record` gives each dropped record its reason.
-    """
-    kept = {id(v.record): v for v in apply_filters(records, config).kept}
+    """For each record, as `cai export` judges it: (use or drop reason, label, chosen round)."""
+    result = apply_filters(records, config)
+    kept = {id(v.record): v for v in result.kept}
+    dropped = {id(v.record): v.reason or "unknown" for v in result.dropped}
     out = []
     for record in records:
         verdict = kept.get(id(record))
         if verdict is not None:
             out.append((verdict.use, _USE_LABELS[verdict.use], verdict.chosen_round))
-            continue
-        judged = judge_record(record, config)
-        reason = judged.reason if judged.use == "drop" else "duplicate"
-        reason = reason or "unknown"
-        out.append((f"drop:{reason}", f"dropped: {reason}", 0))
+        else:
+            reason = dropped[id(record)]
+            out.append((f"drop:{reason}", f"dropped: {reason}", 0))
     return out
 
 
