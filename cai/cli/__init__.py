@@ -1,0 +1,76 @@
+"""The `cai` command line: a thin layer over the library; each command's docstring is its help.
+
+The group lives here; each command group has a module of its own (generate, label, batch, export,
+inspect, constitution), and the options they share live in `options.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cai import __version__
+from cai.cli import batch as _batch
+from cai.cli import constitution as _constitution
+from cai.cli import export as _export
+from cai.cli import generate as _generate
+from cai.cli import inspect as _inspect
+from cai.cli import label as _label
+from cai.cli.options import _os_error_message, _redact
+from cai.cli.progress import EXIT_INTERRUPTED
+from cai.errors import CaiError
+
+__all__ = ["cli", "main"]
+
+
+class _Group(click.Group):
+    """Turns a `CaiError` or an OS error into one line on stderr and exit code 2, Ctrl-C into
+    exit code 130; `--debug` shows the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CaiError, OSError) as e:
+            if ctx.params.get("debug"):
+                raise
+            message = str(e) if isinstance(e, CaiError) else _os_error_message(e)
+            # A server or a path may echo a key or token back: none reaches the terminal.
+            click.echo(f"Error: {_redact(message)}", err=True)
+            code = e.exit_code if isinstance(e, CaiError) else 2
+            ctx.exit(code if code != 1 else 2)
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                raise
+            click.echo("Interrupted.", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="cai")
+@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+def cli(debug: bool) -> None:
+    """Generate Constitutional AI preference data: sample, critique, revise, export for DPO.
+
+    \b
+    Quick start (offline, on the bundled SmolLM2-135M model):
+      cai generate --constitution constitutions/harmless.md --prompts examples/red_team_prompts.jsonl --limit 3
+      cai export outputs/<run> --format dpo
+    """
+
+
+def main() -> None:
+    cli(prog_name="cai")
+
+
+for _command in (
+    _constitution.constitution,
+    _generate.generate,
+    _batch.batch,
+    _label.label,
+    _export.merge,
+    _export.export,
+    _inspect.stats,
+    _inspect.report,
+):
+    cli.add_command(_command)

@@ -1,0 +1,76 @@
+"""`cai batch status|cancel`: the provider batches of a --batch run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cai.errors import ConfigError
+
+
+@click.group()
+def batch() -> None:
+    """Look at and cancel the provider batches of a `cai generate --batch` or `cai label --batch`
+    run."""
+
+
+def _batch_rows(run_dir: Path, base_url: str | None, cancel: bool) -> Any:
+    import asyncio
+
+    from cai.batch import batch_states, cancel_batches, run_batch_api
+
+    provider, api = run_batch_api(run_dir, base_url)
+
+    async def go() -> Any:
+        try:
+            return await (cancel_batches if cancel else batch_states)(api, run_dir)
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(go())
+
+
+@batch.command("status")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--base-url", default=None, help="API base URL (default: the run's).")
+def batch_status(run_dir: Path, base_url: str | None) -> None:
+    """List the run's batches: id, provider status, request counts, age, results taken in."""
+    from cai.batch import describe_batches
+
+    click.echo(describe_batches(_batch_rows(run_dir, base_url, cancel=False)))
+
+
+@batch.command("cancel")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--base-url", default=None, help="API base URL (default: the run's).")
+def batch_cancel(run_dir: Path, base_url: str | None) -> None:
+    """Cancel the run's batches that have not ended; the run stays resumable.
+
+    Requests the provider had already answered are kept; the others come back canceled, and
+    the next `cai generate` (or `cai label`) of the run sends them again (or drop --batch to
+    call directly).
+    """
+    from cai.batch import BatchState
+    from cai.rundir import lock_state, read_manifest
+
+    lock = lock_state(run_dir)
+    if lock.held:
+        raise ConfigError(
+            f"{run_dir} is being written by {lock.who()}: stop it (Ctrl-C) first, "
+            "then cancel its batches"
+        )
+    manifest = read_manifest(run_dir)
+    rows = _batch_rows(run_dir, base_url, cancel=True)
+    for batch_id, state in rows:
+        if isinstance(state, BatchState):
+            click.echo(f"{batch_id}  {state.status}")
+        else:
+            click.echo(f"{batch_id}  not canceled: {state}", err=True)
+    click.echo(
+        f"{len(rows)} batch(es) asked to cancel. Resume with the same cai "
+        f"{manifest.kind if manifest is not None else 'generate'} command "
+        f"and --out {run_dir}.",
+        err=True,
+    )

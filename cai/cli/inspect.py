@@ -1,0 +1,40 @@
+"""`cai stats` and `cai report`: look at a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+def stats(run_dir: Path, as_json: bool) -> None:
+    """Show what a run holds: statuses, principles used, how often revisions changed the answer,
+    lengths before and after, tokens and cost, and what export's default filters would keep."""
+    from cai.stats import format_stats, run_stats
+
+    data = run_stats(run_dir)
+    click.echo(json.dumps(data, indent=2) if as_json else format_stats(data))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The HTML file to write (default: RUN_DIR/report.html).",
+)
+def report(run_dir: Path, out: Path | None) -> None:
+    """Write one self-contained HTML file to look at a run (generation or label run): a
+    summary, plots, and a searchable viewer of every pair. It opens in any browser and loads
+    nothing from the network."""
+    from cai.report import write_report
+
+    path = write_report(run_dir, out)
+    click.echo(
+        f"Wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); open it in a browser.", err=True
+    )
