@@ -6,9 +6,9 @@ answer against a sampled principle and revise it, and export preference pairs fo
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING, Any
+
+from cai._version import __version__
 
 if TYPE_CHECKING:
     from cai.constitution import (

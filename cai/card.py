@@ -13,16 +13,14 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cai import __version__
+from cai._version import __version__
+from cai.export_options import ExportOptions
 from cai.filters import FILTERS, FilterResult
 from cai.pricing import run_cost
 from cai.records import Record
 from cai.rundir import find_constitution_text
-
-if TYPE_CHECKING:
-    from cai.export import ExportOptions
 
 __all__ = ["EXPORT_MARK", "is_export_card", "render_card"]
 

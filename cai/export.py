@@ -19,14 +19,14 @@ import math
 import os
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cai.card import is_export_card, render_card
 from cai.errors import CaiError, ConfigError
+from cai.export_options import FORMATS, STYLES, ExportOptions
 from cai.filters import (
-    FilterConfig,
     FilterResult,
     Verdict,
     apply_filters,
@@ -53,8 +53,6 @@ __all__ = [
     "write_jsonl",
 ]
 
-FORMATS = ("dpo", "sft", "hf")
-STYLES = ("conversational", "standard")
 SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
 CARD_FILE = "README.md"
 # Where AI-feedback labels decide a pair: the soft label of each side, and |p - 0.5|.
@@ -64,34 +62,6 @@ _SHARD_BYTES = 500 * 2**20  # the size datasets' save_to_disk aims for by defaul
 
 class PushError(CaiError):
     """The upload to the Hugging Face Hub failed; the local export is complete."""
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """How to export a run; the CLI's `export` options map one to one onto these fields."""
-
-    fmt: str = "dpo"
-    style: str = "conversational"
-    sft_share: float = 0.5
-    test_size: float = 0.1
-    seed: int = 0
-    filters: FilterConfig = field(default_factory=FilterConfig)
-    # AI-feedback labels (cai label): a label run's own pairs, or --labels checking this run's.
-    labels: str | Path | None = None
-    min_margin: float = 0.0
-    keep_inconsistent: bool = False
-
-    def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.fmt!r}")
-        if self.style not in STYLES:
-            raise ConfigError(f"style must be one of {', '.join(STYLES)}, not {self.style!r}")
-        if not 0 <= self.sft_share <= 1:
-            raise ConfigError(f"--sft-share must be between 0 and 1, got {self.sft_share}")
-        if not 0 <= self.test_size < 1:
-            raise ConfigError(f"--test-size must be at least 0 and below 1, got {self.test_size}")
-        if not 0 <= self.min_margin <= 0.5:
-            raise ConfigError(f"--min-margin must be between 0 and 0.5, got {self.min_margin}")
 
 
 @dataclass

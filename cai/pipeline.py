@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cai import __version__
+from cai._version import __version__
 from cai.constitution import Constitution, Principle
 from cai.errors import AuthenticationError, ConfigError, ProviderError, RunMismatchError
 from cai.idset import IdSet

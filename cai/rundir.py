@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cai import __version__
+from cai._version import __version__
 from cai.errors import ConfigError, RunMismatchError
 from cai.records import Record
 

@@ -2,8 +2,9 @@
 atomically.
 
 Imports are read with `ast`, at module level and inside functions alike (a function-level
-import is still a dependency, only a late one); imports under `if TYPE_CHECKING:` are left out,
-as they never run.
+import is still a dependency, only a late one). Imports under `if TYPE_CHECKING:` never run, so
+the runtime graph leaves them out; a second check counts them too, as a type-only circle is
+still a knot in the layering.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(tree: ast.AST, module: str, is_package: bool, modules: set[str]) -> set[str]:
-    """The cai modules `tree` imports, outside `if TYPE_CHECKING:` blocks."""
+def _imports(
+    tree: ast.AST, module: str, is_package: bool, modules: set[str], type_checking: bool = False
+) -> set[str]:
+    """The cai modules `tree` imports, outside `if TYPE_CHECKING:` blocks unless `type_checking`."""
     found: set[str] = set()
 
     def resolve(name: str) -> str | None:
@@ -41,7 +44,7 @@ def _imports(tree: ast.AST, module: str, is_package: bool, modules: set[str]) ->
         return name or None
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
+        if isinstance(node, ast.If) and _is_type_checking(node) and not type_checking:
             for child in node.orelse:
                 visit(child)
             return
@@ -71,16 +74,19 @@ def _imports(tree: ast.AST, module: str, is_package: bool, modules: set[str]) ->
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(type_checking: bool = False, face: bool = False) -> dict[str, set[str]]:
+    """Each cai module's cai imports. Importing cai.x runs cai/__init__ first, which is not a
+    dependency of cai.x on cai: the package face is left out unless `face` (then only what is
+    imported from the face itself, `from cai import __version__`, counts)."""
     paths = sorted(PACKAGE.rglob("*.py"))
     modules = {_module_name(p) for p in paths}
     graph = {}
     for path in paths:
         name = _module_name(path)
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        edges = _imports(tree, name, path.name == "__init__.py", modules)
-        # Importing cai.x runs cai/__init__ first; that is not a dependency of cai.x on cai.
-        edges.discard("cai")
+        edges = _imports(tree, name, path.name == "__init__.py", modules, type_checking)
+        if not face:
+            edges.discard("cai")
         graph[name] = edges
     return graph
 
@@ -131,6 +137,39 @@ def test_the_import_graph_of_cai_has_no_cycle() -> None:
     graph = import_graph()
     assert "cai.rundir" in graph and "cai.records" in graph["cai.rundir"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_no_circle_even_through_type_checking_imports() -> None:
+    """A type-only import that closes a circle (card -> export -> card) still ties two rooms
+    together: the lower one should own what both read."""
+    graph = import_graph(type_checking=True)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_type_checking_graph_counts_type_checking_imports() -> None:
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import cai.export\n")
+    modules = {"cai", "cai.export", "cai.card"}
+    assert _imports(tree, "cai.card", False, modules, type_checking=True) == {"cai.export"}
+
+
+def test_no_module_imports_the_package_face() -> None:
+    """`cai/__init__.py` re-exports the rooms' names for users; a room that read a name back
+    from it (`from cai import __version__`) would depend on every room the face lists. The
+    version lives in `cai/_version.py` for that reason."""
+    importers = sorted(
+        name
+        for name, edges in import_graph(type_checking=True, face=True).items()
+        if "cai" in edges
+    )
+    assert importers == []
+
+
+def test_the_face_check_sees_an_import_of_the_face() -> None:
+    modules = {"cai", "cai.errors", "cai._version", "cai.rundir"}
+    face = ast.parse("from cai import __version__\n")
+    room = ast.parse("from cai import errors\nfrom cai._version import __version__\n")
+    assert _imports(face, "cai.rundir", False, modules) == {"cai"}
+    assert _imports(room, "cai.rundir", False, modules) == {"cai.errors", "cai._version"}
 
 
 def test_records_holds_only_the_plain_dataclasses() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from cai import __version__
+from cai._version import __version__
 from cai.cli import batch as _batch
 from cai.cli import constitution as _constitution
 from cai.cli import export as _export
