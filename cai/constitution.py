@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,15 +34,27 @@ __all__ = [
 ]
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_SECTION = re.compile(r"^(system|principle|example)\b\s*(?::\s*(.*))?$", re.IGNORECASE)
-_KEY = re.compile(
-    r"^(weight|critique|revision|comparison|principle|user|assistant)\s*:\s?(.*)$",
+# A heading's first word, an optional colon, and the rest: "Principle: name", "Principles name".
+_HEADING_PARTS = re.compile(r"^([^\W\d_]+)\s*(:)?\s*(.*)$")
+_SECTIONS = ("system", "principle", "example")
+# A line that looks like a key: a word (or "Critique request"), a colon, the value; the word
+# may be bold ("**Critique:**", "**Critique**:", "__Critique:__").
+_KEY_LIKE = re.compile(
+    r"^(\*\*|__)?([^\W\d_]+(?:[ \t]+request)?)[ \t]*(\*\*|__)?[ \t]*:(\*\*|__)?[ \t]?(.*)$",
     re.IGNORECASE,
 )
+# A key word with no colon, alone or before a dash or "=": "Revision", "Critique - ...".
+_BARE_KEY = re.compile(r"^(\*\*|__)?([^\W\d_]+)(\*\*|__)?(?:[ \t]*$|[ \t]+[-–—=][ \t]*(.*)$)")
+# "##Principle: x": Markdown reads it as text, not as a heading.
+_UNSPACED_HEADING = re.compile(r"^(#{1,6})([^\s#].*?)\s*$")
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 _MAX_YAML_DEPTH = 20
 _PRINCIPLE_KEYS = {"weight", "critique", "revision", "comparison"}
 _EXAMPLE_KEYS = {"principle", "user", "assistant", "critique", "revision"}
+# The paper's transcripts write turns as "Human:"/"Assistant:", and some as "H:"/"A:".
+_TURN_ALIASES = {"human": "user", "h": "user", "ai": "assistant", "a": "assistant"}
+# Ordinary words at the start of a value's line that are one edit from "User:".
+_NOT_TYPOS = {"use", "uses", "used"}
 
 
 @dataclass(frozen=True)
@@ -147,9 +160,48 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _show(value: str) -> str:
-    """A value from the file, quoted on one line and cut short, for an error message."""
-    return repr(value if len(value) <= 40 else value[:40] + "…")
+def _show(value: str, limit: int = 40) -> str:
+    """A value from the file, quoted as its first line cut short, for an error message: a
+    message quotes one line of the file, never an escaped newline."""
+    first, *more = value.strip().split("\n")
+    text = first.strip() if len(first) <= limit else first[:limit].rstrip() + "…"
+    return f"'{text}{' …' if more and not text.endswith('…') else ''}'"
+
+
+def _edits(a: str, b: str) -> int:
+    """Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(
+                previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] != b[j - 1])
+            )
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], previous2[j - 2] + 1)
+        previous2, previous = previous, row
+    return previous[-1]
+
+
+def _near(word: str, known: Iterable[str]) -> str | None:
+    """The known word that `word` misspells: within two edits (one for a word of four letters
+    or less) and with the same first letter, as a typo keeps it; None if none is that close."""
+    word = word.casefold()
+    best = None
+    for candidate in known:
+        budget = 1 if len(candidate) <= 4 else 2
+        if word == candidate or word[:1] != candidate[:1]:
+            continue
+        distance = _edits(word, candidate)
+        if distance <= budget and (best is None or distance < best[0]):
+            best = (distance, candidate)
+    return best[1] if best else None
+
+
+def _plural_of(word: str, known: Iterable[str]) -> str | None:
+    word = word.casefold()
+    return next((k for k in known if word in (k + "s", k + "es")), None)
 
 
 @dataclass
@@ -212,6 +264,13 @@ class _Parser:
                 )
         if not principles and not any(s.kind == "principle" for s in sections):
             self.error(None, "no principle found; add a '## Principle: <name>' section")
+        if not math.isfinite(sum(p.weight for p in principles)):
+            # Each is finite, but a draw by weight divides by their sum.
+            self.error(
+                max(principles, key=lambda p: p.weight).line,
+                "the principles' weights add up to more than a number can hold; "
+                "scale them down (only their ratios matter)",
+            )
         if self.problems:
             raise ConstitutionError(sorted(self.problems, key=lambda p: p.line or 0))
         name = meta.get("name", default_name)
@@ -315,18 +374,20 @@ class _Parser:
                 fence = ""
             in_fence = bool(fence) or bool(marker)
             heading = None if in_fence else _HEADING.match(raw)
+            if heading is None and not in_fence:
+                unspaced = _UNSPACED_HEADING.match(raw)
+                if unspaced is not None:
+                    level = len(unspaced.group(1))
+                    section = self._heading(level, unspaced.group(2), lineno, raw, unspaced=True)
+                    if section is not None:
+                        current = section
+                        sections.append(current)
+                        continue
             if heading:
                 level, title = len(heading.group(1)), heading.group(2)
-                match = _SECTION.match(title) if level == 2 else None
-                if match:
-                    kind = match.group(1).lower()
-                    name = (match.group(2) or "").strip()
-                    if kind != "system" and not name:
-                        self.error(
-                            lineno,
-                            f"'## {match.group(1)}' needs a name: '## {match.group(1)}: <name>'",
-                        )
-                    current = _Section(kind, name, lineno)
+                section = self._heading(level, title, lineno, raw)
+                if section is not None:
+                    current = section
                     sections.append(current)
                     continue
                 if level <= 2:
@@ -339,10 +400,10 @@ class _Parser:
             if current.kind == "system":
                 current.body.append(raw)
             elif current.kind in ("principle", "example"):
-                key = None if in_fence else _KEY.match(raw)
                 allowed = _PRINCIPLE_KEYS if current.kind == "principle" else _EXAMPLE_KEYS
-                if key and key.group(1).lower() in allowed:
-                    current.values.append((key.group(1).lower(), lineno, [key.group(2)]))
+                key = None if in_fence else self._key(raw, lineno, current, allowed)
+                if key is not None:
+                    current.values.append((key[0], lineno, [key[1]]))
                 elif current.values:
                     current.values[-1][2].append(raw)
                 elif raw.strip():
@@ -358,6 +419,133 @@ class _Parser:
                 f"add a closing '{fence}' line",
             )
         return sections
+
+    def _heading(
+        self, level: int, title: str, lineno: int, raw: str, *, unspaced: bool = False
+    ) -> _Section | None:
+        """The section a heading opens; None when it is documentation.
+
+        A near miss of a section heading (a plural, a missing colon, a wrong level, a
+        misspelling) is an error with the heading it should be, and is then read as that
+        section, so that one mistake gives one message. Headings that are not near misses
+        ("## Background", "### Principles of this file", "## Examples") are documentation.
+        """
+        plain = title.replace(title[:2], "").strip() if title[:2] in ("**", "__") else title
+        parts = _HEADING_PARTS.match(plain)
+        if parts is None:
+            return None
+        word, colon, rest = parts.group(1), bool(parts.group(2)), parts.group(3).strip()
+        lower = word.casefold()
+        exact = lower in _SECTIONS
+        kind = lower if exact else _plural_of(lower, _SECTIONS) or _near(lower, _SECTIONS)
+        if kind is None:
+            return None
+        plural = not exact and kind == _plural_of(lower, _SECTIONS)
+        if exact and level == 2 and (colon or not rest) and not unspaced:
+            if kind != "system" and not rest:
+                self.error(lineno, f"'## {word}' needs a name: '## {word}: <name>'")
+            return _Section(kind, rest, lineno)
+        wrong_level = level != 2
+        near_miss = (
+            colon
+            or (unspaced and level == 2)
+            or (exact and level == 2)  # "## Principle no-dosing", "## System prompt"
+            or (not rest and not plural)  # "## Sytem", "### System"
+        )
+        if not near_miss or (exact and wrong_level and not rest and kind != "system"):
+            return None
+        reasons = []
+        if unspaced:
+            reasons.append(f"no space after '{'#' * level}'")
+        if plural:
+            reasons.append(f"'{word}' is a plural")
+        elif not exact:
+            reasons.append(f"'{word}' is misspelled")
+        if wrong_level:
+            reasons.append(f"a level-{level} heading; sections are level 2, '## '")
+        if not colon and rest and kind != "system":
+            reasons.append(f"no colon after '{word}'")
+        if kind == "system" and rest and not colon:
+            reasons.append("the system prompt's heading is '## System' alone")
+        name = rest.lstrip("-–—=: ").strip()
+        if kind == "system":
+            fixed = "## System"
+        else:
+            fixed = f"## {kind.title()}: {name or '<name>'}"
+        noun = "system prompt" if kind == "system" else kind
+        self.error(
+            lineno,
+            f"{_show(raw, 60)} is not a heading cai reads ({'; '.join(reasons)}), so this "
+            f"{noun} would be left out; did you mean '{fixed}'?",
+        )
+        return _Section(kind, "" if kind == "system" else name, lineno)
+
+    def _key(
+        self, raw: str, lineno: int, section: _Section, allowed: set[str]
+    ) -> tuple[str, str] | None:
+        """(key, value) of a key line of a principle or example; None for a line of a value.
+
+        Bold keys are keys. In examples, Human:/H: and AI:/A: are User: and Assistant:. A line
+        that looks like a key but is within two edits of one (or a key of the other kind of
+        section) is an error with a did-you-mean; the near miss is then read as the key it
+        misspells, so that one mistake gives one message.
+        """
+        match = _KEY_LIKE.match(raw)
+        if match is None:
+            bare = _BARE_KEY.match(raw)
+            if bare is not None and bare.group(2).casefold() in allowed:
+                word = bare.group(2)
+                self.error(
+                    lineno,
+                    f"{section.kind} '{section.title}': {_show(raw, 60)} has no colon after "
+                    f"'{word}', so it is read as text; did you mean '{word.title()}: "
+                    f"{bare.group(4) or '...'}'?",
+                )
+                return word.casefold(), bare.group(4) or ""
+            return None
+        bold, word, close, close_after, value = match.groups()
+        if (bold or close or close_after) and (
+            bold is None or (close is None) == (close_after is None) or bold not in (close, close_after)
+        ):
+            return None  # unbalanced emphasis: "**Critique:" is text
+        lower = " ".join(word.casefold().split())
+        if lower in allowed:
+            return lower, value
+        if section.kind == "example" and lower in _TURN_ALIASES:
+            return _TURN_ALIASES[lower], value
+        where = f"{section.kind} '{section.title}'"
+        now = (
+            f"read as part of its '{section.values[-1][0].title()}:'"
+            if section.values and section.values[-1][0]
+            else "read as text"
+        )
+        request = lower.removesuffix(" request")
+        target = None
+        if lower != request:
+            target = request if request in allowed else None
+        elif lower not in _NOT_TYPOS:
+            target = _plural_of(lower, allowed) or _near(lower, allowed)
+        if target is not None:
+            self.error(
+                lineno,
+                f"{where}: '{word}:' is not a key, so the line would be {now}; "
+                f"did you mean '{target.title()}:'?",
+            )
+            return target, value
+        if section.kind == "principle" and lower in _EXAMPLE_KEYS | {"human", "ai"}:
+            self.error(
+                lineno,
+                f"{where}: '{word}:' is a key of examples, not of principles (they have "
+                "Critique:, Revision:, Weight: and Comparison:); did you mean to start an "
+                "example with '## Example: <title>' above it?",
+            )
+        elif section.kind == "example" and lower in _PRINCIPLE_KEYS:
+            self.error(
+                lineno,
+                f"{where}: '{word}:' is a key of principles, not of examples; did you mean to "
+                "set it in the '## Principle: <name>' section?",
+            )
+        return None
 
     def _principle(self, section: _Section) -> Principle | None:
         fields: dict[str, tuple[int, str]] = {}
