@@ -26,12 +26,18 @@ from typing import Any
 from cai.errors import ConstitutionError, InputError, Problem
 
 __all__ = [
+    "SHIPPED_DIR",
     "Constitution",
     "Example",
     "Principle",
     "load_constitution",
     "parse_constitution",
+    "resolve_constitution",
+    "shipped_constitutions",
 ]
+
+# The constitutions that come with the package, each named by its file's stem ("harmless").
+SHIPPED_DIR = Path(__file__).parent / "data" / "constitutions"
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 # A heading's first word, an optional colon, and the rest: "Principle: name", "Principles name".
@@ -121,13 +127,40 @@ class Constitution:
         return [p.weight for p in self.principles]
 
 
+def shipped_constitutions() -> dict[str, Path]:
+    """The shipped constitutions' files by name, in name order."""
+    return {path.stem: path for path in sorted(SHIPPED_DIR.glob("*.md"))}
+
+
+def resolve_constitution(name_or_path: str | Path) -> Path:
+    """The file a constitution argument names: a path wins when a file of that name exists;
+    else a shipped constitution of that name (`"harmless"`); else, for a bare name (no folder,
+    no `.md`), an `InputError` listing the shipped names. Any other path is returned as given,
+    so reading it reports what is wrong with it."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    shipped = shipped_constitutions()
+    if text in shipped:
+        return shipped[text]
+    if path.name == text and path.suffix.lower() != ".md":
+        raise InputError(
+            text,
+            None,
+            "no such file, nor a shipped constitution of that name; shipped: " + ", ".join(shipped),
+        )
+    return path
+
+
 def load_constitution(path: str | Path, *, option: str | None = "--constitution") -> Constitution:
-    """Read and parse a constitution file; raises `InputError`/`ConstitutionError`.
+    """Read and parse a constitution file, or a shipped one by name (`resolve_constitution`);
+    raises `InputError`/`ConstitutionError`.
 
     `option` is the command-line option that named the file, for the hint when it is missing;
     None for a command that takes the path as an argument.
     """
-    path = Path(path)
+    path = resolve_constitution(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:

