@@ -14,6 +14,7 @@ or heading. Everything outside these sections is documentation.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import math
@@ -61,6 +62,13 @@ _EXAMPLE_KEYS = {"principle", "user", "assistant", "critique", "revision"}
 _TURN_ALIASES = {"human": "user", "h": "user", "ai": "assistant", "a": "assistant"}
 # Ordinary words at the start of a value's line that are one edit from "User:".
 _NOT_TYPOS = {"use", "uses", "used"}
+# Words people write for a key that are more than two edits from it.
+_KEY_MISTAKES = {
+    "revised": "revision",
+    "rewrite": "revision",
+    "critic": "critique",
+    "criticism": "critique",
+}
 
 
 @dataclass(frozen=True)
@@ -208,9 +216,7 @@ def _edits(a: str, b: str) -> int:
     for i in range(1, len(a) + 1):
         row = [i] + [0] * len(b)
         for j in range(1, len(b) + 1):
-            row[j] = min(
-                previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] != b[j - 1])
-            )
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] != b[j - 1]))
             if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
                 row[j] = min(row[j], previous2[j - 2] + 1)
         previous2, previous = previous, row
@@ -251,6 +257,9 @@ class _Parser:
         self.path = path
         self.lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
         self.problems: list[Problem] = []
+        # (line, example title, name) of each example's "Principle:", checked once all
+        # principles are read.
+        self.principle_refs: list[tuple[int, str, str]] = []
 
     def error(self, line: int | None, message: str) -> None:
         self.problems.append(Problem(self.path, line, message))
@@ -289,13 +298,17 @@ class _Parser:
                 example = self._example(section)
                 if example is not None:
                     examples.append(example)
-        for example in examples:
-            if example.principle is not None and example.principle.casefold() not in seen:
+        for line, title, named in self.principle_refs:
+            if named.casefold() not in seen:
+                close = difflib.get_close_matches(named.casefold(), list(seen), n=1, cutoff=0.6)
+                hint = f"; did you mean '{seen[close[0]][1]}'?" if close else ""
                 self.error(
-                    example.line,
-                    f"example '{example.title}' names principle {_show(example.principle)}, which is not defined",
+                    line,
+                    f"example '{title}' names principle {_show(named)}, which is not defined"
+                    + hint,
                 )
-        if not principles and not any(s.kind == "principle" for s in sections):
+        # Without other problems: an unclosed fence or front matter hides every principle.
+        if not self.problems and not any(s.kind == "principle" for s in sections):
             self.error(None, "no principle found; add a '## Principle: <name>' section")
         if not math.isfinite(sum(p.weight for p in principles)):
             # Each is finite, but a draw by weight divides by their sum.
@@ -468,6 +481,8 @@ class _Parser:
         if parts is None:
             return None
         word, colon, rest = parts.group(1), bool(parts.group(2)), parts.group(3).strip()
+        if len(rest) > 4 and rest[:2] in ("**", "__") and rest.endswith(rest[:2]):
+            rest = rest[2:-2].strip()  # "## Principle: **kind**" names 'kind'
         lower = word.casefold()
         exact = lower in _SECTIONS
         kind = lower if exact else _plural_of(lower, _SECTIONS) or _near(lower, _SECTIONS)
@@ -501,10 +516,7 @@ class _Parser:
         if kind == "system" and rest and not colon:
             reasons.append("the system prompt's heading is '## System' alone")
         name = rest.lstrip("-–—=: ").strip()
-        if kind == "system":
-            fixed = "## System"
-        else:
-            fixed = f"## {kind.title()}: {name or '<name>'}"
+        fixed = "## System" if kind == "system" else f"## {kind.title()}: {name or '<name>'}"
         noun = "system prompt" if kind == "system" else kind
         self.error(
             lineno,
@@ -531,19 +543,20 @@ class _Parser:
                 self.error(
                     lineno,
                     f"{section.kind} '{section.title}': {_show(raw, 60)} has no colon after "
-                    f"'{word}', so it is read as text; did you mean '{word.title()}: "
-                    f"{bare.group(4) or '...'}'?",
+                    f"'{word}', so it is read as text; did you mean '{word.title()}: ...'?",
                 )
                 return word.casefold(), bare.group(4) or ""
             return None
         bold, word, close, close_after, value = match.groups()
-        if (bold or close or close_after) and (
-            bold is None or (close is None) == (close_after is None) or bold not in (close, close_after)
-        ):
-            return None  # unbalanced emphasis: "**Critique:" is text
         lower = " ".join(word.casefold().split())
         if lower in allowed:
-            return lower, value
+            return lower, value  # "**Critique:" with its closing "**" forgotten is a key too
+        if (bold or close or close_after) and (
+            bold is None
+            or (close is None) == (close_after is None)
+            or bold not in (close, close_after)
+        ):
+            return None  # "Note**:" and the like: emphasis that makes no key
         if section.kind == "example" and lower in _TURN_ALIASES:
             return _TURN_ALIASES[lower], value
         where = f"{section.kind} '{section.title}'"
@@ -556,6 +569,8 @@ class _Parser:
         target = None
         if lower != request:
             target = request if request in allowed else None
+        elif lower in _KEY_MISTAKES:
+            target = _KEY_MISTAKES[lower] if _KEY_MISTAKES[lower] in allowed else None
         elif lower not in _NOT_TYPOS:
             target = _plural_of(lower, allowed) or _near(lower, allowed)
         if target is not None:
@@ -578,7 +593,9 @@ class _Parser:
                 f"{where}: '{word}:' is a key of principles, not of examples; did you mean to "
                 "set it in the '## Principle: <name>' section?",
             )
-        return None
+        else:
+            return None
+        return "", value  # reported: ends the value before it, and is read as nothing
 
     def _principle(self, section: _Section) -> Principle | None:
         fields: dict[str, tuple[int, str]] = {}
@@ -643,12 +660,17 @@ class _Parser:
                 if "critique" in fields:
                     self.error(
                         line,
-                        f"example '{section.title}': '{key.title()}:' after 'Critique:'; put the conversation first",
+                        f"example '{section.title}': '{key.title()}:' after 'Critique:'; put the "
+                        "conversation first, or start another example with '## Example: "
+                        "<title>' above it",
                     )
-                    ok = False
+                    # What follows is likely another example's: its keys would only repeat this.
+                    return None
                 turns.append((key, value))
             elif key == "principle":
                 principle = value
+                if value:
+                    self.principle_refs.append((line, section.title, value))
             elif key:
                 if key in fields:
                     self.error(

@@ -99,7 +99,7 @@ def test_examples_are_checked() -> None:
     base = "## Principle: a\nCritique: c\nRevision: r\n"
     assert problems_of(
         base + "## Example: e\nPrinciple: zzz\nUser: u\nAssistant: x\nCritique: k\nRevision: v\n"
-    ) == [(4, "example 'e' names principle 'zzz', which is not defined")]
+    ) == [(5, "example 'e' names principle 'zzz', which is not defined")]
     assert problems_of(base + "## Example: e\nAssistant: x\nCritique: k\n") == [
         (4, "example 'e' needs a 'User:' turn first and an 'Assistant:' turn last")
     ]
