@@ -12,6 +12,7 @@ import click
 
 from cai._version import __version__
 from cai.cli import batch as _batch
+from cai.cli import compare as _compare
 from cai.cli import constitution as _constitution
 from cai.cli import export as _export
 from cai.cli import generate as _generate
@@ -74,5 +75,6 @@ for _command in (
     _export.export,
     _inspect.stats,
     _inspect.report,
+    _compare.compare,
 ):
     cli.add_command(_command)
