@@ -18,7 +18,7 @@ from typing import Any
 from cai._version import __version__
 from cai.export_options import ExportOptions
 from cai.filters import FILTERS, FilterResult
-from cai.pricing import run_cost
+from cai.ledger import Ledger, format_ledger, read_ledger
 from cai.records import Record
 from cai.rundir import find_constitution_text
 
@@ -64,7 +64,14 @@ def _front_matter(data_files: dict[str, str], fmt: str) -> str:
     return "\n".join(lines)
 
 
-def _models_section(manifest: dict[str, Any], records: list[Record]) -> str:
+def _sent(config: dict[str, Any], name: str, value: Any) -> Any:
+    """A sampling setting as the provider was sent it: its value, or why it was not sent."""
+    sent = config.get("sampling_sent") or {}
+    why = (sent.get("not_sent") or {}).get(name)
+    return f"not sent ({why})" if why else value
+
+
+def _models_section(manifest: dict[str, Any], records: list[Record], ledger: Ledger) -> str:
     config = manifest.get("config") or {}
     seen: Counter[str] = Counter()
     for r in records:
@@ -76,10 +83,10 @@ def _models_section(manifest: dict[str, Any], records: list[Record]) -> str:
             [
                 provider or "?",
                 f"`{model}`" if model else "?",
-                sampling.get("temperature", "?"),
-                sampling.get("top_p", "provider default"),
-                sampling.get("max_tokens", "?"),
-                seed,
+                _sent(config, "temperature", sampling.get("temperature", "?")),
+                _sent(config, "top_p", sampling.get("top_p", "provider default")),
+                _sent(config, "max_tokens", sampling.get("max_tokens", "?")),
+                _sent(config, "seed", seed),
                 count,
             ]
         )
@@ -96,15 +103,10 @@ def _models_section(manifest: dict[str, Any], records: list[Record]) -> str:
     ]
     if config.get("base_url"):
         parts.append(f"API base URL: `{config['base_url']}`.")
-    usage = (manifest.get("stats") or {}).get("usage") or {}
-    if usage:
-        parts.append(
-            f"Tokens: {usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out, "
-            f"over {usage.get('calls', 0)} calls."
-        )
-    cost = run_cost(records, manifest)
-    if cost is not None:
-        parts.append(f"Estimated cost: ${cost:.4f}.")
+    if ledger.usage.calls:
+        parts += ["", "Every call of the run, from its call journal (all invocations):", ""]
+        parts += [f"- {line}" for line in format_ledger(ledger)]
+        parts.append("")
     versions = manifest.get("versions") or {}
     if versions:
         parts.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
@@ -362,7 +364,7 @@ def render_card(
         _splits_section(counts, options),
         _filters_section(filtered, records, options),
         *([_labels_section(labels, filtered, options, manifest)] if labels is not None else []),
-        _models_section(manifest, records),
+        _models_section(manifest, records, read_ledger(run_dir, manifest)),
         constitution,
         _columns_section(options),
         _usage_section(options, out_name),

@@ -296,6 +296,9 @@ class Verdict:
     chosen_round: int = 0  # the round the response comes from; 0 is the initial answer
     reason: str | None = None  # the filter that dropped the record
     fell_back: bool = False  # chosen is an earlier revision because later ones failed a check
+    # (round index, filter) of each revision that could not be the chosen answer, so per-round
+    # figures (cai.effectiveness) need not judge the revisions again.
+    rejected: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass
@@ -425,22 +428,26 @@ def judge_record(record: Record, config: FilterConfig = FilterConfig()) -> Verdi
     prompt = _last_user_text(record)
     reasons = [_revision_reason(r, config, prompt) for r in revised]
     good = [r for r, why in zip(revised, reasons, strict=True) if why is None]
+    rejected = tuple(
+        (r.index, why) for r, why in zip(revised, reasons, strict=True) if why is not None
+    )
     if not good:
         # Blame a filter that could be turned off, if one took part: the last round's first.
         for why in reversed(reasons):
             if why != "no_revision":
-                return Verdict(record, "drop", reason=why)
-        return Verdict(record, "drop", reason="no_revision")
+                return Verdict(record, "drop", reason=why, rejected=rejected)
+        return Verdict(record, "drop", reason="no_revision", rejected=rejected)
     chosen = good[-1]
     text = chosen.revision or ""
     if config.unchanged and similar(text, initial, config.similarity):
-        return Verdict(record, "drop", reason="unchanged")
+        return Verdict(record, "drop", reason="unchanged", rejected=rejected)
     return Verdict(
         record,
         "pref",
         response=text,
         chosen_round=chosen.index,
         fell_back=chosen is not revised[-1],
+        rejected=rejected,
     )
 
 
@@ -493,7 +500,9 @@ def apply_filters(
     for key, verdict in judged:
         if config.duplicate and (key in taken or _rank(verdict.record) != winners[key]):
             result.removed["duplicate"] += 1
-            result.dropped.append(Verdict(verdict.record, "drop", reason="duplicate"))
+            result.dropped.append(
+                Verdict(verdict.record, "drop", reason="duplicate", rejected=verdict.rejected)
+            )
             continue
         taken.add(key)
         result.kept.append(verdict)

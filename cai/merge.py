@@ -6,7 +6,8 @@ when they are of one kind (generate or label) and were made with the same consti
 settings (their manifests' `settings`), so records never mix silently. The inputs are only
 read; the result is built in a temporary folder and renamed into place, so a killed merge
 leaves nothing in the way of the next one. It can be exported, or resumed with `cai generate
---out` (`cai label --out`) like any run.
+--out` (`cai label --out`) like any run. The call journals of all the runs go into the
+result's, so its ledger (tokens, calls, cost) covers every call the shards paid for.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 
 from cai.errors import ConfigError, RunMismatchError
 from cai.pipeline import count_statuses, settings_differences
+from cai.ledger import tagged_journal
 from cai.rundir import (
     CONSTITUTION_COPY,
+    CALLS_FILE,
     LABELS_FILE,
     RECORDS_FILE,
     Manifest,
@@ -153,8 +156,15 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
             },
         )
         with atomic_dir(out) as tmp:
+
+        def journals() -> Iterator[bytes]:
+            # Every call each shard paid for, so the merged run's ledger counts them all.
+            for store, m in zip(stores, manifests, strict=True):
+                yield from tagged_journal(store.dir, m)
+
             write_atomic(tmp / lines_file, chosen())
             write_manifest(tmp, manifest)
+            write_atomic(tmp / CALLS_FILE, journals())
             sha = first.constitution.get("sha256") or ""
             save_constitution_copy(tmp, dirs[0] / CONSTITUTION_COPY, sha)
         return result

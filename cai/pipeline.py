@@ -25,6 +25,15 @@ from cai._version import __version__
 from cai.constitution import Constitution, Principle
 from cai.errors import AuthenticationError, ConfigError, ProviderError, RunMismatchError
 from cai.idset import IdSet
+from cai.ledger import (
+    BATCH,
+    INTERACTIVE,
+    Budget,
+    CallPricer,
+    read_ledger,
+    run_pricer,
+    worst_case_tokens,
+)
 from cai.pricing import Price, estimate_tokens
 from cai.prompts import (
     build_critique_messages,
@@ -57,6 +66,7 @@ __all__ = [
     "Job",
     "RunStats",
     "build_manifest",
+    "check_prices",
     "context_window",
     "count_message_tokens",
     "finished_items",
@@ -67,6 +77,7 @@ __all__ = [
     "run_generation",
     "run_job",
     "run_settings",
+    "sent_sampling",
 ]
 
 
@@ -103,6 +114,13 @@ class CallConfig:
     retry_failed: bool = field(
         default=True, metadata={"help": "On resume, retry prompts that failed before."}
     )
+    max_cost: float | None = field(
+        default=None,
+        metadata={
+            "help": "Most USD the run may spend, its earlier invocations counted; it stops "
+            "before a call whose worst case would pass it."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 2):
@@ -121,6 +139,8 @@ class CallConfig:
                 raise ConfigError(f"{name} must be a positive number, got {value}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be at least 1, got {self.limit}")
+        if self.max_cost is not None and not (math.isfinite(self.max_cost) and self.max_cost > 0):
+            raise ConfigError(f"--max-cost must be a positive number of USD, got {self.max_cost}")
         if self.shard is not None:
             k, n = self.shard
             if not 1 <= k <= n:
@@ -210,6 +230,51 @@ def build_manifest(
     )
 
 
+# The settings a person reads in the manifest, card and report, and the request fields they
+# travel in.
+_SENT_FIELDS = {
+    "temperature": ("temperature",),
+    "top_p": ("top_p",),
+    "max_tokens": ("max_tokens", "max_completion_tokens"),
+    "seed": ("seed",),
+}
+
+
+def sent_sampling(provider: Provider, sampling: Sampling, seed: int) -> dict[str, Any]:
+    """Each sampling setting as `provider` sends it: {"sent": {name: value}, "not_sent":
+    {name: why}}. A provider that builds request bodies (`request_body`) is asked for one;
+    `seed` is sent as a per-call seed drawn from it."""
+    inner = getattr(provider, "provider", provider) if provider.batched else provider
+    build = getattr(inner, "request_body", None)
+    call_seed = _stable_int(seed, "record", "step") if provider.supports_seed else None
+    if callable(build):
+        body = build([{"role": "user", "content": "."}], sampling, seed=call_seed)
+    else:
+        body = {"temperature": sampling.temperature, "max_tokens": sampling.max_tokens}
+        if sampling.top_p is not None:
+            body["top_p"] = sampling.top_p
+        if call_seed is not None:
+            body["seed"] = call_seed
+    asked = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "seed": seed,
+    }
+    sent: dict[str, Any] = {}
+    not_sent: dict[str, str] = {}
+    for name, keys in _SENT_FIELDS.items():
+        if any(k in body for k in keys):
+            sent[name] = f"per call, drawn from {seed}" if name == "seed" else asked[name]
+        elif asked[name] is None:
+            not_sent[name] = "unset: the provider's default applies"
+        elif name == "seed":
+            not_sent[name] = f"{inner.name} takes no seed"
+        else:
+            not_sent[name] = f"{provider.model} takes no {name}"
+    return {"sent": sent, "not_sent": not_sent}
+
+
 def _versions(provider: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -264,6 +329,16 @@ class RunStats:
     # the manifest's `counts`: failures kept by --no-retry-failed count here, not in `failed`.
     run_counts: dict[str, int] = field(default_factory=dict)
     first_error: str | None = None  # "kind: message" of this invocation's first failed prompt
+    # This invocation's calls, each priced at its own model and mode as its reply came; None
+    # where the calls were summed elsewhere (the Ray engine's driver sums usage only).
+    spent_usd: float | None = None
+    unpriced_calls: int = 0
+    budget: Budget | None = None  # --max-cost
+
+    @property
+    def over_budget(self) -> bool:
+        """The run stopped at --max-cost: a call's worst case did not fit what was left."""
+        return self.budget is not None and self.budget.closed
 
     @property
     def failed_in_run(self) -> int:
@@ -273,15 +348,21 @@ class RunStats:
     @property
     def cost_usd(self) -> float | None:
         """Estimated USD for this invocation's calls (journal reuse is free), None if unpriced."""
+        if self.unpriced_calls:
+            return None
+        if self.spent_usd is not None:
+            return self.spent_usd
         return None if self.price is None else self.price.cost(self.usage)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("usage", "started", "price", "run_counts")
+            if f.name not in ("usage", "started", "price", "run_counts", "spent_usd", "budget")
         }
         data["usage"] = self.usage.to_dict()
+        if self.budget is not None:
+            data["budget"] = self.budget.to_dict()
         cost = self.cost_usd
         data["cost_usd"] = None if cost is None else round(cost, 6)
         data["seconds"] = round(time.monotonic() - self.started, 3)
@@ -306,6 +387,8 @@ class _Caller:
         semaphore: asyncio.Semaphore,
         stats: RunStats,
         on_event: Callable[[str, Any], None],
+        pricer: CallPricer | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.provider = provider
         self.config = config
@@ -315,6 +398,34 @@ class _Caller:
         self.stats = stats
         self.on_event = on_event
         self.limiter = RateLimiter(config.rpm, config.tpm)
+        self.pricer = pricer
+        self.budget = budget
+        if pricer is not None and stats.spent_usd is None:
+            stats.spent_usd = 0.0
+        # What each journal line says of the call beside the reply: who answered, in which mode.
+        self._tags: dict[int, tuple[dict[str, str], Price | None]] = {}
+
+    def _tag(self, served: Any) -> tuple[dict[str, str], Price | None]:
+        """(the journal line's provider, model and mode; the price of a call) of `served`."""
+        key = id(served)
+        if key not in self._tags:
+            mode = BATCH if getattr(served, "batched", False) else INTERACTIVE
+            tag = {"provider": served.name, "model": served.model, "mode": mode}
+            price = (
+                None if self.pricer is None else self.pricer.price(served.name, served.model, mode)
+            )
+            self._tags[key] = (tag, price)
+        return self._tags[key]
+
+    def _worst_case(
+        self, price: Price | None, messages: list[dict[str, str]], sampling: Sampling
+    ) -> float:
+        """USD a call can cost at most: every input token at the dearest input rate (a cache
+        write costs more than a plain read), and a reply of all of --max-tokens."""
+        if price is None:
+            return 0.0
+        dearest = max(price.input, price.cache_write, price.cache_read)
+        return (worst_case_tokens(messages) * dearest + sampling.max_tokens * price.output) / 1e6
 
     async def __call__(
         self,
@@ -344,13 +455,19 @@ class _Caller:
         limiter = self.limiter
         # Reserve the prompt and the longest reply; `settle` gives back what was not used.
         reserve = estimate_tokens(messages) + sampling.max_tokens if limiter.limited else 0
+        tag, price = self._tag(via if via is not None else self.provider)
+        budget = self.budget
+        worst = self._worst_case(price, messages, sampling) if budget is not None else 0.0
 
         async def attempt() -> Completion:
             async with self.semaphore:
-                await limiter.acquire(reserve)
-                self.stats.throttled_seconds = round(limiter.waited, 3)
+                if budget is not None and not await budget.reserve(worst):
+                    raise _OverBudget
                 used = 0
+                cost = 0.0
                 try:
+                    await limiter.acquire(reserve)
+                    self.stats.throttled_seconds = round(limiter.waited, 3)
                     # Only the run's in-flight wrapper knows `via`; a bare provider never needs it.
                     extra = {} if via is None else {"via": via}
                     completion = await self.provider.complete(
@@ -358,9 +475,14 @@ class _Caller:
                     )
                     u = completion.usage
                     used = u.input_tokens + u.cache_creation_input_tokens + u.output_tokens
+                    if budget is not None and price is not None:
+                        cost = price.cost(u)
                     return completion
                 finally:
+                    # No await here: a paid reply goes on to its journal line with none between.
                     limiter.settle(reserve, used)
+                    if budget is not None:
+                        budget.settle(worst, cost)
 
         def on_retry(error: ProviderError, delay: float) -> None:
             if error.kind == "rate_limit" and error.retry_after:
@@ -377,9 +499,14 @@ class _Caller:
         )
         # On disk before anything else: this reply has been paid for.
         if self.store is not None:
-            self.store.append_call(record_id, step, completion.to_dict())
+            self.store.append_call(record_id, step, {**completion.to_dict(), **tag})
         self.stats.calls += 1
         self.stats.usage.add(completion.usage)
+        if self.stats.spent_usd is not None:
+            if price is None:
+                self.stats.unpriced_calls += 1
+            else:
+                self.stats.spent_usd += price.cost(completion.usage)
         usage.add(completion.usage)
         self.on_event("call", completion)
         return completion
@@ -638,6 +765,10 @@ class _Abandoned(Exception):
 
 
 async def generate_chain(
+class _OverBudget(_Abandoned):
+    """--max-cost is reached: this call's worst case does not fit what is left."""
+
+
     constitution: Constitution,
     config: GenerateConfig,
     item: PromptItem,
@@ -671,6 +802,9 @@ class ChainRunner:
         chain: Callable[..., Any],
         others: dict[str, Provider] | None = None,
     ) -> None:
+        *,
+        pricer: CallPricer | None = None,
+        budget: Budget | None = None,
         self.in_flight = _InFlight(provider)
         self.others = others or {}
         self.caller = _Caller(
@@ -682,6 +816,8 @@ class ChainRunner:
             stats,
             on_event,
         )
+            pricer,
+            budget,
         self.journal, self.stop, self.chain = journal, stop, chain
 
     async def call(
@@ -829,6 +965,8 @@ async def run_job(
 ) -> RunStats:
     """Run (or resume) `job` over `items` (each with an `id`) into `store`; see `run_generation`."""
     check_run_dir(store.dir, job.kind)  # before the lock file, which is a write into the directory
+    if config.max_cost is not None:
+        check_prices(job, run_pricer(manifest), engine)
     store.lock(job.kind)
     try:
         return await _run_locked(
@@ -839,6 +977,38 @@ async def run_job(
 
 
 def finished_items(statuses: dict[str, str], job: Job, retry_failed: bool) -> set[str]:
+def check_prices(job: Job, pricer: CallPricer, engine: Any = None) -> None:
+    """Refuse --max-cost where it cannot be kept: a model with no price, or calls made in
+    other processes (an engine's workers), whose spending this process cannot hold back."""
+    if engine is not None:
+        raise ConfigError(
+            "--max-cost holds calls back in this process: drop --engine, or drop --max-cost"
+        )
+    for provider in [job.provider, *job.others.values()]:
+        if pricer.price(provider.name, provider.model) is None:
+            raise ConfigError(
+                f"--max-cost needs the price of model '{provider.model}', and the price table "
+                "has none: add it with --price-table FILE (USD per million tokens), or drop "
+                "--max-cost"
+            )
+
+
+def _budget(
+    config: CallConfig, store: RunStore, manifest: Manifest, pricer: CallPricer
+) -> Budget | None:
+    """--max-cost, less what the run's earlier invocations spent (its whole ledger)."""
+    if config.max_cost is None:
+        return None
+    ledger = read_ledger(store.dir, manifest, pricer=pricer)
+    if ledger.cost_usd is None:
+        raise ConfigError(
+            f"{store.dir} holds calls of models with no price "
+            f"({', '.join(sorted(ledger.unpriced_models))}), so --max-cost cannot count them: "
+            "add their price with --price-table FILE, or drop --max-cost"
+        )
+    return Budget(config.max_cost, ledger.cost_usd)
+
+
     """The items whose lines are all written; with `retry_failed`, none of them failed.
 
     A failed line stays in the file until a retry replaces it.
@@ -892,8 +1062,23 @@ async def _run_locked(
     manifest.writer = writer_info(job.kind)
     manifest.config.update(engine.info if engine is not None else {"engine": "default"})
     store.write_manifest(manifest)
+    sampling = job.settings.get("sampling")
+    if isinstance(sampling, dict):
+        manifest.config["sampling_sent"] = sent_sampling(
+            job.provider, Sampling(**sampling), config.seed
+        )
+    policy, policy_sampling = job.others.get("policy"), job.settings.get("policy_sampling")
+    if policy is not None and isinstance(policy_sampling, dict):
+        manifest.config["policy_sampling_sent"] = sent_sampling(
+            policy, Sampling(**policy_sampling), config.seed
+        )
+    pricer = run_pricer(manifest)
+    budget = _budget(config, store, manifest, pricer)
+    stats.budget = budget
     stop = stop or asyncio.Event()
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=config.concurrency * 2)
+    if budget is not None:
+        budget.on_closed = stop.set
 
     async def produce() -> None:
         seen = IdSet()
@@ -935,7 +1120,7 @@ async def _run_locked(
     args = (config, store, journal, stats, on_event, stop, job.chain)
     try:
         runner = (
-            ChainRunner(job.provider, *args, others=job.others)
+            ChainRunner(job.provider, *args, others=job.others, pricer=pricer, budget=budget)
             if engine is None
             else await engine.start(job.provider, *args)
         )
@@ -965,7 +1150,7 @@ async def _run_locked(
             await runner.close()  # replies still on their way are journaled before the close
         finally:
             store.close()
-        stats.interrupted = stop.is_set()
+        stats.interrupted = stop.is_set() or stats.over_budget
         # Counted from the file, where a retried prompt's new record replaces its failure.
         manifest.counts = count_statuses(store.compact())
         stats.run_counts = dict(manifest.counts)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.filters import SIMILARITY_THRESHOLD, FilterConfig, apply_filters, for_run, similar
+from cai.ledger import Ledger, format_ledger, read_ledger
 from cai.pricing import format_cost, run_cost
 from cai.records import Record
 from cai.rundir import describe_status, load_run
@@ -42,9 +43,12 @@ def compute_stats(
     records: Iterable[Record],
     manifest: dict[str, Any] | None = None,
     filters: FilterConfig | None = None,
+    ledger: Ledger | None = None,
 ) -> dict[str, Any]:
     """Counts and measures of a run's records, as plain JSON-ready data; `filters` (default
-    all on, without a constitution to compare with) say what export would keep."""
+    all on, without a constitution to compare with) say what export would keep. Tokens,
+    calls and cost come from the run's `ledger` (its call journal) when given, else from the
+    records' usage."""
     records = list(records)
     manifest = manifest or {}
     ok = [r for r in records if r.status == "ok"]
@@ -69,7 +73,12 @@ def compute_stats(
         changed_records += not similar(
             record.final_response, record.initial_response, SIMILARITY_THRESHOLD
         )
-    usage = {k: sum(int(r.usage.get(k, 0)) for r in records) for k in _USAGE_KEYS}
+    if ledger is not None:
+        usage = ledger.usage.to_dict()
+        cost = ledger.cost_usd
+    else:
+        usage = {k: sum(int(r.usage.get(k, 0)) for r in records) for k in _USAGE_KEYS}
+        cost = run_cost(records, manifest)
     filtered = apply_filters(records, filters or FilterConfig())
     pref = sum(v.use == "pref" for v in filtered.kept)
     return {
@@ -92,7 +101,8 @@ def compute_stats(
             "final": _lengths([r.final_response for r in ok]),
         },
         "usage": usage,
-        "cost_usd": run_cost(records, manifest),
+        "cost_usd": None if cost is None else round(cost, 6),
+        **({"ledger": ledger.to_dict()} if ledger is not None else {}),
         "export": {
             "kept": len(filtered.kept),
             "preference_pairs": pref,
@@ -110,11 +120,22 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
 
     if feedback.is_label_run(run_dir):
         manifest, labels = feedback.load_labels(run_dir)
-        data = {"kind": "label", **feedback.label_stats(labels)}
+        ledger = read_ledger(run_dir, manifest)
+        cost = ledger.cost_usd
+        data = {
+            "kind": "label",
+            **feedback.label_stats(labels),
+            "usage": ledger.usage.to_dict(),
+            "cost_usd": None if cost is None else round(cost, 6),
+            "ledger": ledger.to_dict(),
+        }
     else:
         manifest, records = load_run(run_dir)
         data = compute_stats(
-            records, manifest.to_dict(), for_run(FilterConfig(), run_dir, manifest, records)
+            records,
+            manifest.to_dict(),
+            for_run(FilterConfig(), run_dir, manifest, records),
+            ledger=read_ledger(run_dir, manifest),
         )
     data["run"] = {
         "dir": str(run_dir),
@@ -132,12 +153,28 @@ def _pct(part: int, whole: int) -> str:
     return f"{part / whole:.0%}" if whole else "-"
 
 
+def _cost_lines(data: dict[str, Any]) -> list[str]:
+    """Tokens, calls and cost: the ledger's lines, or the records' sums for data without one."""
+    if data.get("ledger"):
+        return format_ledger(data["ledger"])
+    u = data.get("usage")
+    if not u:
+        return []
+    cost = data.get("cost_usd")
+    return [
+        f"Tokens: {u['input_tokens']:,} in, {u['output_tokens']:,} out over {u['calls']:,} calls",
+        f"Cost: {format_cost(cost)}"
+        if cost is not None
+        else "Cost: unknown (no price for the model)",
+    ]
+
+
 def format_stats(data: dict[str, Any]) -> str:
     """The human-readable report of `run_stats`."""
     if data.get("kind") == "label":
         from cai.feedback import format_label_stats
 
-        return format_label_stats(data)
+        return "\n".join([format_label_stats(data), *_cost_lines(data)])
     run = data.get("run") or {}
     status = ", ".join(f"{n} {s}" for s, n in data["status"].items()) or "none"
     lines = []
@@ -184,22 +221,7 @@ def format_stats(data: dict[str, Any]) -> str:
             f"Length of {label}: mean {length['mean_words']} words ({length['mean_chars']} "
             f"chars), median {length['median_words']} words"
         )
-    u = data["usage"]
-    lines.append(
-        f"Tokens: {u['input_tokens']} in, {u['output_tokens']} out over {u['calls']} calls"
-        + (
-            f", {u['cache_read_input_tokens']} cache read, "
-            f"{u['cache_creation_input_tokens']} cache write"
-            if u["cache_read_input_tokens"] or u["cache_creation_input_tokens"]
-            else ""
-        )
-    )
-    cost = data["cost_usd"]
-    lines.append(
-        f"Cost: {format_cost(cost)}"
-        if cost is not None
-        else "Cost: unknown (no price for the model)"
-    )
+    lines += _cost_lines(data)
     e = data["export"]
     removed = ", ".join(f"{k} {n}" for k, n in e["removed"].items()) or "none"
     lines.append(

@@ -251,7 +251,10 @@ def test_dry_run_calls_nothing_and_writes_nothing(
     )
     assert plan.usage.output_tokens == 49 * 100
     assert f"output at most {49 * 100:,}" in lines[3]
-    assert lines[4].startswith(f"Cost: at most {format_cost(plan.cost_usd)} (claude-sonnet-5-5")
+    assert lines[4].startswith(
+        f"Cost: {format_cost(plan.low_cost_usd)} to {format_cost(plan.cost_usd)} "
+        "(claude-sonnet-5-5 at interactive rates"
+    )
 
 
 @pytest.mark.parametrize(

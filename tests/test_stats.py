@@ -70,8 +70,8 @@ def test_stats_command_text_and_json(mixed_run: Path) -> None:
         "Rounds: 42: 38 revised (19 changed the answer), 4 found nothing to change, "
         "0 cut off or refused",
         "Final answer differs from the first: 18 of 21 records (86%)",
-        "Tokens: 1010 in, 505 out over 101 calls",
-        "Cost: unknown (no price for the model)",
+        "Tokens: 1,010 in, 505 out over 101 calls",
+        "Cost: unknown (no price for fake-model; add it with --price-table FILE)",
         "Export with default filters: 14 preference pairs, 2 SFT-only; removed: duplicate 1, "
         "failed 1, meta 2, truncated 1, unchanged 1",
     ):

@@ -24,6 +24,7 @@ from typing import Any
 
 from cai.errors import ConfigError
 from cai.filters import FilterConfig, apply_filters, for_run, similarity
+from cai.ledger import Ledger, format_ledger, read_ledger
 from cai.records import Record, Round
 from cai.rundir import (
     CALLS_FILE,
@@ -250,15 +251,17 @@ def build_report_data(
     constitution_text: str | None = None,
     name: str = "",
     filters: FilterConfig | None = None,
+    ledger: Ledger | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as plain JSON-ready data.
 
     `summary` and `plots` are drawn by Python; `viewer` is embedded for the page's script.
+    Tokens, calls and cost are the run's `ledger` (`cai.ledger.read_ledger`) when given.
     """
     manifest = manifest or {}
     config = filters or FilterConfig()
     labels = labels or []
-    stats = compute_stats(records, manifest, config)
+    stats = compute_stats(records, manifest, config, ledger=ledger)
     verdicts = _verdicts(records, config)
     names, texts = _Table(), _Table()
     label_by_id = {str(x.get("id")): x for x in labels}
@@ -344,6 +347,9 @@ def build_report_data(
     sampling = {
         k: cfg[k] for k in ("temperature", "top_p", "max_tokens", "rounds", "seed") if k in cfg
     } or (dict(first.sampling) if first else {})
+    # As the provider was sent them: a setting the model takes none of says so.
+    not_sent = (cfg.get("sampling_sent") or {}).get("not_sent") or {}
+    sampling.update({k: f"not sent ({why})" for k, why in not_sent.items() if k in sampling})
     summary = {
         "name": name,
         "status": manifest.get("status"),
@@ -589,6 +595,8 @@ def render_report(data: dict[str, Any], svgs: dict[str, str] | None = None) -> s
         plots=data["plots"],
         labels=data["plots"].get("labels"),
         cost=format_cost(cost) if isinstance(cost, int | float) else "unknown",
+        # The ledger's cost by mode and by step, after its first line (the tokens).
+        cost_lines=format_ledger(stats["ledger"])[1:] if stats.get("ledger") else [],
         filters=FILTERS,
         # matplotlib escapes the text it writes into its SVG.
         svgs={k: markupsafe.Markup(v) for k, v in svgs.items()},
@@ -654,6 +662,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         # The run's constitution, so the few-shot copy filter judges as `cai export` does.
         filters=for_run(FilterConfig(), run_dir, manifest, records),
     )
+        ledger=read_ledger(run_dir, manifest),
     html = render_report(data)
     write_atomic(out, html.encode("utf-8"))
     return out
