@@ -603,6 +603,7 @@ def _new_record(
         seed=config.seed,
         constitution={"name": constitution.name, "sha256": constitution.sha256},
         source_line=item.line,
+        tags=getattr(item, "tags", None),
     )
 
 
@@ -764,11 +765,11 @@ class _Abandoned(Exception):
     """The run is stopping: this chain's next call is not made, and its record not written."""
 
 
-async def generate_chain(
 class _OverBudget(_Abandoned):
     """--max-cost is reached: this call's worst case does not fit what is left."""
 
 
+async def generate_chain(
     constitution: Constitution,
     config: GenerateConfig,
     item: PromptItem,
@@ -801,10 +802,10 @@ class ChainRunner:
         stop: asyncio.Event,
         chain: Callable[..., Any],
         others: dict[str, Provider] | None = None,
-    ) -> None:
         *,
         pricer: CallPricer | None = None,
         budget: Budget | None = None,
+    ) -> None:
         self.in_flight = _InFlight(provider)
         self.others = others or {}
         self.caller = _Caller(
@@ -815,9 +816,9 @@ class ChainRunner:
             asyncio.Semaphore(config.concurrency),
             stats,
             on_event,
-        )
             pricer,
             budget,
+        )
         self.journal, self.stop, self.chain = journal, stop, chain
 
     async def call(
@@ -964,9 +965,9 @@ async def run_job(
     engine: Any = None,
 ) -> RunStats:
     """Run (or resume) `job` over `items` (each with an `id`) into `store`; see `run_generation`."""
-    check_run_dir(store.dir, job.kind)  # before the lock file, which is a write into the directory
     if config.max_cost is not None:
         check_prices(job, run_pricer(manifest), engine)
+    check_run_dir(store.dir, job.kind)  # before the lock file, which is a write into the directory
     store.lock(job.kind)
     try:
         return await _run_locked(
@@ -976,7 +977,6 @@ async def run_job(
         store.unlock()
 
 
-def finished_items(statuses: dict[str, str], job: Job, retry_failed: bool) -> set[str]:
 def check_prices(job: Job, pricer: CallPricer, engine: Any = None) -> None:
     """Refuse --max-cost where it cannot be kept: a model with no price, or calls made in
     other processes (an engine's workers), whose spending this process cannot hold back."""
@@ -1009,6 +1009,7 @@ def _budget(
     return Budget(config.max_cost, ledger.cost_usd)
 
 
+def finished_items(statuses: dict[str, str], job: Job, retry_failed: bool) -> set[str]:
     """The items whose lines are all written; with `retry_failed`, none of them failed.
 
     A failed line stays in the file until a retry replaces it.
@@ -1061,7 +1062,6 @@ async def _run_locked(
     manifest.settings, manifest.status = job.settings, "running"
     manifest.writer = writer_info(job.kind)
     manifest.config.update(engine.info if engine is not None else {"engine": "default"})
-    store.write_manifest(manifest)
     sampling = job.settings.get("sampling")
     if isinstance(sampling, dict):
         manifest.config["sampling_sent"] = sent_sampling(
@@ -1075,15 +1075,16 @@ async def _run_locked(
     pricer = run_pricer(manifest)
     budget = _budget(config, store, manifest, pricer)
     stats.budget = budget
+    store.write_manifest(manifest)
     stop = stop or asyncio.Event()
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=config.concurrency * 2)
     if budget is not None:
         budget.on_closed = stop.set
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=config.concurrency * 2)
 
     async def produce() -> None:
         seen = IdSet()
         taken = 0
-        for item in items:
+        async for item in _each(items):
             if stop.is_set() or (config.limit is not None and taken >= config.limit):
                 break
             if not in_shard(item.id, config.shard):
@@ -1117,6 +1118,11 @@ async def _run_locked(
 
     workers = config.concurrency
     store.open()
+    # A provider that journals replies itself (a batch's answers, as they are read) writes
+    # them here while the store is open.
+    providers = [job.provider, *(p for p in job.others.values() if p is not job.provider)]
+    for provider in providers:
+        provider.use_store(store)
     args = (config, store, journal, stats, on_event, stop, job.chain)
     try:
         runner = (
@@ -1125,6 +1131,8 @@ async def _run_locked(
             else await engine.start(job.provider, *args)
         )
     except BaseException:  # e.g. no Ray cluster at the address: nothing ran
+        for provider in providers:
+            provider.use_store(None)
         store.close()
         manifest.status = "error"
         store.write_manifest(manifest)
@@ -1149,6 +1157,8 @@ async def _run_locked(
         try:
             await runner.close()  # replies still on their way are journaled before the close
         finally:
+            for provider in providers:
+                provider.use_store(None)
             store.close()
         stats.interrupted = stop.is_set() or stats.over_budget
         # Counted from the file, where a retried prompt's new record replaces its failure.
@@ -1158,6 +1168,17 @@ async def _run_locked(
         manifest.stats = stats.to_dict()
         store.write_manifest(manifest)
     return stats
+
+
+async def _each(items: Any) -> AsyncIterator[Any]:
+    """The items of an iterable, or of an async one: a job that decides what to ask next from
+    the answers so far (cai.redteam) waits inside its iterator."""
+    if hasattr(items, "__aiter__"):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 def _final_status(stats: RunStats, ended: bool) -> str:
