@@ -603,7 +603,6 @@ def _new_record(
         seed=config.seed,
         constitution={"name": constitution.name, "sha256": constitution.sha256},
         source_line=item.line,
-        tags=getattr(item, "tags", None),
     )
 
 
@@ -1084,7 +1083,7 @@ async def _run_locked(
     async def produce() -> None:
         seen = IdSet()
         taken = 0
-        async for item in _each(items):
+        for item in items:
             if stop.is_set() or (config.limit is not None and taken >= config.limit):
                 break
             if not in_shard(item.id, config.shard):
@@ -1118,11 +1117,6 @@ async def _run_locked(
 
     workers = config.concurrency
     store.open()
-    # A provider that journals replies itself (a batch's answers, as they are read) writes
-    # them here while the store is open.
-    providers = [job.provider, *(p for p in job.others.values() if p is not job.provider)]
-    for provider in providers:
-        provider.use_store(store)
     args = (config, store, journal, stats, on_event, stop, job.chain)
     try:
         runner = (
@@ -1131,8 +1125,6 @@ async def _run_locked(
             else await engine.start(job.provider, *args)
         )
     except BaseException:  # e.g. no Ray cluster at the address: nothing ran
-        for provider in providers:
-            provider.use_store(None)
         store.close()
         manifest.status = "error"
         store.write_manifest(manifest)
@@ -1157,8 +1149,6 @@ async def _run_locked(
         try:
             await runner.close()  # replies still on their way are journaled before the close
         finally:
-            for provider in providers:
-                provider.use_store(None)
             store.close()
         stats.interrupted = stop.is_set() or stats.over_budget
         # Counted from the file, where a retried prompt's new record replaces its failure.
@@ -1168,17 +1158,6 @@ async def _run_locked(
         manifest.stats = stats.to_dict()
         store.write_manifest(manifest)
     return stats
-
-
-async def _each(items: Any) -> AsyncIterator[Any]:
-    """The items of an iterable, or of an async one: a job that decides what to ask next from
-    the answers so far (cai.redteam) waits inside its iterator."""
-    if hasattr(items, "__aiter__"):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item
 
 
 def _final_status(stats: RunStats, ended: bool) -> str:
