@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cai._version import __version__
 
 if TYPE_CHECKING:
+    from cai.api import Plan, Run, agenerate, alabel, generate, label, load
     from cai.constitution import (
         Constitution,
         Example,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 # Names are imported on first use, so `cai --help` does not pay for the pipeline and asyncio.
 _HOMES = {
+    "cai.api": ("Plan", "Run", "agenerate", "alabel", "generate", "label", "load"),
     "cai.constitution": (
         "Constitution",
         "Example",
@@ -65,6 +67,7 @@ __all__ = [
     "GenerateConfig",
     "InputError",
     "Manifest",
+    "Plan",
     "Principle",
     "PromptItem",
     "PromptSource",
@@ -72,12 +75,18 @@ __all__ = [
     "ProviderError",
     "Record",
     "Round",
+    "Run",
     "RunStats",
     "RunStore",
     "Sampling",
     "Usage",
     "__version__",
+    "agenerate",
+    "alabel",
     "create_provider",
+    "generate",
+    "label",
+    "load",
     "load_constitution",
     "load_run",
     "parse_constitution",

@@ -23,9 +23,13 @@ __all__ = [
     "RateLimitError",
     "RunMismatchError",
     "ServerError",
+    "os_error_message",
+    "os_error_reason",
     "status_error_class",
+    "unwritable_run",
 ]
 
+import os
 from dataclasses import dataclass
 
 
@@ -205,3 +209,41 @@ def status_error_class(status: int) -> type[ProviderError]:
     if status >= 500:
         return ServerError
     return BadRequestError
+
+
+def os_error_reason(e: OSError) -> str:
+    """Why an OS call failed, in words (never a bare `[Errno N]`)."""
+    import errno
+    from pathlib import Path
+
+    reason = (e.strerror or str(e) or type(e).__name__).rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    if e.errno == errno.ENOTDIR and e.filename:
+        path = Path(os.fsdecode(e.filename))
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            reason = f"{blocker} is not a folder"
+    return reason
+
+
+def os_error_message(e: OSError) -> str:
+    """`e` as one line: the path, then why."""
+    if not e.filename:
+        return os_error_reason(e)
+    return f"{os.fsdecode(e.filename)}: {os_error_reason(e)}"
+
+
+def unwritable_run(e: OSError, run_dir: str | os.PathLike[str]) -> CaiError | None:
+    """The error to show when `e` came from writing into `run_dir`, else None."""
+    from pathlib import Path
+
+    if not e.filename:
+        return None
+    path = Path(os.fsdecode(e.filename)).absolute()
+    folder = Path(run_dir).absolute()
+    if path != folder and folder not in path.parents and path not in folder.parents:
+        return None
+    return ConfigError(
+        f"cannot write the run to {run_dir}: {os_error_reason(e)} - "
+        "pass --out with a folder you can write to"
+    )

@@ -44,6 +44,7 @@ __all__ = [
     "ExportResult",
     "PushError",
     "check_out",
+    "export_dataset",
     "export_run",
     "prompt_text",
     "push_export",
@@ -249,6 +250,20 @@ def _dataset(rows: list[dict[str, Any]], features: Any, split: str) -> Any:
     return Dataset.from_dict(columns, features=features, split=split)
 
 
+def _datasets(
+    splits: dict[str, list[dict[str, Any]]], fmt: str, style: str, scores: bool
+) -> dict[str, Any]:
+    """Each split's rows as a `Dataset` with its format's schema."""
+
+    def kind(name: str) -> str:
+        return _kind(name) if fmt == "hf" else "prefs" if fmt == "dpo" else "sft"
+
+    return {
+        name: _dataset(rows, _features(kind(name), style, scores), name)
+        for name, rows in splits.items()
+    }
+
+
 # What an hf export holds; anything else in its folder was put there by someone else.
 _HF_ENTRIES = {CARD_FILE, "dataset_dict.json", "data", *SPLITS}
 
@@ -325,12 +340,7 @@ def _write_hf(
     datasets.disable_progress_bars()  # one summary line from the CLI says it all
     try:
         with atomic_dir(out) as tmp:
-            data = datasets.DatasetDict(
-                {
-                    name: _dataset(rows, _features(_kind(name), style, scores), name)
-                    for name, rows in splits.items()
-                }
-            )
+            data = datasets.DatasetDict(_datasets(splits, "hf", style, scores))
             # An empty split must still get one (empty) shard, or load_from_disk cannot read it.
             shards = {
                 name: max(1, math.ceil(d.data.nbytes / _SHARD_BYTES)) for name, d in data.items()
@@ -369,22 +379,22 @@ def _pairs(run_dir: Path, options: ExportOptions) -> tuple[Any, ...]:
     return manifest, records, filtered, scores, labels
 
 
-def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptions) -> ExportResult:
-    """Filter a run's records and write them in `options.fmt`, with a dataset card beside them.
+@dataclass
+class _Built:
+    """An export made in memory: its rows by split, the card, and what went into them."""
 
-    `dpo` and `sft` write one JSONL file (default RUN_DIR/<fmt>.jsonl) and its card as
-    <name>.README.md; `hf` writes a directory (default RUN_DIR/hf) holding the card as README.md.
-    Nothing is left half-written when anything fails, nothing that an earlier export did not
-    write is replaced (`check_out`), and a run a live process is still writing is refused.
-    """
-    run_dir = Path(run_dir)
+    rows: dict[str, list[dict[str, Any]]]
+    counts: dict[str, int]
+    data_files: dict[str, str]
+    card: str
+    filtered: FilterResult
+    records: int
+    scores: bool
+
+
+def _build(run_dir: Path, out: Path, options: ExportOptions) -> _Built:
+    """The rows and card of an export of `run_dir` to `out` (whose name the card quotes)."""
     manifest, records, filtered, scores, labels = _pairs(run_dir, options)
-    default = "hf" if options.fmt == "hf" else f"{options.fmt}.jsonl"
-    out = Path(out) if out is not None else run_dir / default
-    if out.is_symlink():
-        out = Path(os.path.realpath(out))  # written through, the link stays
-    check_out(out, options.fmt)
-
     if options.fmt == "hf":
         verdicts = split_verdicts(
             filtered.kept,
@@ -412,7 +422,6 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
             if options.fmt == "dpo" or (options.fmt == "hf" and _kind(name) == "prefs"):
                 for row in split:
                     row.update(scores[row["id"]])
-    card_path = _card_path(out, options.fmt)
     counts = {name: len(r) for name, r in rows.items()}
     data_files = {name: path for name, path in data_files.items() if counts[name]}
     card = render_card(
@@ -426,14 +435,54 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
         out_name=out.name,
         labels=labels,
     )
+    return _Built(rows, counts, data_files, card, filtered, len(records), scores is not None)
+
+
+def _default_out(run_dir: Path, fmt: str) -> Path:
+    return run_dir / ("hf" if fmt == "hf" else f"{fmt}.jsonl")
+
+
+def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptions) -> ExportResult:
+    """Filter a run's records and write them in `options.fmt`, with a dataset card beside them.
+
+    `dpo` and `sft` write one JSONL file (default RUN_DIR/<fmt>.jsonl) and its card as
+    <name>.README.md; `hf` writes a directory (default RUN_DIR/hf) holding the card as README.md.
+    Nothing is left half-written when anything fails, nothing that an earlier export did not
+    write is replaced (`check_out`), and a run a live process is still writing is refused.
+    """
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else _default_out(run_dir, options.fmt)
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))  # written through, the link stays
+    built = _build(run_dir, out, options)
+    check_out(out, options.fmt)
+    card_path = _card_path(out, options.fmt)
     if options.fmt == "hf":
-        _write_hf(rows, out, options.style, card, scores is not None)
+        _write_hf(built.rows, out, options.style, built.card, built.scores)
     else:
         # The card first: it is what marks the data file as cai's, so a kill between the two
         # writes leaves nothing that blocks the next export.
-        write_atomic(card_path, card)
-        write_jsonl(rows["train"], out)
-    return ExportResult(out, card_path, counts, filtered, len(records), data_files)
+        write_atomic(card_path, built.card)
+        write_jsonl(built.rows["train"], out)
+    return ExportResult(
+        out, card_path, built.counts, built.filtered, built.records, built.data_files
+    )
+
+
+def export_dataset(run_dir: str | Path, options: ExportOptions) -> Any:
+    """The export `export_run` would write with `options`, in memory, writing nothing: a
+    `datasets.Dataset` (dpo, sft) or a `DatasetDict` of the four splits (hf), with the same
+    rows, columns and types; the card is each dataset's `info.description`."""
+    import datasets
+
+    run_dir = Path(run_dir)
+    built = _build(run_dir, _default_out(run_dir, options.fmt), options)
+    made = _datasets(built.rows, options.fmt, options.style, built.scores)
+    for dataset in made.values():
+        dataset.info.description = built.card
+    if options.fmt == "hf":
+        return datasets.DatasetDict(made)
+    return made["train"]
 
 
 def _one_line(error: BaseException) -> str:

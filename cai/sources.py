@@ -20,8 +20,10 @@ from typing import Any
 from cai.errors import InputError
 
 __all__ = [
+    "MemorySource",
     "PromptItem",
     "PromptSource",
+    "memory_spec",
     "normalize_prompt",
     "prompt_id",
 ]
@@ -180,8 +182,11 @@ class PromptSource:
                 continue
             yield PromptItem(prompt_id(messages), messages, line)
 
+    def _error(self, line: int, message: str) -> InputError:
+        return InputError(self.spec, line, message)
+
     def _bad(self, line: int, message: str) -> None:
-        error = InputError(self.spec, line, message)
+        error = self._error(line, message)
         if not self.skip_bad_lines:
             raise error
         self.skipped.append(str(error))
@@ -326,3 +331,55 @@ def _first_non_utf8_line(path: Path) -> int | None:
             except UnicodeDecodeError:
                 return lineno
     return None
+
+
+@dataclass
+class MemorySource(PromptSource):
+    """Prompts held in memory: a list (or other sequence) of strings, message lists or rows
+    (dicts, read like JSONL objects), or a `datasets.Dataset`, `DatasetDict` (its train split)
+    or `IterableDataset`. A bad item is reported as `prompts[i]`, i counted from 0.
+
+    `spec` names the prompts in messages and the manifest; `memory_spec` makes one from the
+    content, so the same prompts given again find the same unfinished run.
+    """
+
+    rows: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        is_dict = isinstance(self.rows, dict) and not hasattr(self.rows, "column_names")
+        if is_dict or not hasattr(self.rows, "__iter__") or isinstance(self.rows, str | bytes):
+            raise InputError(
+                "prompts",
+                None,
+                f"must be a path, a list or a Dataset, not a {type(self.rows).__name__}",
+            )
+
+    def _error(self, line: int, message: str) -> InputError:
+        return InputError(f"prompts[{line - 1}]", None, message)
+
+    def _rows(self) -> Iterator[tuple[int, Any]]:
+        rows = self.rows
+        if hasattr(rows, "keys") and hasattr(rows, "column_names"):  # a DatasetDict
+            rows = rows["train" if "train" in rows else next(iter(rows))]
+        for index, row in enumerate(rows, 1):
+            if isinstance(row, dict):
+                value = self._pick(row, index)
+                if value is not _BAD:
+                    yield index, value
+            else:
+                yield index, row
+
+
+def memory_spec(rows: Any) -> str:
+    """A name for in-memory prompts: the dataset's fingerprint, else a hash of the items."""
+    fingerprint = getattr(rows, "_fingerprint", None)
+    if isinstance(fingerprint, str):
+        return f"dataset:{fingerprint}"
+    digest = hashlib.sha256()
+    try:
+        for row in rows:
+            digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str).encode())
+            digest.update(b"\n")
+    except TypeError:
+        return f"{type(rows).__name__}:unnamed"
+    return f"list:{digest.hexdigest()[:16]}"
