@@ -503,6 +503,12 @@ def format_comparison(data: dict[str, Any]) -> str:
             "",
             f"Judge: {judge.get('provider')} {judge.get('model')}, {judge.get('votes')} votes "
             f"each in both orders ({judge.get('mode')}); votes in {judge.get('dir')}",
+            f"Judge cost: {judge.get('calls', 0)} calls over {judge.get('pairs', 0)} pairs, "
+            + (
+                "unknown (no price for the model)"
+                if judge.get("cost_usd") is None
+                else format_cost(judge["cost_usd"])
+            ),
         ]
         first = runs[0]["name"]
         jrows = [["", *(f"{run['name']} vs {first}" for run in runs[1:])]]
@@ -553,7 +559,8 @@ def word_diff(before: str, after: str) -> list[list[Any]]:
     import difflib
     import re
 
-    a, b = re.findall(r"\S+|\s+", before), re.findall(r"\S+|\s+", after)
+    # Each word carries the space after it, so spaces alone never match and interleave.
+    a, b = re.findall(r"\s+|\S+\s*", before), re.findall(r"\s+|\S+\s*", after)
     ops: list[list[Any]] = []
 
     def add(op: int, text: str) -> None:

@@ -243,6 +243,13 @@ def _run_judge(
         engine=engine,
     )
     stats = _run_with_progress(start, backend, store, stats, unit="pair", desc="judge")
+    click.echo(
+        f"Judge: {stats.done} pairs judged now, {stats.already_done} already done, "
+        f"{stats.failed} failed; {stats.calls} calls ({stats.journal_hits} from the journal)"
+        + (f"; {len(items)} pairs to judge in all" if items else "; nothing to judge")
+        + (". Run the same command again to resume." if stats.interrupted else "."),
+        err=True,
+    )
     if params["batch"]:
         _print_batch_summary(backend, stats, out, False)
     judge_manifest, labels = load_labels(out)

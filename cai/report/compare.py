@@ -83,6 +83,12 @@ def _lengths_plot(details: list[dict[str, Any]], names: list[str]) -> Any:
     return fig
 
 
+def _cost(usd: float | None) -> str:
+    from cai.pricing import format_cost
+
+    return "unknown" if usd is None else format_cost(usd)
+
+
 def render_compare_page(
     data: dict[str, Any], details: list[dict[str, Any]], *, title: str = ""
 ) -> str:
@@ -90,7 +96,6 @@ def render_compare_page(
     import markupsafe
 
     from cai.filters import FILTERS
-    from cai.pricing import format_cost
 
     names = [run["name"] for run in data["runs"]]
     figures: dict[str, Any] = {}
@@ -104,10 +109,7 @@ def render_compare_page(
     script = (_TEMPLATES / "compare.js").read_text(encoding="utf-8")
     style = (_TEMPLATES / "report.css").read_text(encoding="utf-8")
     viewer = {"names": names, "prompts": details, "page_size": 20}
-    costs = [
-        "unknown" if run["cost_usd"] is None else format_cost(run["cost_usd"])
-        for run in data["runs"]
-    ]
+    costs = [_cost(run["cost_usd"]) for run in data["runs"]]
     return (
         _environment()
         .get_template("compare.html.j2")
@@ -117,6 +119,7 @@ def render_compare_page(
             runs=data["runs"],
             others=data["runs"][1:],
             judge=data.get("judge"),
+            judge_cost=_cost((data.get("judge") or {}).get("cost_usd")),
             judge_principles=sorted(
                 {
                     n
