@@ -293,6 +293,7 @@ def format_effectiveness(data: dict[str, Any]) -> list[str]:
         summary = data["labels"]
         lines.append(
             f"Labels: {summary['matched']} of this run's pairs labelled"
+            + (f" (from {summary['dir']})" if summary.get("dir") else "")
             + (
                 f"; {summary['unmatched']} labels are of other pairs (another revision or run) "
                 "and are not counted"

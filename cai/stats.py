@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cai.effectiveness import find_label_run, format_effectiveness, principle_effectiveness
+from cai.errors import ConfigError
 from cai.filters import SIMILARITY_THRESHOLD, FilterConfig, apply_filters, for_run, similar
 from cai.ledger import Ledger, format_ledger, read_ledger
 from cai.pricing import format_cost, run_cost
@@ -44,11 +46,13 @@ def compute_stats(
     manifest: dict[str, Any] | None = None,
     filters: FilterConfig | None = None,
     ledger: Ledger | None = None,
+    labels: Iterable[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Counts and measures of a run's records, as plain JSON-ready data; `filters` (default
     all on, without a constitution to compare with) say what export would keep. Tokens,
     calls and cost come from the run's `ledger` (its call journal) when given, else from the
-    records' usage."""
+    records' usage. `labels`, the lines of a label run of these records, add the feedback
+    model's judgement to each principle's figures (`effectiveness`)."""
     records = list(records)
     manifest = manifest or {}
     ok = [r for r in records if r.status == "ok"]
@@ -79,7 +83,8 @@ def compute_stats(
     else:
         usage = {k: sum(int(r.usage.get(k, 0)) for r in records) for k in _USAGE_KEYS}
         cost = run_cost(records, manifest)
-    filtered = apply_filters(records, filters or FilterConfig())
+    config = filters or FilterConfig()
+    filtered = apply_filters(records, config)
     pref = sum(v.use == "pref" for v in filtered.kept)
     return {
         "records": len(records),
@@ -110,14 +115,31 @@ def compute_stats(
             "fell_back": filtered.fell_back,
             "removed": dict(sorted(filtered.removed.items())),
         },
+        "effectiveness": principle_effectiveness(
+            records,
+            filtered,
+            labels,
+            config=config,
+            principles=[p.name for p in config.constitution.principles]
+            if config.constitution is not None
+            else (),
+        ),
     }
 
 
-def run_stats(run_dir: str | Path) -> dict[str, Any]:
-    """`compute_stats` of the run in `run_dir`; a run whose writer died shows as interrupted."""
+def run_stats(run_dir: str | Path, label_run: str | Path | None = None) -> dict[str, Any]:
+    """`compute_stats` of the run in `run_dir`; a run whose writer died shows as interrupted.
+
+    The labels judged per principle are those of the label run in `label_run`, else of a
+    label run of this run found beside it (`find_label_run`), if any.
+    """
     run_dir = Path(run_dir)
     from cai import feedback
 
+    if label_run is not None and feedback.is_label_run(run_dir):
+        raise ConfigError(
+            f"{run_dir} is a label run; --labels goes with the generate run it labelled"
+        )
     if feedback.is_label_run(run_dir):
         manifest, labels = feedback.load_labels(run_dir)
         ledger = read_ledger(run_dir, manifest)
@@ -131,12 +153,16 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
         }
     else:
         manifest, records = load_run(run_dir)
+        label_dir = Path(label_run) if label_run is not None else find_label_run(run_dir)
         data = compute_stats(
             records,
             manifest.to_dict(),
             for_run(FilterConfig(), run_dir, manifest, records),
             ledger=read_ledger(run_dir, manifest),
+            labels=feedback.read_labels(label_dir) if label_dir is not None else None,
         )
+        if label_dir is not None:
+            data["effectiveness"]["labels"]["dir"] = str(label_dir)
     data["run"] = {
         "dir": str(run_dir),
         "status": manifest.status if manifest.cai_version else None,
@@ -204,11 +230,16 @@ def format_stats(data: dict[str, Any]) -> str:
         f"({_pct(changed['records'], ok)})"
     )
     rows = [["PRINCIPLE", "ROUNDS", "REVISED", "CHANGED", "NO CHANGE", "PROBLEM"]]
-    for name, c in data["principles"].items():
+    if data.get("effectiveness"):
+        # Each principle's rounds, what export kept of its revisions, and the labels' verdict.
+        effectiveness = format_effectiveness(data["effectiveness"])
+        lines += ["", *effectiveness, ""] if effectiveness else []
+        rows = rows[:0]
+    for name, c in data["principles"].items() if rows else ():
         rows.append(
             [name, *(str(c[k]) for k in ("rounds", "revised", "changed", "no_change", "problem"))]
         )
-    if len(rows) > 1:
+    if len(rows) > 1:  # data from before the per-principle figures
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines.append("")
         lines += [

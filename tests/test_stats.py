@@ -76,15 +76,26 @@ def test_stats_command_text_and_json(mixed_run: Path) -> None:
         "failed 1, meta 2, truncated 1, unchanged 1",
     ):
         assert line in text.splitlines(), line
-    assert text.splitlines()[6].split() == [
-        "PRINCIPLE",
-        "ROUNDS",
-        "REVISED",
-        "CHANGED",
-        "NO",
-        "CHANGE",
-        "PROBLEM",
+    # Each principle's rounds, and where its revisions went: kept in the export, or which
+    # filter dropped them (a fallback keeps round 1's revision and drops round 2's as meta).
+    assert text.splitlines()[6:9] == [
+        "PRINCIPLE  DRAWN  REVISED  CHANGED  NO CHANGE  FAILED  KEPT  DROPPED",
+        "harm       35     31       16       4          0       24    meta 5, truncated 2",
+        "honesty    7      7        3        0          0       3     duplicate 2, unchanged 2",
     ]
+    effectiveness = json.loads(result.output)["effectiveness"]
+    assert effectiveness["principles"]["honesty"] == {
+        "drawn": 7,
+        "records": 5,
+        "revised": 7,
+        "changed": 3,
+        "no_change": 0,
+        "failed": 0,
+        "kept": 3,
+        "dropped": {"duplicate": 2, "unchanged": 2},
+        "labels": None,
+    }
+    assert effectiveness["flags"] == [] and effectiveness["labels"] is None
     assert format_stats(run_stats(mixed_run)) + "\n" == text
 
 

@@ -11,12 +11,23 @@ import click
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
-def stats(run_dir: Path, as_json: bool) -> None:
-    """Show what a run holds: statuses, principles used, how often revisions changed the answer,
-    lengths before and after, tokens and cost, and what export's default filters would keep."""
+@click.option(
+    "--labels",
+    "label_run",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A label run of this run (cai label RUN_DIR --out DIR), for how often the feedback "
+    "model prefers each principle's revisions (default: one found beside RUN_DIR).",
+)
+def stats(run_dir: Path, as_json: bool, label_run: Path | None) -> None:
+    """Show what a run holds: statuses, each principle's rounds (revised, no change, failed,
+    kept in the export or dropped by which filter, and with labels how often the feedback model
+    prefers its revisions), flags for principles that never change anything or whose revisions
+    mostly lose, lengths before and after, tokens and cost, and what export's default filters
+    would keep."""
     from cai.stats import format_stats, run_stats
 
-    data = run_stats(run_dir)
+    data = run_stats(run_dir, label_run)
     click.echo(json.dumps(data, indent=2) if as_json else format_stats(data))
 
 
