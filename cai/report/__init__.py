@@ -661,8 +661,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         name=run_dir.resolve().name,
         # The run's constitution, so the few-shot copy filter judges as `cai export` does.
         filters=for_run(FilterConfig(), run_dir, manifest, records),
-    )
         ledger=read_ledger(run_dir, manifest),
+    )
     html = render_report(data)
     write_atomic(out, html.encode("utf-8"))
     return out
