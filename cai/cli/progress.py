@@ -5,13 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
-
-from cai.cli.options import _redact, _unwritable_run
 
 EXIT_PARTIAL = 3
 
@@ -32,100 +29,63 @@ def _run_with_progress(
     """Run a job under a progress bar; the first Ctrl-C stops taking prompts, the second quits.
 
     `start(on_event=..., stop=...)` is the job's coroutine (`run_generation`, `run_labels`);
-    `backend` and `others` (e.g. a label job's policy model) are closed when it ends. A failed
-    write into the run directory becomes an error that says to pass another --out.
+    `cai.api.execute` runs it and closes `backend` and `others` (e.g. a label job's policy
+    model) when it ends; a failed write into the run directory becomes an error that says to
+    pass another --out.
     """
     import asyncio
-    import signal
+    from functools import partial
 
     from tqdm import tqdm
 
-    total = stats.total
-    bar: Any = None
-    batching = backend.batched
+    from cai.api import Prepared, Progress, execute
+
+    job = Prepared(desc, store.dir, start, backend, store, stats, None, others)
     waves = _WaveBars()
-
-    def on_event(kind: str, data: Any) -> None:
-        nonlocal bar
-        if kind == "start":  # the run is taken: no refusal can follow
-            click.echo(f"Run directory: {data}", err=True)
-            bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True)
-            return
-        if bar is None:
-            return
-        if kind == "notice":
-            data = _redact(str(data))
-            bar.write(f"Note: {data}", file=sys.stderr)
-        if kind in ("wave", "poll", "ended"):
-            waves.update(kind, data)
-        if kind in ("record", "skip"):
-            bar.update(1)
-        # The bar redraws at most every `mininterval` seconds: formatting the counts for each
-        # call would cost CPU for nothing (benchmarks/cpu_per_call.py).
-        if time.monotonic() - shown_at >= bar.mininterval:
-            show_counts()
-
-    shown_at = 0.0
-
-    def show_counts() -> None:
-        nonlocal shown_at
-        shown_at = time.monotonic()
-        elapsed = max(shown_at - stats.started, 1e-6)
-        bar.set_postfix(
-            calls=stats.calls,
-            failed=stats.failed,
-            retries=stats.retries,
-            tok_s=f"{stats.usage.output_tokens / elapsed:.0f}",
-            refresh=False,
-        )
+    progress = Progress(
+        stats,
+        unit=unit,
+        desc=desc,
+        bar_class=partial(tqdm, dynamic_ncols=True),
+        announce=lambda run_dir: click.echo(f"Run directory: {run_dir}", err=True),
+        batches=waves.update,
+    )
 
     async def run() -> Any:
         stop = asyncio.Event()
-        presses = 0
-
-        def on_sigint() -> None:
-            nonlocal presses
-            presses += 1
-            if presses > 1:
-                _quit_now(store)
-            stop.set()
-            (bar or tqdm).write(
-                "Stopping: batches keep running on the provider; this run stops waiting for them."
-                if batching
-                else "Stopping: finishing calls in flight, starting no new ones. "
-                "Press Ctrl-C again to quit now.",
-                file=sys.stderr,
-            )
-
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            # SIGTERM too: a batch scheduler's polite stop ends the run as cleanly as Ctrl-C.
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                asyncio.get_running_loop().add_signal_handler(signum, on_sigint)
-        if batching:
-            backend.stop, backend.on_event = stop, on_event
-        try:
-            result = await start(on_event=on_event, stop=stop)
-            if batching and not result.interrupted:
-                await backend.finish()
-            return result
-        finally:
-            for model in (backend, *others):
-                await model.aclose()
+        _stop_on_signals(stop, store, progress, backend.batched)
+        return await execute(job, on_event=progress.on_event, stop=stop)
 
     try:
         return asyncio.run(run())
-    except OSError as e:
-        error = _unwritable_run(e, store.dir)
-        if error is None:
-            raise
-        raise error from e
     finally:
         waves.close()
-        if bar is not None:
-            show_counts()  # the last counts, not those of the last redraw
-            bar.close()
-        for model in (backend, *others):
-            model.close()
+        progress.close()
+
+
+def _stop_on_signals(stop: Any, store: Any, progress: Any, batching: bool) -> None:
+    """Ctrl-C (and SIGTERM: a batch scheduler's polite stop) sets `stop`; a second quits."""
+    import asyncio
+    import signal
+
+    presses = 0
+
+    def on_signal() -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            _quit_now(store)
+        stop.set()
+        progress.write(
+            "Stopping: batches keep running on the provider; this run stops waiting for them."
+            if batching
+            else "Stopping: finishing calls in flight, starting no new ones. "
+            "Press Ctrl-C again to quit now."
+        )
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, on_signal)
 
 
 class _WaveBars:
