@@ -155,13 +155,13 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
                 "missing_shards": result.missing_shards,
             },
         )
-        with atomic_dir(out) as tmp:
 
         def journals() -> Iterator[bytes]:
             # Every call each shard paid for, so the merged run's ledger counts them all.
             for store, m in zip(stores, manifests, strict=True):
                 yield from tagged_journal(store.dir, m)
 
+        with atomic_dir(out) as tmp:
             write_atomic(tmp / lines_file, chosen())
             write_manifest(tmp, manifest)
             write_atomic(tmp / CALLS_FILE, journals())
