@@ -32,6 +32,7 @@ __all__ = [
     "INTERACTIVE",
     "STEP_NAMES",
     "Budget",
+    "BudgetExhausted",
     "CallPricer",
     "Ledger",
     "Tally",
@@ -332,6 +333,17 @@ def worst_case_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
     return sum(len(str(m.get("content", "")).encode("utf-8")) + _FRAMING_TOKENS for m in messages)
 
 
+class BudgetExhausted(CaiError):
+    """The run stopped at `max_cost` (the CLI's --max-cost, exit 4): its message says what was
+    spent and left and how to go on; `run_dir` keeps what was done."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, run_dir: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
 # A reservation's float sums may drift by a rounding error; no call is refused for that.
 _EPSILON = 1e-9
 
@@ -399,6 +411,17 @@ class Budget:
         callback, self.on_closed = self.on_closed, None
         if callback is not None:
             callback()
+
+    def describe(self) -> str:
+        """What a person reads when the budget stopped the run: spent, left, how to go on."""
+        worst = self.refused_worst or 0.0
+        return (
+            f"Stopped at --max-cost {format_cost(self.limit)}: the run has spent "
+            f"{format_cost(self.spent)} in all ({format_cost(self.spent - self.spent_before)} "
+            f"this time), {format_cost(self.left)} is left, and the next call could cost up to "
+            f"{format_cost(worst)}. Calls in flight finished and are saved. To go on, run the "
+            "same command with a higher --max-cost (what was spent counts against it)."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

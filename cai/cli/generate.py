@@ -230,6 +230,7 @@ def generate(
 
 
 def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
+    from cai.ledger import format_ledger, read_ledger
     from cai.pricing import format_cost
 
     u = stats.usage
@@ -246,18 +247,15 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
             if stats.retries
             else ""
         ),
-        f"Tokens: {u.input_tokens} in, {u.output_tokens} out"
-        + (
-            f", {u.cache_read_input_tokens} cache read, {u.cache_creation_input_tokens} cache write"
-            if u.cache_read_input_tokens or u.cache_creation_input_tokens
-            else ""
-        )
-        + (f"; estimated cost {format_cost(stats.cost_usd)}" if stats.cost_usd else "")
+        f"This time: {u.input_tokens:,} tokens in, {u.output_tokens:,} out"
+        + (f", {format_cost(stats.cost_usd)}" if stats.cost_usd is not None else "")
         + (
             f"; waited {stats.throttled_seconds:.1f}s for rate limits"
             if stats.throttled_seconds >= 0.1
             else ""
         ),
+        "The run in all (every invocation, from its call journal):",
+        *(f"  {line}" for line in format_ledger(read_ledger(run_dir))),
         f"Rounds: {stats.revised} records revised, {stats.skipped_rounds} rounds found nothing to change, "
         f"{stats.problem_rounds} rounds cut off or refused",
         f"Records: {run_dir / 'records.jsonl'}",

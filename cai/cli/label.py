@@ -323,6 +323,7 @@ def label(
 
 
 def _print_label_summary(stats: Any, out: Path) -> None:
+    from cai.ledger import format_ledger, read_ledger
     from cai.pricing import format_cost
 
     u = stats.usage
@@ -336,7 +337,10 @@ def _print_label_summary(stats: Any, out: Path) -> None:
         f"{stats.inconsistent} pairs whose two orders disagree",
         f"Calls: {stats.calls} ({stats.journal_hits} reused from the journal), retries: "
         f"{stats.retries}; tokens: {u.input_tokens} in, {u.output_tokens} out"
-        + (f"; estimated cost {format_cost(stats.cost_usd)}" if stats.cost_usd else ""),
+        + (f", {format_cost(stats.cost_usd)}" if stats.cost_usd is not None else "")
+        + " this time",
+        "The run in all (every invocation, from its call journal):",
+        *(f"  {line}" for line in format_ledger(read_ledger(out))),
     ]
     if stats.revision_pairs:
         lines.append(

@@ -14,6 +14,8 @@ EXIT_PARTIAL = 3
 
 
 EXIT_INTERRUPTED = 130
+# The run stopped at --max-cost: what was left could not cover the next call's worst case.
+EXIT_BUDGET = 4
 
 
 def _run_with_progress(
@@ -142,7 +144,11 @@ def _quit_now(store: Any) -> None:
 
 
 def _exit_unfinished(stats: Any) -> None:
-    """Exit 130 when the run was interrupted, 3 when items of the run failed; else return."""
+    """Exit 4 when the run stopped at --max-cost, 130 when it was interrupted, 3 when items of
+    the run failed; else return."""
+    if getattr(stats, "over_budget", False):
+        click.echo(stats.budget.describe(), err=True)
+        sys.exit(EXIT_BUDGET)
     if stats.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if stats.failed_in_run:
