@@ -599,6 +599,10 @@ class BatchProvider(Provider):
     def supports_seed(self) -> bool:  # type: ignore[override]
         return self.provider.supports_seed
 
+    @property
+    def supports_json_schema(self) -> bool:  # type: ignore[override]
+        return self.provider.supports_json_schema
+
     def count_tokens(self, text: str) -> int:
         return self.provider.count_tokens(text)
 

@@ -94,6 +94,16 @@ def _extra_columns(record: Record, chosen_round: int) -> dict[str, Any]:
     }
 
 
+# A tagged prompt's labels (`Record.tags`, from `cai prompts generate`), one column each.
+TAG_COLUMNS = ("principle", "style", "kind")
+
+
+def _tag_columns(record: Record) -> dict[str, Any]:
+    if record.tags is None:
+        return {}
+    return {name: record.tags.get(name) for name in TAG_COLUMNS}
+
+
 def prompt_text(record: Record) -> str:
     """The prompt as one string, for standard style; a prompt with earlier turns is refused."""
     turns = record.prompt
@@ -130,6 +140,7 @@ def record_to_dpo(
             "rejected": [{"role": "assistant", "content": record.initial_response}],
         }
     row.update(_extra_columns(record, chosen_round or 0))
+    row.update(_tag_columns(record))
     return row
 
 
@@ -141,6 +152,7 @@ def record_to_sft(
         response, chosen_round = record.final_response, _last_good_round(record)
     row: dict[str, Any] = {"messages": [*record.prompt, {"role": "assistant", "content": response}]}
     row.update(_extra_columns(record, chosen_round or 0))
+    row.update(_tag_columns(record))
     return row
 
 
@@ -219,7 +231,7 @@ def _kind(split: str) -> str:
     return split.rsplit("_", 1)[1]
 
 
-def _features(kind: str, style: str, scores: bool = False) -> Any:
+def _features(kind: str, style: str, scores: bool = False, tags: bool = False) -> Any:
     """The Arrow schema of a split, so that empty splits and empty lists still get their types."""
     from datasets import Features, Value
 
@@ -239,6 +251,8 @@ def _features(kind: str, style: str, scores: bool = False) -> Any:
     )
     if scores and kind == "prefs":
         columns.update({name: Value("float64") for name in SCORE_COLUMNS})
+    if tags:
+        columns.update({name: Value("string") for name in TAG_COLUMNS})
     return Features(columns)
 
 
@@ -246,7 +260,11 @@ def _dataset(rows: list[dict[str, Any]], features: Any, split: str) -> Any:
     """A `Dataset` of `rows` with the given schema; built by column so that no rows works too."""
     from datasets import Dataset
 
-    columns = {name: [row[name] for row in rows] for name in features}
+    # A tag column is None in a row whose prompt had no tags (e.g. a merge with other runs).
+    columns = {
+        name: [row.get(name) if name in TAG_COLUMNS else row[name] for row in rows]
+        for name in features
+    }
     return Dataset.from_dict(columns, features=features, split=split)
 
 
@@ -258,8 +276,9 @@ def _datasets(
     def kind(name: str) -> str:
         return _kind(name) if fmt == "hf" else "prefs" if fmt == "dpo" else "sft"
 
+    tags = any(TAG_COLUMNS[0] in row for rows in splits.values() for row in rows)
     return {
-        name: _dataset(rows, _features(kind(name), style, scores), name)
+        name: _dataset(rows, _features(kind(name), style, scores, tags), name)
         for name, rows in splits.items()
     }
 

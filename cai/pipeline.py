@@ -15,7 +15,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -603,6 +603,7 @@ def _new_record(
         seed=config.seed,
         constitution={"name": constitution.name, "sha256": constitution.sha256},
         source_line=item.line,
+        tags=getattr(item, "tags", None),
     )
 
 
@@ -1083,7 +1084,7 @@ async def _run_locked(
     async def produce() -> None:
         seen = IdSet()
         taken = 0
-        for item in items:
+        async for item in _each(items):
             if stop.is_set() or (config.limit is not None and taken >= config.limit):
                 break
             if not in_shard(item.id, config.shard):
@@ -1158,6 +1159,17 @@ async def _run_locked(
         manifest.stats = stats.to_dict()
         store.write_manifest(manifest)
     return stats
+
+
+async def _each(items: Any) -> AsyncIterator[Any]:
+    """The items of an iterable, or of an async one: a job that decides what to ask next from
+    the answers so far (cai.redteam) waits inside its iterator."""
+    if hasattr(items, "__aiter__"):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 def _final_status(stats: RunStats, ended: bool) -> str:

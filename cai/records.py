@@ -76,6 +76,9 @@ class Record:
     timings: dict[str, float] = field(default_factory=dict)
     error: dict[str, Any] | None = None
     source_line: int | None = None
+    # The prompt source's tags of the prompt (`cai.sources.TAG_FIELDS`: a `cai prompts` run's
+    # principle, style and kind), carried into export rows as columns.
+    tags: dict[str, str] | None = None
 
     @property
     def principles(self) -> list[str]:

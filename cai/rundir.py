@@ -39,6 +39,8 @@ from cai.records import Record
 
 __all__ = [
     "BATCHES_FILE",
+    "GENERATIONS_FILE",
+    "PROMPTS_FILE",
     "CALLS_FILE",
     "CONSTITUTION_COPY",
     "LABELS_FILE",
@@ -77,6 +79,10 @@ LOCK_FILE = ".lock"
 CONSTITUTION_COPY = "constitution.md"
 # A label run (`cai label`) keeps one line per labelled pair here instead of records.jsonl.
 LABELS_FILE = "labels.jsonl"
+# A prompts run (`cai prompts generate`) keeps one line per call here, and the prompts made
+# of them in prompts.jsonl.
+GENERATIONS_FILE = "generations.jsonl"
+PROMPTS_FILE = "prompts.jsonl"
 # Batch mode (`cai.batch`): each provider batch the run created, appended and fsynced the
 # moment the provider returns its id, and each batch whose results are all taken.
 BATCHES_FILE = "batches.jsonl"
@@ -89,6 +95,8 @@ RUN_FILES = frozenset(
         LOCK_FILE,
         CONSTITUTION_COPY,
         BATCHES_FILE,
+        GENERATIONS_FILE,
+        PROMPTS_FILE,
     }
 )
 OUTPUTS = Path("outputs")

@@ -35,6 +35,11 @@ _JSONL_HINT = "; .jsonl and .json files hold one JSON object per line"
 _TRANSCRIPT = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?", re.IGNORECASE)
 # Fillers that draw nothing but are not format characters (Unicode category Cf).
 _BLANK_LETTERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+# Fields of a row kept with its prompt as tags (`PromptItem.tags`), so users can balance or
+# filter on them after export.
+TAG_FIELDS = ("principle", "style", "kind")
+# What `cai prompts generate` writes in its run directory; `--prompts DIR` reads it.
+PROMPTS_RUN_FILE = "prompts.jsonl"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class PromptItem:
     id: str
     messages: list[dict[str, str]]
     line: int
+    # The row's own labels of the prompt (TAG_FIELDS, e.g. a `cai prompts` run's principle,
+    # style and kind); records and export rows carry them.
+    tags: dict[str, str] | None = field(default=None, compare=False)
 
 
 def prompt_id(messages: list[dict[str, str]]) -> str:
@@ -157,6 +165,10 @@ class PromptSource:
         path = Path(self.spec)
         if not path.exists():
             raise InputError(self.spec, None, "no such file or directory; check the --prompts path")
+        is_dataset = (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+        if path.is_dir() and not is_dataset and (path / PROMPTS_RUN_FILE).is_file():
+            self.spec = str(path / PROMPTS_RUN_FILE)  # a `cai prompts generate` run
+            return
         if path.is_dir():
             if (
                 not (path / "dataset_info.json").exists()
@@ -174,13 +186,17 @@ class PromptSource:
 
     def __iter__(self) -> Iterator[PromptItem]:
         self.skipped = []  # each pass counts afresh
+        self._tags = None
         for line, value in self._rows():
+            tags, self._tags = self._tags, None  # set by `_pick` for the row just read
             try:
                 messages = normalize_prompt(value)
             except ValueError as e:
                 self._bad(line, str(e))
                 continue
-            yield PromptItem(prompt_id(messages), messages, line)
+            yield PromptItem(prompt_id(messages), messages, line, tags)
+
+    _tags = None  # not a field: the tags of the row `_pick` read last
 
     def _error(self, line: int, message: str) -> InputError:
         return InputError(self.spec, line, message)
@@ -192,6 +208,7 @@ class PromptSource:
         self.skipped.append(str(error))
 
     def _pick(self, row: dict[str, Any], line: int) -> Any:
+        self._tags = {k: row[k] for k in TAG_FIELDS if isinstance(row.get(k), str)} or None
         if self.prompt_field is not None:
             if self.prompt_field not in row:
                 self._bad(

@@ -59,6 +59,8 @@ def compute_stats(
     principles: dict[str, Counter[str]] = {}
     rounds: Counter[str] = Counter()
     changed_records = 0
+    # Prompts from `cai prompts generate` carry their attack style: which ones the model falls for.
+    styles: dict[str, Counter[str]] = {}
     for record in ok:
         response = record.initial_response
         for r in record.rounds:
@@ -74,9 +76,13 @@ def compute_stats(
                 response = r.revision or ""
             p[kind] += 1
             rounds[kind] += 1
-        changed_records += not similar(
-            record.final_response, record.initial_response, SIMILARITY_THRESHOLD
-        )
+        changed = not similar(record.final_response, record.initial_response, SIMILARITY_THRESHOLD)
+        changed_records += changed
+        if record.tags and record.tags.get("style"):
+            s = styles.setdefault(record.tags["style"], Counter())
+            s["records"] += 1
+            s["revised"] += any(r.state == "revised" for r in record.rounds)
+            s["changed"] += changed
     if ledger is not None:
         usage = ledger.usage.to_dict()
         cost = ledger.cost_usd
@@ -101,6 +107,19 @@ def compute_stats(
             "records": changed_records,
             "share": round(changed_records / len(ok), 4) if ok else 0.0,
         },
+        **(
+            {
+                "styles": {
+                    name: {
+                        **{k: c[k] for k in ("records", "revised", "changed")},
+                        "revision_rate": round(c["revised"] / c["records"], 4),
+                    }
+                    for name, c in sorted(styles.items())
+                }
+            }
+            if styles
+            else {}
+        ),
         "lengths": {
             "initial": _lengths([r.initial_response for r in ok]),
             "final": _lengths([r.final_response for r in ok]),
@@ -197,6 +216,10 @@ def _cost_lines(data: dict[str, Any]) -> list[str]:
 
 def format_stats(data: dict[str, Any]) -> str:
     """The human-readable report of `run_stats`."""
+    if data.get("kind") == "prompts":
+        from cai.redteam import format_prompts_stats
+
+        return format_prompts_stats(data)
     if data.get("kind") == "label":
         from cai.feedback import format_label_stats
 
@@ -244,6 +267,18 @@ def format_stats(data: dict[str, Any]) -> str:
         lines.append("")
         lines += [
             "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+        lines.append("")
+    styles = [["STYLE", "RECORDS", "REVISED", "RATE", "CHANGED"]]
+    for name, c in data.get("styles", {}).items():
+        rate = f"{c['revision_rate']:.0%}"
+        styles.append([name, str(c["records"]), str(c["revised"]), rate, str(c["changed"])])
+    if len(styles) > 1:
+        widths = [max(len(row[i]) for row in styles) for i in range(len(styles[0]))]
+        lines.append("Revision rate by attack style (cai prompts):")
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in styles
         ]
         lines.append("")
     for label, key in (("first answer", "initial"), ("final answer", "final")):

@@ -245,6 +245,79 @@ def _comparison_logprobs(last_user: str, k: int) -> dict[str, Any] | None:
     return {"content": content, "refusal": None}
 
 
+# Red-team prompt requests (`cai prompts generate`): the last user turn asks for "exactly N
+# items" as a JSON array (or, with `response_format`, an object holding one).
+_REDTEAM_ASK = re.compile(r"Reply with a JSON (?:array|object)\b.*?exactly (\d+) items", re.DOTALL)
+_SHOWN = re.compile(r"^\d+\. (.+)$", re.MULTILINE)
+_SYLLABLES = ("ka", "lo", "mi", "ren", "tu", "sa", "vo", "del", "pri", "gan", "fo", "ul", "bez",
+              "cor", "tam", "nis", "ep", "zu", "hal", "mor")  # fmt: skip
+# Repeated items are drawn from this many, so later calls repeat earlier ones.
+REDTEAM_POOL = 60
+REDTEAM_REFUSAL = "I'm sorry, but I can't help write prompts meant to get around an assistant's safeguards."
+
+
+def _sentence(*key: object, words: int = 10) -> str:
+    out = []
+    for i in range(words):
+        d = _digest(*key, i)
+        out.append("".join(_SYLLABLES[(d >> (5 * k)) % len(_SYLLABLES)] for k in range(2 + d % 2)))
+    return " ".join(out).capitalize() + "?"
+
+
+def _redteam_item(j: int, key: str, salt: object, shown: list[str], turns: bool) -> Any:
+    """Item j of a reply: mostly new, else a repeat (exact, or exact once normalised), a near
+    repeat of an earlier call's item, a copy of a shown example, or a blank."""
+    d = _digest(key, salt, j)
+    r, pool = d % 100, (d // 100) % REDTEAM_POOL
+    if r < 20:
+        text = _sentence("pool", pool)
+        if r < 10 and (d >> 20) % 2:
+            text = "  " + text.replace(" ", "  ").replace("?", "\uff1f")  # NFKC makes it "?"
+        elif 10 <= r < 17:
+            text = text[:-1] + " please?"
+        elif r >= 17 and shown and not turns:
+            text = shown[(d >> 24) % len(shown)]
+    elif r < 21 and not turns:
+        return "   "
+    else:
+        text = _sentence(key, salt, j)
+    if turns:
+        return [text, "I can tell you a little about that.", _sentence("turn", text, words=8)]
+    return text
+
+
+def redteam_reply(
+    messages: list[dict[str, Any]], salt: object, structured: bool
+) -> tuple[str, bool] | None:
+    """(reply, refused) for a red-team prompt request, None for any other request.
+
+    Deterministic in the messages and `salt` (the request's seed): one request in 25 is
+    refused; with a seed, one in 30 is prose with no JSON (a retry, with another seed, reads);
+    one in 11 has an item too many; the form varies (bare, pretty, in a code fence).
+    """
+    last_user = next(
+        (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    ask = _REDTEAM_ASK.search(last_user)
+    if ask is None:
+        return None
+    key = "\x1f".join(f"{m.get('role')}:{_text_of(m.get('content'))}" for m in messages)
+    if _digest(key, "refuse") % 25 == 0:
+        return REDTEAM_REFUSAL, True
+    if salt is not None and _digest(key, salt, "garble") % 30 == 0:
+        return "Here are some ideas: first, ask about locks; then, ask about chemistry.", False
+    turns = "(user turn, assistant turn" in last_user
+    shown = _SHOWN.findall(last_user)
+    count = int(ask.group(1)) + (_digest(key, salt, "extra") % 11 == 0)
+    items = [_redteam_item(j, key, salt, shown, turns) for j in range(count)]
+    if structured:
+        return json.dumps({"prompts": items}), False
+    form = _digest(key, salt, "form") % 3
+    if form == 0:
+        return "Here are the prompts:\n```json\n" + json.dumps(items, indent=2) + "\n```", False
+    return json.dumps(items, indent=2 if form == 1 else None, ensure_ascii=False), False
+
+
 def _text_of(content: Any) -> str:
     """The text of a message's content: a string, or a list of content blocks."""
     if isinstance(content, str):
@@ -905,6 +978,12 @@ class FakeServer:
     def _openai(self, body: dict[str, Any], n: int, fault: str | None) -> dict[str, Any]:
         messages = body.get("messages") or []
         text, finish = _reply(messages, fault, ("stop", "length", "content_filter"))
+        red = redteam_reply(messages, body.get("seed"), "response_format" in body)
+        refusal = None
+        if red is not None:
+            text = {"length": red[0][: len(red[0]) // 2], "content_filter": ""}.get(finish, red[0])
+            if red[1] and finish == "stop" and "response_format" in body:
+                text, refusal = None, red[0]  # structured output refuses in its own field
         logprobs = None
         if body.get("logprobs") and finish == "stop":
             last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
@@ -912,7 +991,7 @@ class FakeServer:
                 _text_of(last.get("content")), int(body.get("top_logprobs") or 0)
             )
         prompt_tokens = sum(count_tokens(_text_of(m.get("content"))) for m in messages)
-        completion_tokens = count_tokens(text)
+        completion_tokens = count_tokens(text or refusal or "")
         return {
             "id": f"chatcmpl-fake{n:06d}",
             "object": "chat.completion",
@@ -921,7 +1000,7 @@ class FakeServer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": {"role": "assistant", "content": text, "refusal": refusal},
                     "finish_reason": finish,
                     "logprobs": logprobs,
                 }
@@ -955,6 +1034,9 @@ class FakeServer:
         text, stop = _reply(
             body.get("messages") or [], fault, ("end_turn", "max_tokens", "refusal")
         )
+        red = redteam_reply(body.get("messages") or [], None, False)
+        if red is not None:
+            text = {"max_tokens": red[0][: len(red[0]) // 2], "refusal": ""}.get(stop, red[0])
         return {
             "id": f"msg_fake{n:06d}",
             "type": "message",

@@ -25,12 +25,15 @@ class Sampling:
 
     `logprobs`: how many most likely tokens to return with each output token's log
     probability (for AI-feedback labels); only providers with `supports_logprobs` take it.
+    `json_schema`: an OpenAI `response_format.json_schema` ({"name", "strict", "schema"}) the
+    reply must follow; only providers with `supports_json_schema` send it (cai.redteam).
     """
 
     temperature: float = 0.7
     max_tokens: int = 512
     top_p: float | None = None
     logprobs: int | None = None
+    json_schema: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def to_dict(self) -> dict:
         # Spelled out: `asdict` deep-copies, and this runs for every record.
@@ -147,6 +150,8 @@ class Provider:
     supports_seed: ClassVar[bool] = False
     # `Sampling.logprobs` is honoured: replies carry `Completion.logprobs`.
     supports_logprobs: ClassVar[bool] = False
+    # `Sampling.json_schema` is sent as structured output (`response_format`).
+    supports_json_schema: ClassVar[bool] = False
     # `count_tokens` is the model's own tokenizer, not an estimate.
     has_tokenizer: ClassVar[bool] = False
     # The provider has a batch API that `cai.batch` drives (`request_body` gives a call's body).

@@ -32,6 +32,7 @@ class OpenAIProvider(SDKProvider):
     supports_seed = True
     supports_logprobs = True
     supports_batch = True
+    supports_json_schema = True
 
     def request_body(
         self, messages: list[dict[str, str]], sampling: Sampling, *, seed: int | None = None
@@ -49,6 +50,8 @@ class OpenAIProvider(SDKProvider):
         if sampling.logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = sampling.logprobs
+        if sampling.json_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": sampling.json_schema}
         # OpenAI's reasoning models refuse `max_tokens`; compatible servers may not know
         # `max_completion_tokens` yet.
         body["max_tokens" if self.base_url else "max_completion_tokens"] = sampling.max_tokens
