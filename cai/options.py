@@ -33,7 +33,6 @@ __all__ = [
     "GenerateOptions",
     "LabelOptions",
     "ModelOptions",
-    "PromptsOptions",
     "meta",
     "option_fields",
 ]
