@@ -8,7 +8,9 @@ marker gets canned replies, so that it never changes anything or always writes a
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,31 @@ def test_stats_shows_each_principles_rounds_export_and_the_feedback_models_verdi
         f"({quiet['drawn']} no change)"
     ) in lines
     assert f"Labels: {n} of this run's pairs labelled (from {labels})" in lines
+
+    # The report shows the same table, its flag, and the label run found beside the run.
+    invoke("report", out)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    section = page[page.index('<section id="principles">') : page.index('<section id="plots">')]
+    rows = {
+        cells[0]: cells[1:]
+        for cells in (
+            [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td>(.*?)</td>", tr, re.S)]
+            for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", section, re.S)
+        )
+        if cells
+    }  # fmt: skip
+    assert rows["careful"] == [
+        str(careful["drawn"]), str(n), str(n), str(careful["no_change"]), "0", str(n), "-",
+        f"{n}/{n} (100%)", f"{PREFERENCE:.2f}", f"{PREFERENCE - 0.5:.2f}",
+    ]  # fmt: skip
+    assert rows["quiet"][:2] == [str(quiet["drawn"]), "0"]
+    flag = html.unescape(
+        re.sub(r"<[^>]+>", "", re.search(r'<p class="flag".*?</p>', section).group())
+    )
+    assert flag.endswith(
+        f"'quiet' never changed an answer in {quiet['drawn']} rounds ({quiet['drawn']} no change)"
+    )
+    assert '<section id="labels">' in page
 
 
 def test_a_principle_whose_revisions_lose_is_flagged_with_labels_passed_in(

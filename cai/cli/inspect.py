@@ -39,13 +39,21 @@ def stats(run_dir: Path, as_json: bool, label_run: Path | None) -> None:
     default=None,
     help="The HTML file to write (default: RUN_DIR/report.html).",
 )
-def report(run_dir: Path, out: Path | None) -> None:
+@click.option(
+    "--labels",
+    "label_run",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A label run of this run, shown per principle and beside each pair (default: one "
+    "found beside RUN_DIR).",
+)
+def report(run_dir: Path, out: Path | None, label_run: Path | None) -> None:
     """Write one self-contained HTML file to look at a run (generation or label run): a
-    summary, plots, and a searchable viewer of every pair. It opens in any browser and loads
-    nothing from the network."""
+    summary, each principle's figures, plots, and a searchable viewer of every pair. It opens
+    in any browser and loads nothing from the network."""
     from cai.report import write_report
 
-    path = write_report(run_dir, out)
+    path = write_report(run_dir, out, label_run)
     click.echo(
         f"Wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); open it in a browser.", err=True
     )

@@ -261,7 +261,10 @@ def build_report_data(
     manifest = manifest or {}
     config = filters or FilterConfig()
     labels = labels or []
-    stats = compute_stats(records, manifest, config, ledger=ledger)
+    # A generate run's labels (its own, or a label run of it) judge each principle's revisions.
+    stats = compute_stats(
+        records, manifest, config, ledger=ledger, labels=labels if records and labels else None
+    )
     verdicts = _verdicts(records, config)
     names, texts = _Table(), _Table()
     label_by_id = {str(x.get("id")): x for x in labels}
@@ -636,8 +639,13 @@ def _load(run_dir: Path) -> tuple[dict[str, Any], list[Record], list[dict[str, A
     return (manifest.to_dict() if manifest is not None else {}), [], labels
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(
+    run_dir: str | Path, out: str | Path | None = None, label_run: str | Path | None = None
+) -> Path:
     """Write the report of the run in `run_dir` to `out` (default RUN_DIR/report.html).
+
+    A generate run's report shows the labels of `label_run`, else of a label run of it found
+    beside it (`find_label_run`), if any: in each principle's figures and beside each pair.
 
     The file is written whole or not at all; an existing file is replaced only if it is
     a report (so a command never overwrites a file it did not write).
@@ -651,6 +659,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if out.exists() and not _is_report(out):
         raise ConfigError(f"{out} exists and is not a cai report; pass --out with a new file name")
     manifest, records, labels = _load(run_dir)
+    if label_run is not None and not records:
+        raise ConfigError(f"{run_dir} holds no records; --labels goes with a generate run")
+    if records and (label_run is not None or not labels):
+        from cai.effectiveness import find_label_run
+        from cai.feedback import read_labels
+
+        label_dir = Path(label_run) if label_run is not None else find_label_run(run_dir)
+        labels = read_labels(label_dir) if label_dir is not None else labels
     text, _ = find_constitution_text(run_dir, manifest, records) if records else (None, "")
     data = build_report_data(
         records,
