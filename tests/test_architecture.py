@@ -185,3 +185,24 @@ def test_one_atomic_write() -> None:
         or "os.rename(" in p.read_text(encoding="utf-8")
     )
     assert renamers == ["rundir.py"]
+
+
+CLI_FUNCTION_LINES = 80
+# Temporary: `generate` and `label` become thin over cai.api (issue 20's other half); remove
+# them from this list once they are, so they are held to the limit too.
+CLI_LONG_FUNCTIONS_ALLOWED = {"cli/generate.py:generate", "cli/label.py:label"}
+
+
+def test_no_cli_function_is_over_80_lines() -> None:
+    """A command parses, calls the library and prints; anything longer belongs below the CLI.
+    A function's lines run from its `def` to its end (click's option decorators not counted)."""
+    long = []
+    for path in sorted((PACKAGE / "cli").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                name = f"{path.relative_to(PACKAGE)}:{node.name}"
+                if lines > CLI_FUNCTION_LINES and name not in CLI_LONG_FUNCTIONS_ALLOWED:
+                    long.append(f"{name} ({lines} lines)")
+    assert long == []

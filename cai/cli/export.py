@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -144,8 +145,6 @@ def export(
     A label run (`cai label`) exports its pairs as the labels say: chosen is the response the
     feedback model prefers, with `score_chosen`, `score_rejected` and `margin` columns.
     """
-    import os
-
     from cai.export import ExportOptions, export_run, push_export
 
     options = ExportOptions(
@@ -168,17 +167,32 @@ def export(
         min_margin=min_margin,
         keep_inconsistent=keep_inconsistent,
     )
-    token = None
-    if push_repo:
-        from huggingface_hub import get_token
-
-        token = os.environ.get("HF_TOKEN") or get_token()
-        if not token:
-            raise ConfigError(
-                "--push-to-hub needs a Hugging Face token: set HF_TOKEN (a write token from "
-                "https://huggingface.co/settings/tokens)"
-            )
+    # The token is checked before the export, so a missing one costs no work.
+    token = _hub_token() if push_repo else None
     result = export_run(run_dir, out, options)
+    _print_export(result, run_dir, fmt)
+    if push_repo and token:
+        url = push_export(result, push_repo, token=token)
+        click.echo(f"Pushed to {url}", err=True)
+
+
+def _hub_token() -> str:
+    """The Hugging Face token --push-to-hub uploads with: HF_TOKEN, else a stored login."""
+    import os
+
+    from huggingface_hub import get_token
+
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise ConfigError(
+            "--push-to-hub needs a Hugging Face token: set HF_TOKEN (a write token from "
+            "https://huggingface.co/settings/tokens)"
+        )
+    return token
+
+
+def _print_export(result: Any, run_dir: Path, fmt: str) -> None:
+    """What the filters kept, what was written where, and how to load it."""
     f = result.filtered
     removed = ", ".join(f"{k} {n}" for k, n in sorted(f.removed.items())) or "nothing"
     pairs = sum(v.use == "pref" for v in f.kept)
@@ -207,6 +221,3 @@ def export(
         click.echo(f'Load it: datasets.load_from_disk("{result.out}")', err=True)
     else:
         click.echo(f'Load it: datasets.load_dataset("json", data_files="{result.out}")', err=True)
-    if push_repo and token:
-        url = push_export(result, push_repo, token=token)
-        click.echo(f"Pushed to {url}", err=True)
