@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Any
 from cai._version import __version__
 
 if TYPE_CHECKING:
-    from cai.api import Plan, Run, agenerate, alabel, generate, label, load
+    from cai.api import (
+        Plan,
+        Run,
+        agenerate,
+        agenerate_prompts,
+        alabel,
+        generate,
+        generate_prompts,
+        label,
+        load,
+    )
     from cai.constitution import (
         Constitution,
         Example,
@@ -28,7 +38,17 @@ if TYPE_CHECKING:
 
 # Names are imported on first use, so `cai --help` does not pay for the pipeline and asyncio.
 _HOMES = {
-    "cai.api": ("Plan", "Run", "agenerate", "alabel", "generate", "label", "load"),
+    "cai.api": (
+        "Plan",
+        "Run",
+        "agenerate",
+        "agenerate_prompts",
+        "alabel",
+        "generate",
+        "generate_prompts",
+        "label",
+        "load",
+    ),
     "cai.constitution": (
         "Constitution",
         "Example",
@@ -82,9 +102,11 @@ __all__ = [
     "Usage",
     "__version__",
     "agenerate",
+    "agenerate_prompts",
     "alabel",
     "create_provider",
     "generate",
+    "generate_prompts",
     "label",
     "load",
     "load_constitution",

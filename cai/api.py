@@ -41,7 +41,7 @@ from typing import Any
 
 from cai.constitution import Constitution, load_constitution
 from cai.errors import ConfigError, InputError, unwritable_run
-from cai.options import GenerateOptions, LabelOptions
+from cai.options import GenerateOptions, LabelOptions, PromptsOptions
 from cai.pipeline import GenerateConfig, RunStats, build_manifest, run_generation, run_settings
 from cai.providers import Provider, create_provider, default_model
 from cai.rundir import Manifest, RunStore, choose_run_dir, read_manifest, redact_secrets
@@ -53,16 +53,19 @@ __all__ = [
     "Progress",
     "Run",
     "agenerate",
+    "agenerate_prompts",
     "alabel",
     "batch_backend",
     "call_config",
     "count_prompts",
     "execute",
     "generate",
+    "generate_prompts",
     "label",
     "load",
     "prepare_generate",
     "prepare_label",
+    "prepare_prompts",
 ]
 
 log = logging.getLogger("cai")
@@ -521,6 +524,80 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
     return Prepared("label", opts.out, start, backend, store, stats, prompts, others, notes)
 
 
+@_closing_on_error
+def prepare_prompts(opts: PromptsOptions, made: list[Provider]) -> Prepared | Plan:
+    """Check a prompts job's input and options, make its model; nothing is written. With
+    `dry_run`, the plan instead."""
+    from types import SimpleNamespace
+
+    from cai.redteam import (
+        GENERATIONS_FILE,
+        PromptStats,
+        RedteamConfig,
+        load_seeds,
+        load_styles,
+        plan_prompts,
+        prompts_settings,
+        run_prompts,
+        seeds_info,
+    )  # fmt: skip
+
+    # No --limit, --shard or --engine: a prompts run decides its calls as answers come.
+    fields = call_config(SimpleNamespace(**{**vars(opts), "engine": "default"}))
+    config = RedteamConfig(
+        **fields,
+        n=opts.n,
+        per_call=opts.per_call,
+        shots=opts.shots,
+        benign=opts.benign,
+        multi_turn=opts.multi_turn,
+        near_threshold=opts.near_threshold,
+        max_calls=opts.max_calls,
+        structured=not opts.no_structured,
+    )
+    parsed = _constitution(opts.constitution)
+    styles = load_styles(opts.styles)
+    seeds = load_seeds(opts.seeds, parsed)
+    make_provider = _model_factory(SimpleNamespace(**{**vars(opts), "engine": "default"}))
+    if opts.dry_run:
+        name = opts.model or default_model(_provider_name(opts.provider)) or opts.model_path
+        prices, price = _price(opts, name or "the bundled model")
+        text = plan_prompts(parsed, styles, seeds, config, model=name or "", price=price)
+        return Plan(text)
+    backend = make_provider(connections=config.concurrency)
+    made.append(backend)
+    prices, price = _price(opts, backend.model)
+    notes = _model_notes(backend, price)
+    info = seeds_info(opts.seeds, len(seeds))
+    run_dir = choose_run_dir(
+        opts.out,
+        fresh=opts.fresh,
+        name=f"prompts-{parsed.name}",
+        settings=prompts_settings(config, parsed, backend, styles, seeds),
+        source=info["source"],
+        shard=None,
+    )
+    manifest = build_manifest(
+        parsed,
+        info["source"],
+        config,
+        backend,
+        base_url=opts.base_url,
+        timeout=opts.timeout,
+        price_table=opts.price_table,
+        prices_as_of=prices.as_of,
+    )
+    manifest.prompts = info
+    backend, price = batch_backend(backend, run_dir, manifest, price, opts)
+    store = RunStore(run_dir, GENERATIONS_FILE)
+    stats = PromptStats(price=price)
+    start = partial(
+        run_prompts, parsed, backend, config, run_dir,
+        seeds=seeds, styles=styles, manifest=manifest, stats=stats,
+    )  # fmt: skip
+    return Prepared("prompts", run_dir, start, backend, store, stats, None, notes=notes)
+
+
 async def execute(
     job: Prepared,
     *,
@@ -684,6 +761,8 @@ def _finish(job: Prepared, result: RunStats) -> Run:
 def _prepare(kind: str, given: dict[str, Any]) -> Prepared | Plan:
     if kind == "generate":
         job = prepare_generate(_options(GenerateOptions, kind, given))
+    elif kind == "generate_prompts":
+        job = prepare_prompts(_options(PromptsOptions, kind, given))
     else:
         job = prepare_label(_options(LabelOptions, kind, given))
     for note in job.notes:
@@ -736,4 +815,23 @@ def label(source: Any, *, out: str | Path, progress: bool = True, **options: Any
 async def alabel(source: Any, *, out: str | Path, **options: Any) -> Run | Plan:
     """`label` in the caller's event loop."""
     job = _prepare("label", {"source": source, "out": out, **options})
+    return await _arun(job)
+
+
+def generate_prompts(constitution: Any, *, progress: bool = True, **options: Any) -> Run | Plan:
+    """Write red-team prompts from the constitution (`cai prompts generate`); the prompts run,
+    whose `prompts.jsonl` `generate` takes as prompts (`generate(run.dir, ...)`).
+
+    `constitution`: a path, a shipped name or a `Constitution`. `options`: the command's
+    options by their Python names (`n=500`, `per_call=`, `benign=0.2`, `seeds=`, `styles=`,
+    `provider=`, `out=`, ...; see `cai.options.PromptsOptions`). With `dry_run=True`, the
+    `Plan` instead. docs/redteam.md has the method.
+    """
+    job = _prepare("generate_prompts", {"constitution": constitution, **options})
+    return _run(job, progress)
+
+
+async def agenerate_prompts(constitution: Any, **options: Any) -> Run | Plan:
+    """`generate_prompts` in the caller's event loop."""
+    job = _prepare("generate_prompts", {"constitution": constitution, **options})
     return await _arun(job)

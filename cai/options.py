@@ -33,6 +33,7 @@ __all__ = [
     "GenerateOptions",
     "LabelOptions",
     "ModelOptions",
+    "PromptsOptions",
     "meta",
     "option_fields",
 ]
@@ -374,3 +375,83 @@ class LabelOptions(
         super().__post_init__()
         self.clamp = parse_pair(self.clamp, "--clamp", ",", "LO,HI such as 0.4,0.6", float)
         self.out = Path(self.out)
+
+
+@dataclass(kw_only=True)
+class PromptsOptions(ModelOptions, CallOptions, BatchOptions, CostOptions):
+    """`cai prompts generate`'s options (`cai.generate_prompts`); `limit` and `shard` are not
+    among its flags. docs/redteam.md has the method."""
+
+    constitution: Any = field(
+        metadata=meta("Constitution: a Markdown file or a shipped name.", type=str)
+    )
+    out: Path | None = field(
+        default=None,
+        metadata=meta(
+            "Run directory (default: outputs/prompts-<constitution>-<timestamp>, or the "
+            "unfinished run of the same command).",
+            type=Path,
+        ),
+    )
+    fresh: bool = field(
+        default=False,
+        metadata=meta("Start a new run directory instead of resuming the same command's run."),
+    )
+    n: int = field(default=100, metadata=meta("Prompts wanted, after deduplication."))
+    seeds: Any = field(
+        default=None,
+        metadata=meta(
+            "Few-shot seed prompts, in any form --prompts of cai generate takes (default: the "
+            "constitution's example requests and a small built-in set).",
+            type=str,
+        ),
+    )
+    per_call: int = field(default=10, metadata=meta("Prompts asked for in each call."))
+    shots: int = field(default=3, metadata=meta("Seed prompts shown in each call as examples."))
+    styles: Path | None = field(
+        default=None,
+        metadata=meta(
+            "Attack styles: a JSON list or 'name: description' lines (default: the ten "
+            "built-in styles of docs/redteam.md).",
+            type=Path,
+        ),
+    )
+    benign: float = field(
+        default=0.1,
+        metadata=meta("Share of benign look-alikes: harmless prompts that sound unsafe."),
+    )
+    multi_turn: float = field(
+        default=0.1,
+        metadata=meta("Share of prompts written as short conversations that escalate."),
+    )
+    near_threshold: float = field(
+        default=0.7,
+        metadata=meta(
+            "Similarity (MinHash estimate of Jaccard over character 5-grams) at which a prompt "
+            "is a near duplicate of one kept before, or of a seed."
+        ),
+    )
+    max_calls: int | None = field(
+        default=None,
+        metadata=meta(
+            "Most calls in all, every invocation counted (default: 4x the calls --n needs, at "
+            "least 20); the summary says when it stopped the run.",
+            type=int,
+        ),
+    )
+    no_structured: bool = field(
+        default=False,
+        metadata=meta("Ask for no JSON schema (structured output) on OpenAI-compatible servers."),
+    )
+    temperature: float = field(default=1.0, metadata=meta("Sampling temperature."))
+    max_tokens: int = field(default=2048, metadata=meta("Most tokens per reply."))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fresh and self.out is not None:
+            raise ConfigError(
+                "--fresh goes without --out: --out DIR resumes the run in DIR; "
+                "to start afresh, pass --out with a new directory"
+            )
+        if self.out is not None:
+            self.out = Path(self.out)

@@ -153,8 +153,10 @@ def run_stats(run_dir: str | Path, label_run: str | Path | None = None) -> dict[
     label run of this run found beside it (`find_label_run`), if any.
     """
     run_dir = Path(run_dir)
-    from cai import feedback
+    from cai import feedback, redteam
 
+    if redteam.is_prompts_run(run_dir):
+        return redteam.prompts_stats(run_dir)
     if label_run is not None and feedback.is_label_run(run_dir):
         raise ConfigError(
             f"{run_dir} is a label run; --labels goes with the generate run it labelled"

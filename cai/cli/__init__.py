@@ -18,6 +18,7 @@ from cai.cli import export as _export
 from cai.cli import generate as _generate
 from cai.cli import inspect as _inspect
 from cai.cli import label as _label
+from cai.cli import prompts as _prompts
 from cai.cli.options import _os_error_message, _redact
 from cai.cli.progress import EXIT_INTERRUPTED
 from cai.errors import CaiError
@@ -76,5 +77,6 @@ for _command in (
     _inspect.stats,
     _inspect.report,
     _compare.compare,
+    _prompts.prompts,
 ):
     cli.add_command(_command)
