@@ -97,7 +97,9 @@ def _usage(inp: int, out: int):
 def test_a_model_with_no_price_leaves_the_cost_unknown_and_says_which(tmp_path: Path) -> None:
     run = tmp_path / "run"
     calls = [_line("a", "initial", 10, 10, provider="openai", model="no-such-model")]
-    _write(run, calls, {"cai_version": "0", "config": {"provider": "openai", "model": "no-such-model"}})
+    _write(
+        run, calls, {"cai_version": "0", "config": {"provider": "openai", "model": "no-such-model"}}
+    )
     ledger = read_ledger(run)
     assert ledger.cost_usd is None and ledger.unpriced_models == {"no-such-model"}
     assert ledger.usage.calls == 1
@@ -190,6 +192,9 @@ def test_stats_card_and_report_agree_with_the_journal_over_every_invocation(
     assert interactive < len(lines), "the batch invocation made no call"
     inp, out, calls, cost = _journal_sum(lines, interactive)
     want = (inp, out, calls, format_cost(cost))
+    # The end-of-run summary shows the run in all, not only its last invocation.
+    summary = result.stderr.split("The run in all", 1)[1]
+    assert _figures(summary) == want
 
     data = json.loads(CliRunner().invoke(cli, ["stats", str(run), "--json"]).stdout)
     assert (
@@ -225,21 +230,27 @@ def test_stats_card_and_report_agree_with_the_journal_over_every_invocation(
     assert cost_line
     figures = (*(int(g.replace(",", "")) for g in tokens.groups()), cost_line.group(1))
     assert figures == want
-    _save_figures(text, card, html)
+    _save_figures(summary, text, card, html)
 
 
-def _save_figures(stats_text: str, card: str, html: str) -> None:
+def _save_figures(summary: str, stats_text: str, card: str, html: str) -> None:
     """The figures of this run as each view prints them, for the issue's closing note."""
     notes = Path("/work/notes")
     if not notes.is_dir():
         return
-    card_lines = [x for x in card.splitlines() if x.startswith("- ")]
+    card_lines = [x for x in card.splitlines() if x.startswith(("- Tokens", "- Cost"))]
     report_lines = re.findall(r"<li>([^<]*(?:in, |calls|Cost)[^<]*)</li>", html)
     stats_lines = [x for x in stats_text.splitlines() if x.startswith(("Tokens", "Cost"))]
+    summary_lines = [
+        x.strip() for x in summary.splitlines() if x.strip().startswith(("Tokens", "Cost"))
+    ]
     (notes / "issue21_figures.md").write_text(
         "# Issue 21: one run's figures as stats, the card and the report print them\n\n"
         "Run: 12 prompts, gpt-5.4-mini price, loopback fake; interrupted twice (interactive), "
         "then finished with --batch (tests/test_ledger.py).\n\n"
+        "## end-of-run summary (the --batch invocation that finished it)\n\n```\n"
+        + "\n".join(summary_lines)
+        + "\n```\n\n"
         "## cai stats\n\n```\n" + "\n".join(stats_lines) + "\n```\n\n"
         "## dataset card (dpo.README.md)\n\n```\n" + "\n".join(card_lines) + "\n```\n\n"
         "## report (report.html, Tokens, cost, time card)\n\n```\n"
@@ -294,3 +305,60 @@ def test_budget_waits_for_calls_in_flight_and_refuses_only_when_none_could_free_
         assert not await budget.reserve(0.01)  # closed: nothing more is sent
 
     asyncio.run(go())
+
+
+def test_settings_not_sent_say_so_in_the_manifest_card_and_report(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """claude-sonnet-5-5 takes no temperature or top_p, and Anthropic no seed: the run records
+    temperature 0.7 as asked but says it was not sent, wherever the settings are shown."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    run = tmp_path / "run"
+    with FakeServer() as server:
+        result = CliRunner().invoke(cli, [
+            "generate", "--constitution", str(mini_constitution), "--prompts", str(prompts),
+            "--provider", "anthropic", "--model", "claude-sonnet-5-5", "--base-url", server.url,
+            "--rounds", "1", "--temperature", "0.7", "--out", str(run),
+        ])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        sent_bodies = [e.body for e in server.log if isinstance(e.body, dict)]
+    assert sent_bodies and not any("temperature" in b for b in sent_bodies)
+    sent = json.loads((run / "manifest.json").read_text())["config"]["sampling_sent"]
+    assert sent["sent"] == {"max_tokens": 512}
+    assert sent["not_sent"]["temperature"] == "claude-sonnet-5-5 takes no temperature"
+    assert sent["not_sent"]["seed"] == "anthropic takes no seed"
+    assert set(sent["not_sent"]) == {"temperature", "top_p", "seed"}
+
+    export = CliRunner().invoke(
+        cli, ["export", str(run), "--format", "sft", "--out", str(tmp_path / "s.jsonl")]
+    )
+    assert export.exit_code == 0, export.output
+    card = (tmp_path / "s.README.md").read_text()
+    assert "not sent (claude-sonnet-5-5 takes no temperature)" in card
+    assert "not sent (anthropic takes no seed)" in card
+    assert (
+        CliRunner().invoke(cli, ["report", str(run), "--out", str(tmp_path / "r.html")]).exit_code
+        == 0
+    )
+    html = (tmp_path / "r.html").read_text()
+    assert "temperature not sent (claude-sonnet-5-5 takes no temperature)" in html
+
+
+def test_settings_sent_are_recorded_as_sent(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    run = tmp_path / "run"
+    with FakeServer() as server:
+        result = CliRunner().invoke(cli, [
+            "generate", "--constitution", str(mini_constitution), "--prompts", str(prompts),
+            "--provider", "openai", "--model", MODEL, "--base-url", server.url + "/v1",
+            "--rounds", "1", "--temperature", "0.3", "--out", str(run),
+        ])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert all(e.body["temperature"] == 0.3 for e in server.log if isinstance(e.body, dict))
+    sent = json.loads((run / "manifest.json").read_text())["config"]["sampling_sent"]
+    assert sent["sent"] == {"temperature": 0.3, "max_tokens": 512, "seed": "per call, drawn from 0"}
+    assert sent["not_sent"] == {"top_p": "unset: the provider's default applies"}
