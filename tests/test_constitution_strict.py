@@ -492,3 +492,26 @@ def test_a_value_is_quoted_as_one_line_of_the_file() -> None:
         2,
         "weight '0.5 or so …' of principle 'a' must be a positive number",
     )
+
+
+def test_show_prints_every_request_in_full(tmp_path: Path) -> None:
+    path = tmp_path / "long.md"
+    critique = (
+        "Identify any specific medication doses in the response that the user should get "
+        "from a doctor or pharmacist instead"
+    )
+    path.write_text(
+        f"## Principle: no-dosing\nCritique: {critique},\nand say why.\n"
+        "Revision: Rewrite the response without doses.\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["constitution", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = lines.index("Principle 'no-dosing' (line 1):")
+    assert lines[start + 1 : start + 4] == [
+        f"Critique: {critique},",
+        "  and say why.",
+        "Revision: Rewrite the response without doses.",
+    ]
+    assert "…" not in result.output

@@ -62,7 +62,8 @@ def constitution_check(paths: tuple[Path, ...]) -> None:
 @constitution.command("show")
 @click.argument("path", type=click.Path(path_type=Path))
 def constitution_show(path: Path) -> None:
-    """Show a constitution's principles (a file or a shipped name) as a table."""
+    """Show a constitution (a file or a shipped name): its principles' weights, their critique
+    and revision requests and comparison questions in full."""
     from cai.constitution import load_constitution
 
     parsed = load_constitution(path, option=None)
@@ -71,35 +72,30 @@ def constitution_show(path: Path) -> None:
         click.echo(parsed.description)
     click.echo(f"sha256 {parsed.sha256}")
     total = sum(parsed.weights)
-    rows = [("PRINCIPLE", "WEIGHT", "P(ROUND)", "CRITIQUE REQUEST")]
+    rows = [("PRINCIPLE", "WEIGHT", "P(ROUND)", "LINE")]
     for p in parsed.principles:
-        critique = " ".join(p.critique.split())
-        rows.append(
-            (
-                p.name,
-                f"{p.weight:g}",
-                f"{p.weight / total:.0%}",
-                critique[:70] + ("…" if len(critique) > 70 else ""),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        rows.append((p.name, f"{p.weight:g}", f"{p.weight / total:.0%}", str(p.line)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     click.echo()
     for row in rows:
-        click.echo(
-            "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
-        )
-    click.echo()
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     from cai.feedback import comparison_question
 
+    # The requests in full, as the model is sent them (before cai's own short instructions).
+    for p in parsed.principles:
+        click.echo()
+        click.echo(f"Principle {p.name!r} (line {p.line}):")
+        for key, value in (("Critique", p.critique), ("Revision", p.revision)):
+            click.echo(f"{key}: " + value.replace("\n", "\n  "))
+    click.echo()
     own = sum(p.comparison is not None for p in parsed.principles)
     click.echo(
         f"Comparison questions (cai label): {own} from 'Comparison:', "
         f"{len(parsed.principles) - own} built from the name and critique"
     )
     for p in parsed.principles:
-        question = comparison_question(p)
         mark = "" if p.comparison is not None else " (default)"
-        click.echo(f"  {p.name}{mark}: {question[:90]}" + ("…" if len(question) > 90 else ""))
+        click.echo(f"  {p.name}{mark}: " + comparison_question(p).replace("\n", "\n    "))
     click.echo()
     system = "yes" if parsed.system else "no"
     click.echo(f"{len(parsed.examples)} few-shot examples; system prompt: {system}")
