@@ -330,4 +330,8 @@ def find_label_run(run_dir: str | Path) -> Path | None:
         source = str((manifest.prompts if manifest else {}).get("source") or "")
         if manifest is not None and manifest.kind == "label" and Path(source).name == name:
             found.append((labels.stat().st_mtime, str(other), other))
-    return max(found)[2] if found else None
+    if not found:
+        return None
+    other = max(found)[2]
+    # Named as the run was, so that output shows "outputs/run-labels" beside "outputs/run".
+    return run_dir.parent / other.name if run_dir.name not in ("", ".", "..") else other
