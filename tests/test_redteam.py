@@ -281,6 +281,12 @@ def test_500_prompts_cover_the_principles_and_styles_without_duplicates(
     data = json.loads(CliRunner().invoke(cli, ["stats", str(run), "--json"]).output)
     assert sum(sum(c.values()) for c in data["coverage"].values()) == len(rows)
     assert data["benign_share"] == round(benign, 4)
+    # And cai report: the same figures as a page that runs no script.
+    report = CliRunner().invoke(cli, ["report", str(run)])
+    assert report.exit_code == 0, report.output
+    page = (run / "report.html").read_text()
+    assert "Coverage: principle x style" in page and "medical-dosing" in page
+    assert "near_duplicate" in page and "benign look-alikes" in page and "<script" not in page
 
 
 def test_anthropic_replies_are_read_without_structured_output(
@@ -389,6 +395,29 @@ def test_sigkill_mid_run_then_the_same_command_loses_and_repeats_nothing(
     # Only replies in flight at a kill (at most --concurrency each) were bought again.
     assert bought_twice <= 4 * len(kills) and paid - journal == bought_twice
     assert "resuming it" in err
+
+
+def test_ctrl_c_keeps_what_came_back_and_the_same_command_goes_on(
+    tmp_path: Path, constitution: Path
+) -> None:
+    run = tmp_path / "run"
+    with FakeServer(latency=0.02) as server:
+        args = _args(server, constitution, run, "--n", 200, "--concurrency", 4)
+        proc = _cai(args)
+        _wait_for(lambda: _count(run / "generations.jsonl") >= 3, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 130, err
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["status"] == "interrupted"
+        kept = read_prompts(run)
+        assert 0 < len(kept) < 200  # prompts.jsonl holds what came back before the stop
+        proc = _cai(args)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert max(server.paid.values()) == 1  # nothing in flight was lost: no call again
+    rows = _check_resumed_run(run, 200)
+    assert {r["id"] for r in kept} <= {r["id"] for r in rows}
 
 
 def test_sigkill_while_a_batch_is_open_then_resumed_pays_each_call_once(

@@ -658,6 +658,17 @@ def write_report(
         raise ConfigError(f"{out} is a directory; pass --out with a file name ending in .html")
     if out.exists() and not _is_report(out):
         raise ConfigError(f"{out} exists and is not a cai report; pass --out with a new file name")
+    from cai.redteam import is_prompts_run
+
+    if is_prompts_run(run_dir):
+        from cai.redteam import prompts_stats, read_prompts
+        from cai.report.prompts import render_prompts_report
+
+        page = render_prompts_report(
+            prompts_stats(run_dir), read_prompts(run_dir), run_dir.resolve().name
+        )
+        write_atomic(out, page.encode("utf-8"))
+        return out
     manifest, records, labels = _load(run_dir)
     if label_run is not None and not records:
         raise ConfigError(f"{run_dir} holds no records; --labels goes with a generate run")
