@@ -52,6 +52,7 @@ _KEY_LIKE = re.compile(
 )
 # A key word with no colon, alone or before a dash or "=": "Revision", "Critique - ...".
 _BARE_KEY = re.compile(r"^(\*\*|__)?([^\W\d_]+)(\*\*|__)?(?:[ \t]*$|[ \t]+[-–—=][ \t]*(.*)$)")
+_NUMBERED = re.compile(r"^\d+\s*[:.)]\s*(\S.*)$")
 # "##Principle: x": Markdown reads it as text, not as a heading.
 _UNSPACED_HEADING = re.compile(r"^(#{1,6})([^\s#].*?)\s*$")
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
@@ -511,11 +512,15 @@ class _Parser:
             reasons.append(f"'{word}' is misspelled")
         if wrong_level:
             reasons.append(f"a level-{level} heading; sections are level 2, '## '")
-        if not colon and rest and kind != "system":
+        # "## Principle 2: honesty": the number is not part of the name.
+        numbered = None if colon else _NUMBERED.match(rest)
+        if numbered is not None and kind != "system":
+            reasons.append(f"a number between '{word}' and the colon")
+        elif not colon and rest and kind != "system":
             reasons.append(f"no colon after '{word}'")
         if kind == "system" and rest and not colon:
             reasons.append("the system prompt's heading is '## System' alone")
-        name = rest.lstrip("-–—=: ").strip()
+        name = (numbered.group(1) if numbered else rest).lstrip("-–—=: ").strip()
         fixed = "## System" if kind == "system" else f"## {kind.title()}: {name or '<name>'}"
         noun = "system prompt" if kind == "system" else kind
         self.error(

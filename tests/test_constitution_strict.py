@@ -124,6 +124,27 @@ CASES = [
         "'## Principle' needs a name: '## Principle: <name>'",
     ),
     Mistake(
+        "a numbered principle",
+        "## Principle: not-preachy",
+        "## Principle 2: not-preachy",
+        19,
+        "'## Principle 2: not-preachy' is not a heading cai reads (a number between 'Principle' and the colon), so this principle would be left out; did you mean '## Principle: not-preachy'?",
+    ),
+    Mistake(
+        "a numbered example",
+        "## Example: already fine",
+        "## Example 2. already fine",
+        30,
+        "'## Example 2. already fine' is not a heading cai reads (a number between 'Example' and the colon), so this example would be left out; did you mean '## Example: already fine'?",
+    ),
+    Mistake(
+        "a weight with an equals sign",
+        "Weight: 2",
+        "Weight = 2",
+        14,
+        "principle 'no-dosing': 'Weight = 2' has no colon after 'Weight', so it is read as text; did you mean 'Weight: ...'?",
+    ),
+    Mistake(
         "misspelled system",
         "## System",
         "## Sytem",
