@@ -12,11 +12,14 @@ from cai._version import __version__
 
 if TYPE_CHECKING:
     from cai.api import (
+        Comparison,
         Plan,
         Run,
+        acompare,
         agenerate,
         agenerate_prompts,
         alabel,
+        compare,
         generate,
         generate_prompts,
         label,
@@ -39,11 +42,14 @@ if TYPE_CHECKING:
 # Names are imported on first use, so `cai --help` does not pay for the pipeline and asyncio.
 _HOMES = {
     "cai.api": (
+        "Comparison",
         "Plan",
         "Run",
+        "acompare",
         "agenerate",
         "agenerate_prompts",
         "alabel",
+        "compare",
         "generate",
         "generate_prompts",
         "label",
@@ -79,6 +85,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CaiError",
+    "Comparison",
     "Completion",
     "ConfigError",
     "Constitution",
@@ -101,9 +108,11 @@ __all__ = [
     "Sampling",
     "Usage",
     "__version__",
+    "acompare",
     "agenerate",
     "agenerate_prompts",
     "alabel",
+    "compare",
     "create_provider",
     "generate",
     "generate_prompts",

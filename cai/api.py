@@ -41,28 +41,33 @@ from typing import Any
 
 from cai.constitution import Constitution, load_constitution
 from cai.errors import ConfigError, InputError, unwritable_run
-from cai.options import GenerateOptions, LabelOptions, PromptsOptions
+from cai.options import CompareOptions, GenerateOptions, LabelOptions, PromptsOptions
 from cai.pipeline import GenerateConfig, RunStats, build_manifest, run_generation, run_settings
 from cai.providers import Provider, create_provider, default_model
 from cai.rundir import Manifest, RunStore, choose_run_dir, read_manifest, redact_secrets
 from cai.sources import MemorySource, PromptSource, memory_spec
 
 __all__ = [
+    "Comparison",
     "Plan",
     "Prepared",
     "Progress",
     "Run",
+    "acompare",
     "agenerate",
     "agenerate_prompts",
     "alabel",
     "batch_backend",
     "call_config",
+    "compare",
+    "compare_result",
     "count_prompts",
     "execute",
     "generate",
     "generate_prompts",
     "label",
     "load",
+    "prepare_compare",
     "prepare_generate",
     "prepare_label",
     "prepare_prompts",
@@ -835,3 +840,171 @@ async def agenerate_prompts(constitution: Any, **options: Any) -> Run | Plan:
     """`generate_prompts` in the caller's event loop."""
     job = _prepare("generate_prompts", {"constitution": constitution, **options})
     return await _arun(job)
+
+
+# -- compare ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """What `compare` found. `data` holds `cai compare --json`'s figures (`shared`, and per run
+    `win_rate`, `win_rate_ci`, `mean_preference`, `position_consistency` against the first);
+    `judge` is the judge's label run (None when there is none); `str()` is the CLI's text."""
+
+    data: dict[str, Any]
+    runs: list[Any]  # cai.comparison.RunSide, each run as compared
+    labels: list[dict[str, Any]] | None = None
+    judge: Run | None = None
+
+    def __str__(self) -> str:
+        from cai.comparison import format_comparison
+
+        return format_comparison(self.data)
+
+    def write_page(self, out: str | Path) -> Path:
+        """The comparison as one self-contained HTML page (`cai compare --out`)."""
+        from cai.report.comparison import write_compare_page
+
+        return write_compare_page(out, self.data, self.runs, self.labels)
+
+
+def _judge_model(opts: Any, first: dict[str, Any]) -> Any:
+    """`opts` with the judge's model: the options given, else the first run's model and URL."""
+    from types import SimpleNamespace
+
+    given = opts.provider is not None
+    provider = opts.provider if given else first.get("provider") or "local"
+    same = _provider_name(provider) == first.get("provider")
+    model, base_url, model_path = opts.model, opts.base_url, opts.model_path
+    if same and _provider_name(provider) != "local":
+        model = model if model is not None else first.get("model")
+        base_url = base_url if base_url is not None else first.get("base_url")
+    return SimpleNamespace(
+        **{**vars(opts), "provider": provider, "model": model, "base_url": base_url,
+           "model_path": model_path},
+    )  # fmt: skip
+
+
+@_closing_on_error
+def prepare_compare(opts: CompareOptions, made: list[Provider]) -> Prepared | Plan:
+    """Check the runs and the judge's options, make the judge's model; nothing is written.
+    The job's `source` is the runs (`cai.comparison.RunSide`). With `dry_run`, the plan instead."""
+    from cai.comparison import default_judge_dir, judge_items, judge_pairs, load_runs, shared_ids
+    from cai.engines import make_engine
+    from cai.feedback import LABELS_FILE, LabelConfig, LabelStats, plan_labels, run_labels, uses_cot
+    from cai.filters import FilterConfig
+    from cai.rundir import CONSTITUTION_COPY, check_run_dir
+
+    runs = load_runs(opts.runs, FilterConfig(**opts.filter_fields()))
+    judge = _judge_model(opts, runs[0].manifest.config)
+    config = LabelConfig(**call_config(judge), votes=opts.votes, cot=opts.cot, clamp=opts.clamp)
+    out = opts.judge_out or default_judge_dir([run.dir for run in runs])
+    check_run_dir(out, "label")
+    constitution = opts.constitution
+    if constitution is None:
+        constitution = runs[0].dir / CONSTITUTION_COPY
+        if not constitution.is_file():
+            raise ConfigError(
+                f"{runs[0].dir} holds no {CONSTITUTION_COPY}; pass --constitution with the file "
+                "whose principles the judge's votes should draw"
+            )
+    parsed = _constitution(constitution)
+    make_feedback = _model_factory(judge)
+    backend = make_feedback(connections=config.concurrency)
+    made.append(backend)
+    engine = make_engine(opts.engine, make_feedback, workers=opts.workers, address=opts.ray_address)
+    items = judge_items(runs, judge_pairs(runs, shared_ids(runs)))
+    chain_of_thought = uses_cot(config, backend)
+    notes = []
+    if chain_of_thought and not opts.cot:
+        low, high = config.bounds(True)
+        notes.append(
+            f"Note: {backend.name} gives no log-probabilities; the votes use chain of thought, "
+            f"clamped to {low:g}-{high:g} (--clamp)."
+        )
+    prices, price = _price(judge, backend.model)
+    if opts.dry_run:
+        text = plan_labels(items, parsed, config, chain_of_thought, price=price)
+        backend.close()
+        return Plan(text, notes)
+    source = "compare " + " ".join(os.fspath(run.dir) for run in runs)
+    manifest = build_manifest(
+        parsed,
+        source,
+        config,
+        backend,
+        count=len(items),
+        base_url=judge.base_url,
+        timeout=opts.timeout,
+        price_table=opts.price_table,
+        prices_as_of=prices.as_of,
+    )
+    manifest.config["compare"] = {"runs": [os.fspath(run.dir) for run in runs]}
+    backend, price = batch_backend(backend, out, manifest, price, judge)
+    store = RunStore(out, LABELS_FILE)
+    stats = LabelStats(total=len(items), price=price)
+    start = partial(
+        run_labels, items, parsed, backend, config, store,
+        manifest=manifest, stats=stats, engine=engine,
+    )  # fmt: skip
+    return Prepared("compare", out, start, backend, store, stats, runs, notes=notes)
+
+
+def compare_result(
+    opts: CompareOptions,
+    runs: list[Any] | None = None,
+    judge_dir: Path | None = None,
+    stats: RunStats | None = None,
+) -> Comparison:
+    """The comparison of `opts.runs` (or of `runs`, already loaded) with the judge's votes in
+    `judge_dir` (default: `opts.judge_out`, if given; without either, no judge)."""
+    from cai.comparison import compare_runs, judge_info, load_runs
+    from cai.feedback import load_labels
+    from cai.filters import FilterConfig
+
+    if runs is None:
+        runs = load_runs(opts.runs, FilterConfig(**opts.filter_fields()))
+    judge_dir = judge_dir or opts.judge_out
+    labels = info = None
+    if judge_dir is not None:
+        manifest, labels = load_labels(judge_dir)
+        info = judge_info(judge_dir, manifest, labels)
+    data = compare_runs(runs, labels=labels, judge=info, seed=opts.seed)
+    judge = Run(judge_dir, stats) if judge_dir is not None else None
+    return Comparison(data, runs, labels, judge)
+
+
+def compare(
+    runs: Any, *, judge: bool = False, progress: bool = True, **options: Any
+) -> Comparison | Plan:
+    """Compare runs made on the same prompts (`cai compare`); with `judge=True`, a feedback
+    model compares each run's final answers with the first run's (a label run, resumed when
+    called again).
+
+    `runs`: run directories or `Run`s, the first the baseline. `options`: `cai compare`'s
+    options by their Python names (`provider=`, `model=`, `votes=`, `judge_out=`, `keep_*`,
+    `max_cost=`, ...; see `cai.options.CompareOptions`); the judge defaults to the first run's
+    model. With `dry_run=True`, the judge's `Plan` instead.
+    """
+    opts = _options(CompareOptions, "compare", {"runs": runs, "judge": judge, **options})
+    if not opts.judge:
+        return compare_result(opts)
+    job = prepare_compare(opts)
+    for note in job.notes:
+        log.warning("%s", note)
+    if isinstance(job, Plan):
+        return job
+    stats = _run_sync(job, progress)
+    return compare_result(opts, job.source, job.dir, stats)
+
+
+async def acompare(runs: Any, *, judge: bool = False, **options: Any) -> Comparison | Plan:
+    """`compare` in the caller's event loop."""
+    opts = _options(CompareOptions, "compare", {"runs": runs, "judge": judge, **options})
+    if not opts.judge:
+        return compare_result(opts)
+    job = prepare_compare(opts)
+    if isinstance(job, Plan):
+        return job
+    stats = await execute(job)
+    return compare_result(opts, job.source, job.dir, stats)

@@ -27,6 +27,7 @@ __all__ = [
     "PROVIDER_NAMES",
     "BatchOptions",
     "CallOptions",
+    "CompareOptions",
     "CostOptions",
     "EngineOptions",
     "FilterOptions",
@@ -455,3 +456,63 @@ class PromptsOptions(ModelOptions, CallOptions, BatchOptions, CostOptions):
             )
         if self.out is not None:
             self.out = Path(self.out)
+
+
+@dataclass(kw_only=True)
+class CompareOptions(
+    ModelOptions, FilterOptions, CallOptions, BatchOptions, CostOptions, EngineOptions
+):
+    """`cai compare`'s options: the runs, and the judge's model, votes and calls (the judge is
+    a label run; `--keep-*` pick each run's final answer as export would)."""
+
+    runs: Any = field(
+        metadata=meta("Run directories made on the same prompts (the first is the baseline).")
+    )
+    judge: bool = field(
+        default=False,
+        metadata=meta(
+            "Have a feedback model compare each run's final answers with the first run's."
+        ),
+    )
+    judge_out: Path | None = field(
+        default=None,
+        metadata=meta(
+            "The judge's run directory (default: beside the first run, named after the runs); "
+            "the same command again resumes it. Without --judge, its votes are read, none asked.",
+            type=Path,
+        ),
+    )
+    constitution: Any = field(
+        default=None,
+        metadata=meta(
+            "Constitution whose principles the judge's votes draw (default: the first run's).",
+            type=str,
+        ),
+    )
+    # The judge's model defaults to the first run's: None here means "not given".
+    provider: Any = field(
+        default=None,
+        metadata=meta("Judge: model backend (default: the first run's).", choices=PROVIDER_NAMES),
+    )
+    votes: int = field(default=4, metadata=meta("Judge: votes per prompt and run."))
+    cot: bool = field(
+        default=False, metadata=meta("Judge: chain of thought instead of log-probabilities.")
+    )
+    clamp: Any = field(
+        default=None,
+        metadata=meta("Judge: LO,HI each vote's probability is kept within.", type=str),
+    )
+    temperature: float = field(
+        default=0.0, metadata=meta("Judge: sampling temperature of the feedback model.")
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.clamp = parse_pair(self.clamp, "--clamp", ",", "LO,HI such as 0.4,0.6", float)
+        if isinstance(self.runs, str | Path):
+            self.runs = [self.runs]
+        self.runs = [getattr(run, "dir", run) for run in self.runs]  # a `Run` or a path
+        if len(self.runs) < 2:
+            raise ConfigError("cai compare needs at least two run directories")
+        if self.judge_out is not None:
+            self.judge_out = Path(self.judge_out)

@@ -22,11 +22,9 @@ from click.testing import CliRunner
 from fake_server import FIRST_BIAS, PREFERENCE, PREFERRED, FakeServer
 
 from cai.cli import cli
-from cai.compare import (
+from cai.comparison import (
     bootstrap_interval,
-    compare_runs,
     default_judge_dir,
-    load_runs,
     pair_item_id,
     word_diff,
 )
@@ -212,12 +210,31 @@ def test_bad_input_is_one_line_and_exit_2(
     assert "label run" in as_run.stderr
 
 
-def test_compare_from_python(two_runs: tuple[Path, Path]) -> None:
+def test_compare_from_python(
+    tmp_path: Path, server: FakeServer, two_runs: tuple[Path, Path]
+) -> None:
+    import cai
+
     before, after = two_runs
-    runs = load_runs([before, after])
-    data = compare_runs(runs)
-    assert data["shared"] == PROMPTS and data["runs"][1]["win_rate"] is None
-    assert data["judge"] is None
+    plain = cai.compare([before, cai.load(after)])
+    assert plain.data["shared"] == PROMPTS and plain.data["runs"][1]["win_rate"] is None
+    assert plain.judge is None and "Compared on 50 shared prompts" in str(plain)
+    judged = cai.compare(
+        [before, after], judge=True, votes=1, limit=10, judge_out=tmp_path / "j",
+        provider="openai", base_url=f"{server.url}/v1", progress=False,
+    )  # fmt: skip
+    assert server.requests == 2 * 10
+    second = judged.data["runs"][1]
+    assert second["judge"]["judged"] == 10 and second["judge"]["unjudged"] == {"not_judged": 40}
+    assert second["mean_preference"] == pytest.approx(PREFERENCE, abs=0.02)
+    assert judged.judge is not None and judged.judge.dir == tmp_path / "j"
+    page = judged.write_page(tmp_path / "page.html")
+    assert 'content="cai compare"' in page.read_text(encoding="utf-8")
+    plan = cai.compare([before, after], judge=True, dry_run=True, judge_out=tmp_path / "k")
+    assert isinstance(plan, cai.Plan) and "feedback calls" in plan.text
+    assert not (tmp_path / "k").exists()
+    with pytest.raises(cai.ConfigError, match="at least two"):
+        cai.compare([before])
 
 
 def _count(path: Path) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.compare import RunSide, prompt_details
+from cai.comparison import RunSide, prompt_details
 from cai.errors import ConfigError
 from cai.report import _csp_hash, _environment, _figure, _script_json, _svg
 
