@@ -8,8 +8,11 @@ The format, in short (see README "Authoring a constitution")::
     ## Principle: NAME  Weight: / Critique: / Revision: / Comparison: (for cai label)
     ## Example: TITLE   Principle: / User: / Assistant: / Critique: / Revision:
 
-Key words are case-insensitive at the start of a line; a value runs to the next key line
-or heading. Everything outside these sections is documentation.
+Key words are case-insensitive at the start of a line, and may be bold (`**Critique:**`); a
+value runs to the next key line or heading; in examples, Human:/H: and AI:/A: are User: and
+Assistant:. Everything outside these sections is documentation, except a near miss of what
+is read (`## Principles: x`, `### Principle: x`, `Revison:`), which is an error with a
+did-you-mean, so that nothing is silently dropped (docs/constitutions.md has the rules).
 """
 
 from __future__ import annotations

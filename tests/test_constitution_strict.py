@@ -536,3 +536,15 @@ def test_show_prints_every_request_in_full(tmp_path: Path) -> None:
         "Revision: Rewrite the response without doses.",
     ]
     assert "…" not in result.output
+
+
+def test_the_docs_table_lists_every_mistake_of_the_corpus() -> None:
+    docs = (ROOT / "docs" / "constitutions.md").read_text(encoding="utf-8")
+    rows = [line for line in docs.splitlines() if line.startswith("| ") and " | " in line]
+    for i, mistake in enumerate(CASES, 1):
+        message = mistake.message.replace("|", "\\|")
+        assert any(
+            row.startswith(f"| {i} | {mistake.name} |")
+            and row.endswith(f"| {mistake.line or '-'} | {message} |")
+            for row in rows
+        ), mistake.name
