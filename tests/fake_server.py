@@ -29,7 +29,8 @@ Replies are a deterministic function of the request (never of arrival order):
 
 Feedback mode. The fake prefers the option whose text contains `PREFERRED` (as every fake
 revision does) with probability `PREFERENCE` (0.70), 0.5 when both or neither do,
-and adds `FIRST_BIAS` (0.15) to option (A), whichever response is shown there. With
+and adds `FIRST_BIAS` (0.15) to option (A), whichever response is shown there (both are
+module settings: a test may patch them; as a process, `--preference` and `--first-bias`). With
 `logprobs`/`top_logprobs` in an OpenAI request, the reply is " (A)" or " (B)" and carries
 those probabilities in `logprobs.content` (the first position is " (", with no letter among
 its top tokens). A chain-of-thought request ("Let's think step by step") gets reasoning that
@@ -1086,8 +1087,21 @@ def main(argv: list[str] | None = None) -> None:
         default=3,
         help="one critique in N finds nothing to change (0: none)",
     )
+    parser.add_argument(
+        "--preference",
+        type=float,
+        default=PREFERENCE,
+        help="feedback mode: probability that the option holding PREFERRED is better",
+    )
+    parser.add_argument(
+        "--first-bias",
+        type=float,
+        default=FIRST_BIAS,
+        help="feedback mode: added to the option shown first, whichever it is",
+    )
     args = parser.parse_args(argv)
     globals()["NO_CHANGE_EVERY"] = args.no_change_every
+    globals()["PREFERENCE"], globals()["FIRST_BIAS"] = args.preference, args.first_bias
     server = FakeServer(
         host=args.host,
         port=args.port,

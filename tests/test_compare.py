@@ -152,6 +152,25 @@ def test_the_judge_prefers_the_revised_run_with_the_fakes_preference(
     assert "Compared on 50 shared prompts" in text.stdout
 
 
+def test_the_figures_follow_the_judge_another_preference_and_bias(
+    tmp_path: Path, server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With another preference and a stronger bias the figures move with them: nothing in
+    compare knows the fake's 0.70."""
+    monkeypatch.setattr(fake_server, "PREFERENCE", 0.6)
+    monkeypatch.setattr(fake_server, "FIRST_BIAS", 0.3)
+    prompts = write_prompts(tmp_path / "p.jsonl", 12)
+    before = generate(tmp_path, server.url, "zero", 0, prompts)
+    after = generate(tmp_path, server.url, "one", 1, prompts)
+    result = invoke("compare", after, before, "--judge", "--votes", "1", "--json")
+    second = json.loads(result.stdout)["runs"][1]
+    # The first run is now the revised one: the 0-round run's answers lose.
+    assert second["mean_preference"] == pytest.approx(0.4, abs=0.01)
+    assert second["win_rate"] == 0.0 and second["win_rate_ci"] == [0.0, 0.0]
+    # A bias of 0.3 outweighs a preference of 0.1 in one order: the orders disagree.
+    assert second["position_consistency"] == 0.0
+
+
 def test_the_judge_defaults_to_the_first_runs_model_and_url(
     server: FakeServer, two_runs: tuple[Path, Path]
 ) -> None:
