@@ -55,6 +55,12 @@ _KEY_LIKE = re.compile(
 )
 # A key word with no colon, alone or before a dash or "=": "Revision", "Critique - ...".
 _BARE_KEY = re.compile(r"^(\*\*|__)?([^\W\d_]+)(\*\*|__)?(?:[ \t]*$|[ \t]+[-–—=][ \t]*(.*)$)")
+# First words of a heading's title that make it prose, not a section's name.
+_PROSE_WORDS = {
+    "a", "about", "an", "and", "behind", "by", "for", "from", "in", "is", "of", "on", "or",
+    "the", "to", "vs", "with",
+}  # fmt: skip
+_SYSTEM_NAMES = {"prompt", "message", "instructions", "instruction", "prompt text"}
 _NUMBERED = re.compile(r"^\d+\s*[:.)]\s*(\S.*)$")
 # "##Principle: x": Markdown reads it as text, not as a heading.
 _UNSPACED_HEADING = re.compile(r"^(#{1,6})([^\s#].*?)\s*$")
@@ -498,10 +504,17 @@ class _Parser:
                 self.error(lineno, f"'## {word}' needs a name: '## {word}: <name>'")
             return _Section(kind, rest, lineno)
         wrong_level = level != 2
+        # Prose after the word reads as a title, not a name: "## Principle of least privilege",
+        # "## System requirements".
+        prose = bool(rest) and (
+            rest.split()[0].casefold() in _PROSE_WORDS
+            if kind != "system"
+            else rest.casefold() not in _SYSTEM_NAMES
+        )
         near_miss = (
             colon
             or (unspaced and level == 2)
-            or (exact and level == 2)  # "## Principle no-dosing", "## System prompt"
+            or (exact and level == 2 and not prose)  # "## Principle no-dosing", "## System prompt"
             or (not rest and not plural)  # "## Sytem", "### System"
         )
         if not near_miss or (exact and wrong_level and not rest and kind != "system"):

@@ -436,6 +436,9 @@ Each principle below has a critique and a revision request.
 The few-shot examples come last.
 
 ## Systemic risks
+## Principle of least privilege
+## Example for the reader
+## System requirements
 Revison: a word that only looks like a key, in documentation.
 
 ## Principle: **kind**
