@@ -158,13 +158,13 @@ def _flags(rows: dict[str, dict[str, Any]], known: set[str]) -> list[dict[str, A
             )
             flag(
                 "revisions_dropped",
-                f"export drops most of '{name}''s revisions: {own} of {row['revised']} ({reasons})",
+                f"export drops most revisions of '{name}': {own} of {row['revised']} ({reasons})",
             )
         labels = row["labels"]
         if labels and labels["pairs"] and labels["first_preferred"] * 2 > labels["pairs"]:
             flag(
                 "revisions_lose",
-                f"the feedback model preferred the first answer to '{name}''s revision in "
+                f"the feedback model preferred the first answer to the revision of '{name}' in "
                 f"{labels['first_preferred']} of {labels['pairs']} labelled pairs (mean "
                 f"p(revision better) {labels['mean_preference']:.2f})",
             )

@@ -198,7 +198,7 @@ def test_a_principle_whose_revisions_lose_is_flagged_with_labels_passed_in(
     assert flag["flag"] == "revisions_lose" and flag["principle"] == "terse"
     text = invoke("stats", out, "--labels", labels)
     assert (
-        "Flag: the feedback model preferred the first answer to 'terse''s revision in "
+        "Flag: the feedback model preferred the first answer to the revision of 'terse' in "
         f"{terse['kept']} of {terse['kept']} labelled pairs (mean p(revision better) 0.30)"
     ) in text.splitlines()
 
