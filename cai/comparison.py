@@ -150,9 +150,12 @@ class JudgePair:
 
 
 def pair_item_id(prompt_id: str, first: str, other: str) -> str:
-    """The judge's id of a pair: the prompt's id and a hash of both answers, in order."""
+    """The judge's id of a pair: the prompt's id and a hash of both answers, in order.
+
+    Letters, digits and '-' only, as a batch request's custom_id must be (cai.batch), and no
+    ':', which would split it (`feedback.unit_of`)."""
     digest = hashlib.sha256(f"{first}\x1f{other}".encode()).hexdigest()[:12]
-    return f"{prompt_id}~{digest}"
+    return f"{prompt_id}-{digest}"
 
 
 def judge_pairs(runs: Sequence[RunSide], ids: Sequence[str]) -> list[JudgePair]:

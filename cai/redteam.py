@@ -25,13 +25,14 @@ the method and its sources.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import random
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -77,7 +78,7 @@ __all__ = [
     "load_styles",
     "normalize_text",
     "parse_reply",
-    "plan_call",
+    "plan_calls",
     "prompts_job",
     "prompts_stats",
     "read_prompts",
@@ -393,31 +394,45 @@ def _every(index: int, share: float) -> bool:
     return math.floor((index + 1) * share) > math.floor(index * share)
 
 
-def plan_call(
-    index: int,
+def plan_calls(
     constitution: Constitution,
     styles: Sequence[Style],
     seeds: Sequence[Seed],
     config: RedteamConfig,
-) -> CallPlan:
-    """Call `index`'s plan, a function of the seed and the index alone (so a resumed run asks
-    exactly what the killed one would have)."""
-    call_id = f"call-{index:06d}"
-    principle = pick_principles(constitution, 1, config.seed, call_id)[0]
-    rng = _stable_rng(config.seed, "prompts", index)
+) -> Iterator[CallPlan]:
+    """The calls' plans in order, a function of the seed alone (so a resumed run asks
+    exactly what the killed one would have, whatever came back).
+
+    Call i's principle is drawn by weight from the seed and its id, as `cai generate` draws
+    a round's. A share `benign` of the calls, spread evenly, asks for look-alikes, and a
+    share `multi_turn` for conversations; the others take the attack style this principle
+    has been given least so far (ties drawn), so each principle's row of the grid fills
+    evenly (Rainbow Teaming's archive keeps every cell of the grid filled).
+    """
     benign = [s for s in styles if s.kind == "benign"]
     turns = [s for s in styles if s.turns and s.kind == "attack"]
     attack = [s for s in styles if s.kind == "attack" and not s.turns]
-    if _every(index, config.benign):
-        style, kind, multi = rng.choice(benign), "benign", False
-    elif _every(index, config.multi_turn / (1 - config.benign) if config.benign < 1 else 0):
-        style, kind, multi = rng.choice(turns), "attack", True
-    else:
-        style, kind, multi = rng.choice(attack), "attack", False
-    shown = rng.sample(list(seeds), min(config.shots, len(seeds)))
-    return CallPlan(
-        call_id, index, principle.name, style.name, kind, multi, tuple(s.id for s in shown)
-    )
+    used: dict[str, Counter[str]] = {}
+    multi_calls = 0
+    for index in itertools.count():
+        call_id = f"call-{index:06d}"
+        principle = pick_principles(constitution, 1, config.seed, call_id)[0]
+        rng = _stable_rng(config.seed, "prompts", index)
+        if _every(index, config.benign):
+            pool, kind, multi = benign, "benign", False
+        elif multi_calls < round((index + 1) * config.multi_turn):
+            pool, kind, multi = turns, "attack", True
+            multi_calls += 1
+        else:
+            pool, kind, multi = attack, "attack", False
+        counts = used.setdefault(principle.name, Counter())
+        least = min(counts[s.name] for s in pool)
+        style = rng.choice([s for s in pool if counts[s.name] == least])
+        counts[style.name] += 1
+        shown = rng.sample(list(seeds), min(config.shots, len(seeds)))
+        yield CallPlan(
+            call_id, index, principle.name, style.name, kind, multi, tuple(s.id for s in shown)
+        )
 
 
 SYSTEM_PROMPT = (
@@ -913,9 +928,7 @@ class _Planner:
         journaled: set[str],
         stop: asyncio.Event,
     ) -> None:
-        self.plan = partial(
-            plan_call, constitution=constitution, styles=styles, seeds=seeds, config=config
-        )
+        self.plans = plan_calls(constitution, styles, seeds, config)
         self.config, self.collector, self.stats = config, collector, stats
         self.finished, self.journaled, self.stop = finished, journaled, stop
         self.pending: set[str] = set()
@@ -944,8 +957,7 @@ class _Planner:
 
     async def __aiter__(self) -> AsyncIterator[CallPlan]:
         cap = self.config.call_cap
-        for index in range(cap):
-            plan = self.plan(index)
+        for plan in itertools.islice(self.plans, cap):
             if plan.id in self.finished:
                 yield plan  # run_job counts it as done and skips it
                 continue
@@ -974,7 +986,7 @@ def plan_prompts(
     from cai.pricing import format_cost
 
     needed = math.ceil(config.n / config.per_call)
-    sample = [plan_call(i, constitution, styles, seeds, config) for i in range(min(needed, 50))]
+    sample = list(itertools.islice(plan_calls(constitution, styles, seeds, config), 50))
     by_name, by_id = {s.name: s for s in styles}, {s.id: s for s in seeds}
     chars = [
         sum(len(m["content"]) for m in build_call_messages(

@@ -18,6 +18,7 @@ import sys
 import time
 import unicodedata
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from cai.redteam import (
     load_styles,
     normalize_text,
     parse_reply,
-    plan_call,
+    plan_calls,
     read_prompts,
     run_prompts,
 )
@@ -158,16 +159,20 @@ def test_each_call_is_planned_from_the_seed_and_its_index_alone(constitution: Pa
     parsed = load_constitution(constitution)
     seeds = load_seeds(None, parsed)
     config = RedteamConfig(n=1000, benign=0.2, multi_turn=0.1, seed=7)
-    plans = [plan_call(i, parsed, STYLES, seeds, config) for i in range(2000)]
-    assert plans == [plan_call(i, parsed, STYLES, seeds, config) for i in range(2000)]
-    assert plans != [
-        plan_call(i, parsed, STYLES, seeds, RedteamConfig(seed=8)) for i in range(2000)
-    ]
+    plans = list(islice(plan_calls(parsed, STYLES, seeds, config), 2000))
+    assert plans == list(islice(plan_calls(parsed, STYLES, seeds, config), 2000))
+    other = RedteamConfig(n=1000, benign=0.2, multi_turn=0.1, seed=8)
+    assert plans != list(islice(plan_calls(parsed, STYLES, seeds, other), 2000))
     kinds = Counter(p.kind for p in plans)
     assert kinds["benign"] == 400  # exactly a fifth of the calls, spread evenly
     assert all(p.style == "benign_lookalike" for p in plans if p.kind == "benign")
     assert sum(p.turns for p in plans) == 200
     assert all(p.style == "escalation" for p in plans if p.turns)
+    # Each principle's attack styles are used evenly: its row of the grid fills.
+    for name in WEIGHTS:
+        row = Counter(p.style for p in plans if p.principle == name and p.kind == "attack")
+        row.pop("escalation")
+        assert len(row) == 8 and max(row.values()) - min(row.values()) <= 1, row
     by_principle = Counter(p.principle for p in plans)
     for name, weight in WEIGHTS.items():
         assert abs(by_principle[name] / 2000 - weight / 8) < 0.04, by_principle
