@@ -508,7 +508,13 @@ def test_the_python_api_runs_a_prompts_job(tmp_path: Path, constitution: Path) -
             constitution, n=30, provider="openai", model="gpt-5.4-mini",
             base_url=server.url + "/v1", out=tmp_path / "api", progress=False,
         )  # fmt: skip
-    assert run.kind == "prompts" and len(read_prompts(run.dir)) >= 30
+        assert run.kind == "prompts" and len(read_prompts(run.dir)) >= 30
+        gen = cai.generate(
+            run.dir, constitution, provider="openai", model="gpt-5.4-mini", rounds=1,
+            base_url=server.url + "/v1", out=tmp_path / "gen", progress=False,
+        )  # fmt: skip
+    rows = gen.to_dataset("dpo")
+    assert {"principle", "style", "kind"} <= set(rows.column_names) and len(rows) > 0
 
 
 def test_run_prompts_from_an_event_loop(tmp_path: Path, constitution: Path) -> None:
