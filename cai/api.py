@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.constitution import Constitution, load_constitution
-from cai.errors import ConfigError, InputError, unwritable_run
+from cai.errors import ConfigError, InputError, RunMismatchError, unwritable_run
 from cai.options import CompareOptions, GenerateOptions, LabelOptions, PromptsOptions
 from cai.pipeline import GenerateConfig, RunStats, build_manifest, run_generation, run_settings
 from cai.providers import Provider, create_provider, default_model
@@ -943,10 +943,19 @@ def prepare_compare(opts: CompareOptions, made: list[Provider]) -> Prepared | Pl
     backend, price = batch_backend(backend, out, manifest, price, judge)
     store = RunStore(out, LABELS_FILE)
     stats = LabelStats(total=len(items), price=price)
-    start = partial(
+    judge_run = partial(
         run_labels, items, parsed, backend, config, store,
         manifest=manifest, stats=stats, engine=engine,
     )  # fmt: skip
+
+    async def start(**run: Any) -> RunStats:
+        try:
+            return await judge_run(**run)
+        except RunMismatchError as e:
+            # The label run's advice names --out, which is the page's option here.
+            message = str(e).replace("pass --out with", "pass --judge-out with")
+            raise RunMismatchError(message) from None
+
     return Prepared("compare", out, start, backend, store, stats, runs, notes=notes)
 
 

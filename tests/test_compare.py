@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,9 +203,27 @@ def test_unshared_prompts_are_counted_and_identical_answers_tie_without_a_call(
     assert second["mean_preference"] == 0.5 and second["position_consistency"] is None
 
 
+def test_the_judge_through_the_batch_api_gives_the_same_figures(
+    tmp_path: Path, server: FakeServer, two_runs: tuple[Path, Path]
+) -> None:
+    before, after = two_runs
+    paid = server.paid_total  # the runs' own calls
+    result = invoke(
+        "compare", before, after, "--judge", "--votes", "1", "--limit", "8", "--batch",
+        "--poll-interval", "0.01", "--provider", "openai", "--base-url", f"{server.url}/v1",
+        "--json",
+    )  # fmt: skip
+    assert {e.api for e in server.log} == {"openai-batch"}  # no direct call
+    assert server.paid_total - paid == 2 * 8
+    second = json.loads(result.stdout)["runs"][1]
+    assert second["judge"]["judged"] == 8
+    assert second["mean_preference"] == pytest.approx(PREFERENCE, abs=0.02)
+    assert "Priced at the batch rate" in result.stderr
+
+
 def test_changed_answers_get_new_judge_items() -> None:
     assert pair_item_id("p1", "x", "y") != pair_item_id("p1", "x", "z")
-    assert pair_item_id("p1", "x", "y").startswith("p1~") and ":" not in pair_item_id("p", "a", "b")
+    assert re.fullmatch(r"p1-[0-9a-f]{12}", pair_item_id("p1", "x", "y"))
 
 
 def test_bad_input_is_one_line_and_exit_2(
@@ -227,6 +246,9 @@ def test_bad_input_is_one_line_and_exit_2(
     label_run = default_judge_dir([before, after])
     as_run = invoke("compare", before, label_run, code=2)
     assert "label run" in as_run.stderr
+    # The judge again with other settings: refused, with the option that picks another folder.
+    other = invoke("compare", before, after, "--judge", "--votes", "2", code=2)
+    assert "votes was 1, now 2" in other.stderr and "pass --judge-out with" in other.stderr
 
 
 def test_compare_from_python(
