@@ -478,8 +478,8 @@ def format_comparison(data: dict[str, Any]) -> str:
             lambda r: "{preference_pairs}/{sft_only}".format(**r["export_rows"]),
         ),
         row("filter drops", drops),
-        row("first answer words", lambda r: _num(r["lengths"]["first"]["mean_words"])),
-        row("final answer words", lambda r: _num(r["lengths"]["final"]["mean_words"])),
+        row("first answer, mean words", lambda r: f"{r['lengths']['first']['mean_words']:.1f}"),
+        row("final answer, mean words", lambda r: f"{r['lengths']['final']['mean_words']:.1f}"),
         row("similarity to first", lambda r: _num(r["similarity_to_first"])),
         row(
             "cost",
@@ -500,6 +500,15 @@ def format_comparison(data: dict[str, Any]) -> str:
                 )
             prow.append([name, *cells])
         lines += _table(prow)
+    # A run of 0 rounds draws no principle: saying so of each would only be noise.
+    flags = [
+        (run["name"], flag["message"])
+        for run in runs
+        if run["rounds_summary"]["total"]
+        for flag in run["principle_flags"]
+    ]
+    if flags:
+        lines += ["", "Flagged:", *(f"  {name}: {message}" for name, message in flags)]
     judge = data.get("judge")
     if judge is not None:
         lines += [
