@@ -169,6 +169,13 @@ class PromptSource:
         if path.is_dir() and not is_dataset and (path / PROMPTS_RUN_FILE).is_file():
             self.spec = str(path / PROMPTS_RUN_FILE)  # a `cai prompts generate` run
             return
+        if path.is_dir() and not is_dataset and (path / "generations.jsonl").is_file():
+            raise InputError(
+                self.spec,
+                None,
+                "is a cai prompts run that has not written prompts.jsonl yet (it was killed); "
+                "run its cai prompts generate command again to finish it",
+            )
         if path.is_dir():
             if (
                 not (path / "dataset_info.json").exists()

@@ -390,6 +390,11 @@ def test_sigkill_mid_run_then_the_same_command_loses_and_repeats_nothing(
             proc.wait()
             assert proc.returncode == -signal.SIGKILL
         assert not (run / "prompts.jsonl").exists()  # made when a run ends
+        early = CliRunner().invoke(
+            cli, ["generate", "--constitution", str(constitution), "--prompts", str(run),
+                  "--provider", "openai", "--base-url", server.url + "/v1"],
+        )  # fmt: skip
+        assert early.exit_code == 2 and "has not written prompts.jsonl yet" in early.output
         proc = _cai(args)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
