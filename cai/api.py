@@ -927,7 +927,8 @@ def prepare_compare(opts: CompareOptions, made: list[Provider]) -> Prepared | Pl
         text = plan_labels(items, parsed, config, chain_of_thought, price=price)
         backend.close()
         return Plan(text, notes)
-    source = "compare " + " ".join(os.fspath(run.dir) for run in runs)
+    # Not a run's path: `find_label_run` must never take the judge for a label run of a run.
+    source = "cai compare"
     manifest = build_manifest(
         parsed,
         source,

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.effectiveness import principle_effectiveness
+from cai.effectiveness import find_label_run, principle_effectiveness
 from cai.errors import ConfigError
-from cai.feedback import PairItem, p_a_of
+from cai.feedback import PairItem, p_a_of, read_labels
 from cai.filters import FilterConfig, Verdict, for_run, judge_record, similarity
 from cai.pricing import run_cost
 from cai.records import Record
@@ -258,9 +258,11 @@ def run_figures(run: RunSide, ids: Sequence[str]) -> dict[str, Any]:
     final_is_revision = sum(run.verdict(r.id).use == "pref" for r in ok)
     sims = [similarity(final, r.initial_response) for final, r in zip(finals, ok, strict=True)]
     constitution = run.filters.constitution
+    label_dir = find_label_run(run.dir)
     effectiveness = principle_effectiveness(
         records,
         config=run.filters,
+        labels=read_labels(label_dir) if label_dir is not None else None,
         principles=[p.name for p in constitution.principles] if constitution else (),
     )
     return {
@@ -488,15 +490,25 @@ def format_comparison(data: dict[str, Any]) -> str:
     ]
     lines += _table(rows)
     if data["shared_principles"]:
-        lines += ["", "Per principle (rounds drawn: revised / no change / failed, kept in export):"]
+        lines += [
+            "",
+            "Per principle (rounds drawn: revised / no change / failed, kept in export; with a "
+            "label run of the run, how often the feedback model preferred the revision):",
+        ]
         prow = [["PRINCIPLE", *(run["name"] for run in runs)]]
         for name in data["shared_principles"]:
             cells = []
             for run in runs:
                 c = run["principles"].get(name) or {}
+                wins = c.get("labels") or {}
                 cells.append(
                     f"{c.get('drawn', 0)}: {c.get('revised', 0)}/{c.get('no_change', 0)}/"
                     f"{c.get('failed', 0)}, {c.get('kept', 0)} kept"
+                    + (
+                        f", revision wins {wins['revision_preferred']}/{wins['pairs']}"
+                        if wins.get("pairs")
+                        else ""
+                    )
                 )
             prow.append([name, *cells])
         lines += _table(prow)
