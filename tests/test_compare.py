@@ -136,6 +136,10 @@ def test_the_judge_prefers_the_revised_run_with_the_fakes_preference(
     assert all(PREFERRED in label["response_b"] for label in labels)
     assert all(PREFERRED not in label["response_a"] for label in labels)
     assert page.read_text(encoding="utf-8").startswith("<!doctype html>")
+    # The judge is no label run *of* either run: `cai stats` must not read its votes as such.
+    from cai.effectiveness import find_label_run
+
+    assert find_label_run(before) is None and find_label_run(after) is None
 
     # The same command again resumes the judge: nothing left to ask, the same figures.
     server.reset()
