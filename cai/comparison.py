@@ -194,7 +194,10 @@ def default_judge_dir(paths: Sequence[str | Path]) -> Path:
     """Beside the first run, named after the runs: `<first>-vs-<second>[-<third>...]`."""
     first = Path(paths[0])
     others = "-".join(safe_name(Path(p).resolve().name) for p in paths[1:])
-    return first.resolve().parent / safe_name(f"{first.resolve().name}-vs-{others}")
+    name = safe_name(f"{first.resolve().name}-vs-{others}")
+    # As the user named the first run (relative stays relative), unless it is "." or "..".
+    beside = first.parent if first.name not in ("", ".", "..") else first.resolve().parent
+    return beside / name
 
 
 def judge_info(
