@@ -25,6 +25,7 @@ the method and its sources.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import math
@@ -383,8 +384,6 @@ class CallPlan:
 
 
 def _stable_rng(*parts: object) -> random.Random:
-    import hashlib
-
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
@@ -846,7 +845,6 @@ def prompts_settings(
 ) -> dict[str, Any]:
     """The settings that change what each call asks or what is kept; `n` and `max_calls` may
     change between invocations (a run can be extended)."""
-    import hashlib
 
     def digest(data: Any) -> str:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -968,7 +966,6 @@ class _Planner:
                     return
             self.pending.add(plan.id)
             yield plan
-        self.stats.cap_reached = len(self.collector.rows) < self.config.n
 
 
 def plan_prompts(
@@ -1047,7 +1044,10 @@ async def run_prompts(
     # What earlier invocations kept, so that this one asks only for what is still wanted.
     lines = _generation_lines(run_dir) if is_prompts_run(run_dir) else []
     collector = collect_prompts(lines, seed_list, config)
-    finished = {line["id"] for line in lines if line.get("status") != "failed"}
+    # As `run_job` sees them: a failed call is asked again unless --no-retry-failed.
+    finished = {
+        line["id"] for line in lines if line.get("status") != "failed" or not config.retry_failed
+    }
     journaled: set[str] = set()
     if lines or (run_dir / "calls.jsonl").exists():
         journaled = {key[0] for key in RunStore(run_dir).journal(finished)}
@@ -1135,6 +1135,8 @@ def _write_prompts(
     try:
         lines = _generation_lines(store.dir)
         collector = collect_prompts(lines, seeds, config)
+        planned = max((int(line.get("index", 0)) for line in lines), default=-1) + 1
+        stats.cap_reached = len(collector.rows) < config.n and planned >= config.call_cap
         write_atomic(
             store.dir / PROMPTS_FILE,
             (
@@ -1158,9 +1160,7 @@ def _write_prompts(
                 "refusals": collector.refusals,
                 "drops": {reason: collector.drops.get(reason, 0) for reason in DROP_REASONS},
                 "call_cap": config.call_cap,
-                "cap_reached": len(collector.rows) < config.n
-                and max((int(line.get("index", 0)) for line in lines), default=-1) + 1
-                >= config.call_cap,
+                "cap_reached": stats.cap_reached,
                 "usage": usage.to_dict(),
             }
             store.write_manifest(manifest)

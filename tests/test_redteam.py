@@ -335,6 +335,9 @@ def test_a_reply_never_readable_fails_its_call_and_the_rerun_pays_nothing_again(
         assert "Stopped at the call cap (3 calls" in result.output
         again = CliRunner().invoke(cli, args)
         assert again.exit_code == 3 and server.requests == 9, again.output
+        # Kept as failed, not waited for: the run ends at once.
+        kept = CliRunner().invoke(cli, [*args, "--no-retry-failed"])
+        assert kept.exit_code == 3 and server.requests == 9, kept.output
 
 
 # -- kills -----------------------------------------------------------------------------------
