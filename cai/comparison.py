@@ -121,6 +121,12 @@ def load_runs(paths: Sequence[str | Path], filters: FilterConfig | None = None) 
         by_id = {record.id: record for record in records}
         config = for_run(filters or FilterConfig(), path, manifest, records)
         runs.append(RunSide(path, name, manifest, by_id, config))
+    if not shared_ids(runs):
+        held = ", ".join(f"{run.name} {len(run.records)}" for run in runs)
+        raise ConfigError(
+            f"no prompt is in every run (records: {held}); compare runs made from the same "
+            "prompts (records are matched by prompt id, a hash of the prompt's text)"
+        )
     return runs
 
 
@@ -254,7 +260,9 @@ def run_figures(run: RunSide, ids: Sequence[str]) -> dict[str, Any]:
     its final answers moved from its first answers."""
     records = [run.records[i] for i in ids]
     manifest = run.manifest.to_dict()
-    stats = compute_stats(records, manifest, run.filters)
+    # Priced from the shared records alone: never the whole run's figure from the manifest.
+    shared_only = {k: v for k, v in manifest.items() if k not in ("stats", "cost_usd")}
+    stats = compute_stats(records, shared_only, run.filters)
     ok = [r for r in records if r.status == "ok"]
     finals = [run.final_answer(r.id) or "" for r in ok]
     revised = sum(any(r.state == "revised" for r in record.rounds) for record in ok)
@@ -292,7 +300,7 @@ def run_figures(run: RunSide, ids: Sequence[str]) -> dict[str, Any]:
         "lengths": {"first": _lengths([r.initial_response for r in ok]), "final": _lengths(finals)},
         "similarity_to_first": round(statistics.fmean(sims), 4) if sims else None,
         "usage": stats["usage"],
-        "cost_usd": stats["cost_usd"],
+        "cost_usd": stats["cost_usd"] if records else 0.0,
         "cost_usd_all_records": run_cost(run.records.values(), manifest),
         "principles": effectiveness["principles"],
         "principle_flags": effectiveness["flags"],

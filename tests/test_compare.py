@@ -200,11 +200,18 @@ def test_unshared_prompts_are_counted_and_identical_answers_tie_without_a_call(
     )  # fmt: skip
     data = json.loads(result.stdout)
     assert data["shared"] == 5 and data["not_shared"] == {"a": 3, "b": 3}
+    # Priced from the shared records only.
+    assert data["runs"][0]["cost_usd"] < data["runs"][0]["cost_usd_all_records"]
     # Same model, same prompt, no rounds: the same answers, ties that cost nothing.
     assert server.requests == 0
     second = data["runs"][1]
     assert second["judge"]["identical"] == 5 and second["win_rate"] == 0.5
     assert second["mean_preference"] == 0.5 and second["position_consistency"] is None
+    # Runs with no prompt in common: one line, exit 2, no judge directory.
+    c = generate(tmp_path, server.url, "c", 0, write_prompts(tmp_path / "c.jsonl", 2, start=20))
+    apart = invoke("compare", a, c, "--judge", code=2)
+    assert "no prompt is in every run (records: a 8, c 2)" in apart.stderr
+    assert not (tmp_path / "a-vs-c").exists()
 
 
 def test_the_judge_through_the_batch_api_gives_the_same_figures(
