@@ -232,6 +232,23 @@ def test_the_judge_through_the_batch_api_gives_the_same_figures(
     assert "Priced at the batch rate" in result.stderr
 
 
+def test_hostile_prompts_stay_text_in_the_page(tmp_path: Path, server: FakeServer) -> None:
+    hostile = ["<script>window.__pwned = 1</script>", "</script><img src=x onerror=alert(1)>"]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in hostile))
+    before = generate(tmp_path, server.url, "zero", 0, prompts)
+    after = generate(tmp_path, server.url, "one", 1, prompts)
+    page = tmp_path / "page.html"
+    invoke("compare", before, after, "--judge", "--votes", "1", "--out", page)
+    html = page.read_text(encoding="utf-8")
+    assert all(text not in html for text in hostile) and "<img" not in html
+    block = html.split('<script type="application/json" id="viewer-data">', 1)[1]
+    data = json.loads(block.split("</script>", 1)[0])
+    assert sorted(p["prompt"][0][1] for p in data["prompts"]) == sorted(hostile)
+    # Only the page's own script runs: its hash is the policy's one script source.
+    assert html.count("<script>") == 1 and "script-src 'sha256-" in html
+
+
 def test_changed_answers_get_new_judge_items() -> None:
     assert pair_item_id("p1", "x", "y") != pair_item_id("p1", "x", "z")
     assert re.fullmatch(r"p1-[0-9a-f]{12}", pair_item_id("p1", "x", "y"))
