@@ -246,7 +246,7 @@ def test_hostile_prompts_stay_text_in_the_page(tmp_path: Path, server: FakeServe
     data = json.loads(block.split("</script>", 1)[0])
     assert sorted(p["prompt"][0][1] for p in data["prompts"]) == sorted(hostile)
     # Only the page's own script runs: its hash is the policy's one script source.
-    assert html.count("<script>") == 1 and "script-src 'sha256-" in html
+    assert html.count("<script>") == 1 and "script-src &#39;sha256-" in html
 
 
 def test_changed_answers_get_new_judge_items() -> None:
