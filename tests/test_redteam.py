@@ -566,3 +566,21 @@ def test_run_prompts_from_an_event_loop(tmp_path: Path, constitution: Path) -> N
         asyncio.run(main())
     rows = read_prompts(tmp_path / "lib")
     assert len(rows) >= 25 and not any("messages" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_the_bundled_local_model_writes_prompts_through_a_json_schema_grammar(
+    tmp_path: Path,
+) -> None:
+    """A real model, offline: SmolLM2-135M cannot keep to a JSON array by itself, but llama.cpp
+    turns the request's JSON schema into a grammar, so every reply reads."""
+    pytest.importorskip("llama_cpp")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli, ["prompts", "generate", "--constitution", "harmless", "--out", str(run),
+              "--n", 10, "--max-calls", 6, "--max-tokens", 300, "--concurrency", 1],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = _lines(run / "generations.jsonl")
+    assert lines and all(line["status"] == "ok" and line["attempts"] == 1 for line in lines)
+    assert len(read_prompts(run)) >= 10

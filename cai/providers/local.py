@@ -195,6 +195,8 @@ class LocalProvider(Provider):
     name = "local"
     supports_seed = True
     supports_logprobs = True
+    # llama.cpp turns a JSON schema into a grammar: the reply cannot leave it.
+    supports_json_schema = True
     has_tokenizer = True
 
     def __init__(
@@ -397,6 +399,11 @@ class LocalProvider(Provider):
             top_p=sampling.top_p if sampling.top_p is not None else 0.95,
             seed=request.seed,
             logits_processor=None if recorder is None else [recorder],
+            response_format=(
+                {"type": "json_object", "schema": sampling.json_schema["schema"]}
+                if sampling.json_schema is not None
+                else None
+            ),
         )
         self._last_prompt = request.tokens
         choice = result["choices"][0]
