@@ -1269,6 +1269,6 @@ def format_prompts_stats(data: dict[str, Any]) -> str:
             f"({per['input_tokens']:g} in, {per['output_tokens']:g} out), "
             f"{per['drops']:g} dropped"
         )
-    if data["coverage"]:
+    if data["styles"]:
         lines += ["", "Principle x style:", coverage_table(data)]
     return "\n".join(lines)
