@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -42,7 +43,7 @@ from cai.errors import BatchCanceledError, BatchExpiredError, ConfigError, Provi
 from cai.pipeline import CURRENT_CALL, _Abandoned
 from cai.providers.base import Completion, Provider, Sampling
 from cai.retry import call_with_retries
-from cai.rundir import BATCHES_FILE
+from cai.rundir import BATCHES_FILE, open_run_file, public_url, valid_lines
 
 __all__ = [
     "LIMITS",
@@ -116,16 +117,9 @@ class BatchJournal:
         self.path = Path(run_dir) / BATCHES_FILE
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every whole line; a torn last line (a killed write) is left out."""
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_bytes().splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                    out.append(entry)
-        return out
+        """Every whole line of the right shape (`batch_entry_problem`); a torn last line (a
+        killed write) and a line of another shape are left out, and counted as skipped."""
+        return [data for _, _, data in valid_lines(self.path, batch_entry_problem)]
 
     def batches(self) -> list[dict[str, Any]]:
         """The `created` entries, oldest first, each with `collected` set."""
@@ -144,7 +138,7 @@ class BatchJournal:
 
     def append(self, entry: dict[str, Any]) -> None:
         data = (json.dumps(entry) + "\n").encode()
-        with open(self.path, "ab") as f:
+        with open_run_file(self.path, "ab") as f:
             if f.tell() and not self._ends_with_newline():
                 f.write(b"\n")  # after a torn line, so this one stays whole
             f.write(data)
@@ -152,9 +146,35 @@ class BatchJournal:
             os.fsync(f.fileno())
 
     def _ends_with_newline(self) -> bool:
-        with open(self.path, "rb") as f:
+        with open_run_file(self.path) as f:
             f.seek(-1, os.SEEK_END)
             return f.read(1) == b"\n"
+
+
+_EVENTS = ("intent", "created", "unsent", "collected")
+
+
+def batch_entry_problem(entry: dict[str, Any]) -> str | None:
+    """What is wrong with a `batches.jsonl` line, or None when it has the shape cai writes."""
+    if not isinstance(entry.get("id"), str) or entry.get("event") not in _EVENTS:
+        return "no batch id or event"
+    if entry["event"] == "collected":
+        return None
+    if not isinstance(entry.get("token"), str if entry["event"] != "created" else str | None):
+        return "token is not a string"
+    if entry["event"] == "unsent":
+        return None
+    ids = entry.get("custom_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return "custom_ids is not a list of strings"
+    wave, created = entry.get("wave", 0), entry.get("created", 0)
+    if not isinstance(wave, int) or isinstance(wave, bool) or not 0 <= wave < 2**63:
+        return "wave is not a count"
+    if not isinstance(created, int | float) or isinstance(created, bool):
+        return "created is not a time"
+    if not math.isfinite(created):
+        return "created is not a time"
+    return None
 
 
 # -- the two batch APIs ----------------------------------------------------------------------

@@ -34,6 +34,7 @@ from cai.filters import (
     prompt_key,
 )
 from cai.records import Record
+from cai.redact import remember_secret
 from cai.rundir import RUN_FILES, atomic_dir, is_run_dir, load_run, write_atomic
 
 __all__ = [
@@ -522,6 +523,7 @@ def push_export(result: ExportResult, repo: str, *, token: str) -> str:
     else:
         files = {result.out.name: result.out}
     files[CARD_FILE] = result.card
+    remember_secret(token)  # e.g. a stored login's: never in an error this push prints
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     try:
         api.create_repo(repo, repo_type="dataset", exist_ok=True)

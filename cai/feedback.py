@@ -42,6 +42,7 @@ from cai.pipeline import (
     run_job,
 )
 from cai.providers.base import Completion, Provider, Sampling, Usage
+from cai.records import clean_usage
 from cai.rundir import LABELS_FILE, Manifest, RunStore
 
 if TYPE_CHECKING:
@@ -131,17 +132,40 @@ def _letter(token: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _letter_mass(position: dict[str, Any]) -> tuple[float, float]:
-    """The probabilities of "A" and "B" among one output position's top tokens."""
+def _finite_logprob(value: Any) -> float | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    peak = max(values)
+    return peak + math.log(sum(math.exp(v - peak) for v in values))
+
+
+def _letter_mass(position: dict[str, Any]) -> tuple[float | None, float | None] | None:
+    """The log-probabilities of "A" and "B" among one output position's top tokens (None for
+    a letter that is not among them); None when a letter's log-probability is not a finite
+    number, so nothing can be said."""
     candidates = {position.get("token"): position.get("logprob")}
     for alternative in position.get("top_logprobs") or ():
-        candidates[alternative.get("token")] = alternative.get("logprob")
-    mass = {"A": 0.0, "B": 0.0}
+        if isinstance(alternative, dict):
+            candidates[alternative.get("token")] = alternative.get("logprob")
+    found: dict[str, list[float]] = {"A": [], "B": []}
     for token, logprob in candidates.items():
         letter = _letter(token) if isinstance(token, str) else None
-        if letter is not None and isinstance(logprob, int | float) and math.isfinite(logprob):
-            mass[letter] += math.exp(logprob)
-    return mass["A"], mass["B"]
+        if letter is None:
+            continue
+        value = _finite_logprob(logprob)
+        if value is None:
+            return None
+        found[letter].append(value)
+    a, b = (_logsumexp(found[x]) if found[x] else None for x in "AB")
+    return a, b
 
 
 def letter_probability(logprobs: Sequence[dict[str, Any]] | None) -> float | None:
@@ -152,14 +176,24 @@ def letter_probability(logprobs: Sequence[dict[str, Any]] | None) -> float | Non
     token. The answer position is the first whose own token is a letter (a model may first
     write " (" or "The answer is ("); failing that, the first where a letter is among the top
     tokens. Tokens that spell the same letter (" A", "(A", "A") add up; a letter that is not
-    among the top tokens there counts as probability 0.
+    among the top tokens there counts as probability 0. Computed in log space, so a server's
+    log-probability of 1000 is no overflow; one that is not a finite number (NaN, Infinity,
+    a 400-digit integer) at that position leaves the vote without an answer (None).
     """
-    positions = list(logprobs or ())
+    positions = [p for p in logprobs or () if isinstance(p, dict)]
     answered = [p for p in positions if _letter(str(p.get("token"))) is not None]
     for position in answered[:1] or positions:
-        a, b = _letter_mass(position)
-        if a + b > 0:
-            return a / (a + b)
+        mass = _letter_mass(position)
+        if mass is None:
+            return None
+        a, b = mass
+        if a is None and b is None:
+            continue
+        if a is None or b is None:
+            return 0.0 if a is None else 1.0
+        # The softmax of two: 1 / (1 + e^(b - a)), with the exponent kept from overflowing.
+        d = b - a
+        return 1.0 / (1.0 + math.exp(d)) if d <= 0 else math.exp(-d) / (1.0 + math.exp(-d))
     return None
 
 
@@ -915,7 +949,7 @@ def label_pairs(
             provider=str(label.get("provider", "")),
             model=str(label.get("model", "")),
             constitution={"sha256": str(label.get("constitution_sha256", ""))},
-            usage=label.get("usage") or {},
+            usage=clean_usage(label.get("usage")),
             source_line=label.get("source_line"),
         )
 

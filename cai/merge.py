@@ -12,23 +12,26 @@ result's, so its ledger (tokens, calls, cost) covers every call the shards paid 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cai.errors import ConfigError, RunMismatchError
-from cai.pipeline import count_statuses, settings_differences
 from cai.ledger import tagged_journal
+from cai.pipeline import count_statuses, settings_differences
 from cai.rundir import (
-    CONSTITUTION_COPY,
     CALLS_FILE,
+    CONSTITUTION_COPY,
     LABELS_FILE,
     RECORDS_FILE,
     Manifest,
     RunStore,
     atomic_dir,
     best_lines,
+    check_out_path,
+    held_for_reading,
     read_manifest,
     record_lines,
     save_constitution_copy,
@@ -93,17 +96,15 @@ def _check_inputs(run_dirs: Sequence[Path], out: Path) -> list[Manifest]:
 def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
     """Merge `run_dirs` into the new run directory `out`; raises a `CaiError` if they differ."""
     dirs = [Path(d) for d in run_dirs]
-    out = Path(out)
+    out = check_out_path(out, folder=True)
     manifests = _check_inputs(dirs, out)
     lines_file = _LINES_FILE.get(manifests[0].kind, RECORDS_FILE)
     stores = [RunStore(d, lines_file) for d in dirs]
-    locked: list[RunStore] = []
-    try:
-        # Not while a generate (or label) process is still writing one of them.
-        unique = {store.dir.resolve(): store for store in stores}
-        for store in unique.values():
-            store.lock("merge")
-            locked.append(store)
+    with contextlib.ExitStack() as held:
+        # Not while a generate (or label) process is still writing one of them; the inputs
+        # are only read, so they may be on read-only storage.
+        for run_dir in {store.dir.resolve(): store.dir for store in stores}.values():
+            held.enter_context(held_for_reading(run_dir, "merge"))
         lines = 0
 
         def numbered() -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
@@ -163,11 +164,8 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
 
         with atomic_dir(out) as tmp:
             write_atomic(tmp / lines_file, chosen())
-            write_manifest(tmp, manifest)
             write_atomic(tmp / CALLS_FILE, journals())
+            write_manifest(tmp, manifest)
             sha = first.constitution.get("sha256") or ""
             save_constitution_copy(tmp, dirs[0] / CONSTITUTION_COPY, sha)
         return result
-    finally:
-        for store in locked:
-            store.unlock()

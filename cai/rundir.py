@@ -21,31 +21,42 @@ of the same path removes those a killed process left.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cai._version import __version__
 from cai.errors import ConfigError, RunMismatchError
-from cai.records import Record
+from cai.records import (
+    Record,
+    call_problem,
+    clean_text,
+    generation_problem,
+    label_problem,
+    record_problem,
+)
+from cai.redact import redact_secrets, secret_values
 
 __all__ = [
     "BATCHES_FILE",
-    "GENERATIONS_FILE",
-    "PROMPTS_FILE",
     "CALLS_FILE",
     "CONSTITUTION_COPY",
+    "GENERATIONS_FILE",
     "LABELS_FILE",
     "LOCK_FILE",
     "MANIFEST_FILE",
+    "PROMPTS_FILE",
     "RECORDS_FILE",
     "RUN_FILES",
     "LockState",
@@ -54,22 +65,31 @@ __all__ = [
     "atomic_dir",
     "best_lines",
     "check_not_writing",
+    "check_out_path",
     "check_run_dir",
+    "check_run_path",
     "choose_run_dir",
+    "counting_skips",
     "file_sha256",
     "find_constitution_text",
+    "held_for_reading",
     "load_run",
     "lock_state",
+    "open_run_file",
     "public_url",
     "read_jsonl",
     "read_manifest",
     "read_records",
+    "read_run_bytes",
     "record_lines",
     "redact_secrets",
     "safe_name",
     "save_constitution_copy",
+    "skipped_summary",
+    "valid_lines",
     "write_atomic",
     "write_json_atomic",
+    "write_run_file",
 ]
 
 RECORDS_FILE = "records.jsonl"
@@ -101,32 +121,7 @@ RUN_FILES = frozenset(
 )
 OUTPUTS = Path("outputs")
 
-# Environment variables whose values must never reach a file, whatever a server echoes back.
-_SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
-_SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-_REDACTED = "[REDACTED]"
-
-
 # -- secrets ------------------------------------------------------------------------------
-
-
-def secret_values() -> list[str]:
-    """The values of the environment's API keys and tokens, longest first."""
-    found = {
-        value
-        for name, value in os.environ.items()
-        if (name.upper().endswith(_SECRET_SUFFIXES) or name.upper() in _SECRET_NAMES)
-        and len(value) >= 8
-    }
-    return sorted(found, key=len, reverse=True)
-
-
-def redact_secrets(text: str, secrets: Iterable[str] | None = None) -> str:
-    """`text` with the value of every API-key environment variable replaced by [REDACTED]."""
-    for secret in secret_values() if secrets is None else secrets:
-        if secret in text:
-            text = text.replace(secret, _REDACTED)
-    return text
 
 
 def public_url(url: str | None) -> str | None:
@@ -155,6 +150,94 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# -- run files ----------------------------------------------------------------------------
+
+_OPEN_FLAGS = {
+    "rb": os.O_RDONLY,
+    "ab": os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+    "r+b": os.O_RDWR,
+}
+_SAFE_FLAGS = (
+    getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
+def _not_regular(path: Path, what: str) -> ConfigError:
+    return ConfigError(
+        f"{path} is {what}, not a regular file; cai reads and writes only its own files in a "
+        "run folder: remove it, or pass --out with another directory"
+    )
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a plain file"
+
+
+def check_run_path(path: str | Path) -> bool:
+    """Whether the run file `path` exists; a one-line `ConfigError` when it is anything but a
+    regular file (a symlink, a FIFO, a directory...), which cai never writes through."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(mode):
+        raise _not_regular(Path(path), _kind_of(mode))
+    return True
+
+
+def open_run_file(
+    path: str | Path, mode: str = "rb", *, create: bool = False, buffering: int = -1
+) -> Any:
+    """Open a file of a run folder ("rb", "ab" or "r+b"; `create` for "r+b") as a binary file.
+
+    The one way cai opens its run files: a symlink is never followed (`O_NOFOLLOW`), and
+    anything but a regular file is refused with a `ConfigError` before a byte is read or
+    written; the open never blocks (`O_NONBLOCK`), so a FIFO cannot hang it. A file with
+    other hard links is not written to, as that would change the other names' file too.
+    A missing file raises `FileNotFoundError`, as `open` does.
+    """
+    path = Path(path)
+    flags = _OPEN_FLAGS[mode] | _SAFE_FLAGS | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR, errno.EOPNOTSUPP):
+            with contextlib.suppress(OSError):
+                raise _not_regular(path, _kind_of(os.lstat(path).st_mode)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(path, _kind_of(info.st_mode))
+        if mode != "rb" and info.st_nlink > 1:
+            raise ConfigError(
+                f"{path} has {info.st_nlink - 1} other hard link(s), so writing it would change "
+                "another file too; cai writes only its own files: copy it to a file of its own"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, mode, buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_run_bytes(path: str | Path) -> bytes:
+    """The bytes of the run file `path`, opened as `open_run_file` does."""
+    with open_run_file(path) as f:
+        return f.read()
 
 
 def _through_link(path: Path) -> Path:
@@ -209,19 +292,37 @@ def write_atomic(path: str | Path, data: bytes | str | Iterable[bytes]) -> Path:
     The data goes to a temporary file beside `path`, is fsynced and renamed over it. A symlink
     is written through. Temporary files a killed writer left for `path` are removed first.
     """
-    path = _through_link(Path(path))
+    return _replace(_through_link(Path(path)), data)
+
+
+def write_run_file(path: str | Path, data: bytes | str | Iterable[bytes]) -> Path:
+    """`write_atomic` for a file of a run folder: refused (`check_run_path`) when `path` is
+    a symlink, a FIFO or anything but a regular file, never written through."""
+    path = Path(path)
+    check_run_path(path)
+    return _replace(path, data)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: mended, never a crash after a paid call
+        return clean_text(text).encode("utf-8")
+
+
+def _replace(path: Path, data: bytes | str | Iterable[bytes]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = _temp_path(path)
     chunks: Iterable[bytes] = (
-        [data.encode("utf-8")]
-        if isinstance(data, str)
-        else [data]
-        if isinstance(data, bytes)
-        else data
+        [_utf8(data)] if isinstance(data, str) else [data] if isinstance(data, bytes) else data
     )
+    # Our own name, made afresh: whatever lies there (a link planted there included) is gone
+    # before the file is created, and the create follows no link.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE_FLAGS, 0o644)
     try:
-        with tmp.open("wb") as f:
+        with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
@@ -234,8 +335,9 @@ def write_atomic(path: str | Path, data: bytes | str | Iterable[bytes]) -> Path:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Replace `path` with `data` as JSON, secrets redacted, so a reader never sees half a file."""
-    write_atomic(path, redact_secrets(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
+    """Replace the run file `path` with `data` as JSON, secrets redacted, so a reader never
+    sees half a file (`write_run_file`)."""
+    write_run_file(path, redact_secrets(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
 
 
 @contextlib.contextmanager
@@ -275,9 +377,11 @@ def file_sha256(path: str | Path) -> str:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
     """(line number, raw line, object) for each line; a line that is not a JSON object yields None."""
-    if not path.exists():
+    try:
+        f = open_run_file(path)
+    except FileNotFoundError:
         return
-    with path.open("rb") as f:
+    with f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
@@ -288,11 +392,78 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]
             yield lineno, raw, data if isinstance(data, dict) else None
 
 
-def record_lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
-    """The lines of a records file that hold a record (an object with a string id)."""
+# The lines each command skipped, by file: set while a command runs (`counting_skips`).
+_SKIPPED: contextvars.ContextVar[dict[str, set[int]] | None] = contextvars.ContextVar(
+    "cai_skipped_lines", default=None
+)
+
+
+@contextlib.contextmanager
+def counting_skips() -> Iterator[dict[str, set[int]]]:
+    """Collect, by file, the numbers of the lines the run-file readers skip meanwhile, so a
+    command can say how many lines of which file it could not read."""
+    skipped: dict[str, set[int]] = {}
+    token = _SKIPPED.set(skipped)
+    try:
+        yield skipped
+    finally:
+        _SKIPPED.reset(token)
+
+
+def skipped_summary(skipped: dict[str, set[int]]) -> list[str]:
+    """One line for each file with lines skipped by its reader."""
+    return [
+        f"skipped {len(lines)} line(s) of {path} that are not of the shape cai writes "
+        f"(first at line {min(lines)}); they are left in the file as they are"
+        for path, lines in sorted(skipped.items())
+        if lines
+    ]
+
+
+def _skip(path: Path, lineno: int) -> None:
+    skipped = _SKIPPED.get()
+    if skipped is not None:
+        skipped.setdefault(str(path), set()).add(lineno)
+
+
+def valid_lines(
+    path: Path,
+    problem: Callable[[dict[str, Any]], str | None],
+    skipped: list[int] | None = None,
+) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """The lines of a run file that `problem` finds nothing wrong with; each other line (not
+    a JSON object, or of another shape) is skipped and counted (`counting_skips`, and in
+    `skipped` when given). A torn last line, which a resume cuts, is skipped too."""
     for lineno, raw, data in read_jsonl(path):
-        if data is not None and isinstance(data.get("id"), str):
+        try:
+            wrong = "not a JSON object" if data is None else problem(data)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError):
+            wrong = "unreadable"
+        if wrong is None and data is not None:
             yield lineno, raw, data
+        else:
+            if data is not None or raw.endswith(b"\n"):  # not a torn last line being written
+                _skip(path, lineno)
+            if skipped is not None:
+                skipped.append(lineno)
+
+
+# Which check each run file's lines pass: the one reader of each file.
+_LINE_PROBLEMS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    RECORDS_FILE: record_problem,
+    LABELS_FILE: label_problem,
+    CALLS_FILE: call_problem,
+    GENERATIONS_FILE: generation_problem,
+}
+
+
+def record_lines(
+    path: Path, skipped: list[int] | None = None
+) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """The lines of a records (or labels, or calls) file that read back whole: each of the
+    shape its file holds (`cai.records.record_problem`, `label_problem`, `call_problem`);
+    the others are skipped and counted."""
+    yield from valid_lines(path, _LINE_PROBLEMS.get(path.name, record_problem), skipped)
 
 
 def read_records(run_dir: str | Path) -> Iterator[Record]:
@@ -306,13 +477,8 @@ def read_records(run_dir: str | Path) -> Iterator[Record]:
         lineno for _, lineno, _ in best_lines((n, d) for n, _, d in record_lines(path)).values()
     }
     for lineno, _, data in record_lines(path):
-        if lineno not in keep:
-            continue
-        try:
-            record = Record.from_dict(data)
-        except (TypeError, ValueError):
-            continue  # a line written by something else; compact() drops it
-        yield record
+        if lineno in keep:
+            yield Record.from_dict(data)
 
 
 # How `append_call` starts each line; the id follows.
@@ -412,7 +578,7 @@ def read_manifest(run_dir: str | Path) -> Manifest | None:
     """The run's manifest, None when it has none; a one-line `ConfigError` for a bad one."""
     path = Path(run_dir) / MANIFEST_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_run_bytes(path).decode("utf-8")
     except FileNotFoundError:
         return None
     except UnicodeDecodeError:
@@ -457,8 +623,8 @@ class LockState:
 
 def _read_writer(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8") or "null")
-    except (OSError, ValueError, UnicodeDecodeError):
+        data = json.loads(read_run_bytes(path).decode("utf-8") or "null")
+    except (OSError, ValueError, UnicodeDecodeError, ConfigError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -471,8 +637,8 @@ def lock_state(run_dir: str | Path) -> LockState:
     except ImportError:  # not POSIX: no lock
         return LockState(False, _read_writer(path))
     try:
-        handle = path.open("rb")
-    except OSError:
+        handle = open_run_file(path)
+    except FileNotFoundError:
         return LockState(False, None)
     with handle:
         try:
@@ -481,6 +647,33 @@ def lock_state(run_dir: str | Path) -> LockState:
             return LockState(True, _read_writer(path))
         fcntl.flock(handle, fcntl.LOCK_UN)
     return LockState(False, _read_writer(path))
+
+
+@contextlib.contextmanager
+def held_for_reading(run_dir: str | Path, command: str = "") -> Iterator[None]:
+    """Keep writers out of a run while it is read, writing nothing: a shared lock on its
+    `.lock` opened read-only (so a run on read-only storage can be read); a `ConfigError`
+    when a live process is writing it."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        import fcntl
+
+        handle = open_run_file(path)
+    except (ImportError, FileNotFoundError):  # not POSIX, or never written by a process
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(
+                f"{run_dir} is being written by {LockState(True, _read_writer(path)).who()}; "
+                f"wait for it to end{f', then {command}' if command else ''}"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def describe_status(run_dir: str | Path, manifest: Manifest | None) -> str | None:
@@ -551,6 +744,7 @@ def choose_run_dir(
 ) -> Path:
     """--out when given; else a new run under outputs/ (--fresh), else the same command's run."""
     if out is not None:
+        check_out_path(out, folder=True)
         if fresh:
             raise ConfigError(
                 "--fresh goes without --out: --out DIR resumes the run in DIR; "
@@ -564,10 +758,30 @@ def choose_run_dir(
     return new_run_dir(name)
 
 
+def check_out_path(out: str | Path, *, folder: bool) -> Path:
+    """The one check every --out goes through first (generate, label and merge write a run
+    folder; export a file or a folder, report a file): one line with the fix, never a
+    traceback, and never a write over a file of a run. Each command then applies its own
+    rule on what it may replace."""
+    path = Path(out)
+    new = "pass --out with a new path"
+    if path.name in ("", ".", ".."):
+        what = "folder" if folder else "file name"
+        raise ConfigError(f"--out {str(out)!r} has no {what} of its own; {new}")
+    if path.is_dir() and not folder:
+        raise ConfigError(f"--out {out} is a directory; pass a file name")
+    if path.exists() and not path.is_dir() and folder:
+        raise ConfigError(f"--out {out} is a file; pass a directory")
+    if path.name in RUN_FILES and is_run_dir(path.parent):
+        raise ConfigError(f"--out {out} is a file of the run {path.parent}; {new}")
+    return path
+
+
 def check_run_dir(run_dir: Path, kind: str = "generate") -> Manifest | None:
     """Refuse a run directory that is not new, empty, or a `kind` run of cai's; its manifest."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file; pass a directory for the run")
+    check_out_path(run_dir, folder=True)
     manifest = read_manifest(run_dir)
     if manifest is not None:
         if manifest.kind != kind:
@@ -604,9 +818,9 @@ def save_constitution_copy(run_dir: Path, source: Path, sha256: str) -> None:
     except OSError:
         return
     copy = run_dir / CONSTITUTION_COPY
-    if hashlib.sha256(data).hexdigest() != sha256 or copy.exists():
+    if hashlib.sha256(data).hexdigest() != sha256 or check_run_path(copy):
         return
-    write_atomic(copy, data)
+    write_run_file(copy, data)
 
 
 def find_constitution_text(
@@ -623,7 +837,8 @@ def find_constitution_text(
     changed = []
     for path in candidates:
         try:
-            data = path.read_bytes()
+            # The run's copy is a run file; the path the manifest names is the user's own.
+            data = read_run_bytes(path) if path == candidates[0] else path.read_bytes()
         except OSError:
             continue
         digest = hashlib.sha256(data).hexdigest()
@@ -650,13 +865,13 @@ def load_run(run_dir: str | Path, *, while_running: bool = True) -> tuple[Manife
     return manifest, list(read_records(run_dir))
 
 
-def check_not_writing(run_dir: str | Path) -> None:
-    """Refuse a run that a live process is still writing."""
+def check_not_writing(run_dir: str | Path, then: str = "export") -> None:
+    """Refuse a run that a live process is still writing; `then`: what to do once it ends."""
     state = lock_state(run_dir)
     if state.held:
         raise ConfigError(
             f"{run_dir} is still being written by {state.who()}; wait for it to end "
-            "(or stop it), then export"
+            f"(or stop it), then {then}"
         )
 
 
@@ -684,7 +899,7 @@ class RunStore:
         self._records: Any = None
         self._calls: Any = None
         self._lock: Any = None
-        self._secrets: list[str] = []
+        self._secrets: tuple[str, ...] = ()
 
     def lock(self, command: str = "") -> None:
         """Take the run for this process; raises `ConfigError` if another process has it.
@@ -698,7 +913,7 @@ class RunStore:
         except ImportError:  # not POSIX: no lock, as before
             return
         path = self.dir / LOCK_FILE
-        handle = path.open("a+")
+        handle = open_run_file(path, "r+b", create=True)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -710,7 +925,7 @@ class RunStore:
         self.previous_writer = _read_writer(path)
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps(writer_info(command)))
+        handle.write(json.dumps(writer_info(command)).encode())
         handle.flush()
         self._lock = handle
 
@@ -725,10 +940,22 @@ class RunStore:
 
     def open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._secrets = secret_values()
+        self._secrets = tuple(secret_values())
         # Unbuffered: each line goes to the kernel in its own write, with no copy and no flush.
-        self._records = self.records_path.open("ab", buffering=0)
-        self._calls = self.calls_path.open("ab", buffering=0)
+        self._records = open_run_file(self.records_path, "ab", buffering=0)
+        try:
+            self._calls = open_run_file(self.calls_path, "ab", buffering=0)
+        except BaseException:
+            self._records.close()
+            self._records = None
+            raise
+
+    def sync(self) -> None:
+        """Every line written so far on disk, surviving a reboot (a batch is noted collected
+        only once its answers are)."""
+        for f in (self._records, self._calls):
+            if f is not None:
+                os.fsync(f.fileno())
 
     def close(self) -> None:
         for f in (self._records, self._calls):
@@ -746,11 +973,16 @@ class RunStore:
         self.close()
 
     def _append(self, f: Any, data: dict[str, Any]) -> None:
-        line = (redact_secrets(_LINE_ENCODER.encode(data), self._secrets) + "\n").encode("utf-8")
+        line = _utf8(redact_secrets(_LINE_ENCODER.encode(data), self._secrets) + "\n")
         # One write of one whole line: a kill can tear only the line being written.
-        written = f.write(line)
-        while written < len(line):  # a short write (e.g. a signal mid-write): the rest, in order
-            written += f.write(line[written:])
+        try:
+            written = f.write(line)
+            while written < len(line):  # a short write (e.g. a signal mid-write): the rest
+                written += f.write(line[written:])
+        except OSError as e:
+            # A write to an open file says no path (a full disk: "No space left on device").
+            path = self.records_path if f is self._records else self.calls_path
+            raise OSError(e.errno, e.strerror, str(path)) from e
 
     def append_record(self, record: Record | dict[str, Any]) -> None:
         self._append(self._records, record if isinstance(record, dict) else record.to_dict())
@@ -760,7 +992,9 @@ class RunStore:
 
     def has_data(self) -> bool:
         """True when the directory holds records or journaled calls."""
-        return any(p.exists() and p.stat().st_size for p in (self.records_path, self.calls_path))
+        return any(
+            check_run_path(p) and p.stat().st_size for p in (self.records_path, self.calls_path)
+        )
 
     def read_manifest(self) -> Manifest | None:
         return read_manifest(self.dir)
@@ -772,9 +1006,11 @@ class RunStore:
         """Cut a torn last line from the JSONL files; returns how many bytes were dropped."""
         dropped = 0
         for path in (self.records_path, self.calls_path):
-            if not path.exists():
+            try:
+                f = open_run_file(path, "r+b")
+            except FileNotFoundError:
                 continue
-            with path.open("rb+") as f:
+            with f:
                 size = f.seek(0, os.SEEK_END)
                 if not size:
                     continue
@@ -807,27 +1043,29 @@ class RunStore:
         (a lower --limit, an interruption) never loses it. Lines that are not records are
         dropped. The file is rewritten, atomically, only if needed.
         """
-        lines = bad = 0
+        lines = 0
+        skipped: list[int] = []
 
         def numbered() -> Iterator[tuple[int, dict[str, Any]]]:
-            nonlocal lines, bad
-            for lineno, _, data in read_jsonl(self.records_path):
+            nonlocal lines
+            # A line of the wrong shape does not count as done: its prompt is made again.
+            for lineno, _, data in record_lines(self.records_path, skipped):
                 lines += 1
-                if data is None or not isinstance(data.get("id"), str):
-                    bad += 1
-                else:
-                    yield lineno, data
+                yield lineno, data
 
         best = best_lines(numbered())
-        duplicates = lines - bad - len(best)
+        bad, duplicates = len(skipped), lines - len(best)
+        # Said below, as dropped: not also as lines left in the file.
+        (_SKIPPED.get() or {}).pop(str(self.records_path), None)
         if bad or duplicates:
             keep = {lineno for _, lineno, _ in best.values()}
-            write_atomic(
+            write_run_file(
                 self.records_path,
                 (raw for lineno, raw, _ in read_jsonl(self.records_path) if lineno in keep),
             )
             self.notices.append(
-                f"{self.records_path}: dropped {bad} unreadable line(s) and "
+                f"{self.records_path}: dropped {bad} line(s) that are unreadable or not of the "
+                f"shape cai writes (their prompts are made again) and "
                 f"{duplicates} duplicate record(s)"
             )
         return {record_id: status for record_id, (_, _, status) in best.items()}
@@ -835,29 +1073,28 @@ class RunStore:
     def journal(self, done: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
         """Replies already paid for, by (record id, step), for records not in `done`."""
         calls: dict[tuple[str, str], dict[str, Any]] = {}
-        if not self.calls_path.exists():
+        try:
+            f = open_run_file(self.calls_path)
+        except FileNotFoundError:
             return calls
-        with self.calls_path.open("rb") as f:
-            for raw in f:
+        with f:
+            for lineno, raw in enumerate(f, 1):
                 # Most lines belong to finished prompts: skip those without parsing them.
                 if raw.startswith(_CALL_PREFIX):
                     end = raw.find(b'"', len(_CALL_PREFIX))
                     if end > 0 and raw[len(_CALL_PREFIX) : end].decode("utf-8", "replace") in done:
                         continue
+                if not raw.strip():
+                    continue
                 try:
                     data = json.loads(raw)
-                except (ValueError, RecursionError):
-                    continue
-                if not isinstance(data, dict):
-                    continue
-                record_id, step = data.get("id"), data.get("step")
-                if (
-                    isinstance(record_id, str)
-                    and isinstance(step, str)
-                    and isinstance(data.get("text"), str)
-                    and record_id not in done
-                ):
-                    calls[(record_id, step)] = data
+                    wrong = call_problem(data) if isinstance(data, dict) else "not an object"
+                except (ValueError, RecursionError, TypeError):
+                    wrong = "not JSON"
+                if wrong is not None:
+                    _skip(self.calls_path, lineno)  # not reused: its call is made again
+                elif data["id"] not in done:
+                    calls[(data["id"], data["step"])] = data
         return calls
 
 

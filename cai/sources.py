@@ -40,6 +40,8 @@ _BLANK_LETTERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
 TAG_FIELDS = ("principle", "style", "kind")
 # What `cai prompts generate` writes in its run directory; `--prompts DIR` reads it.
 PROMPTS_RUN_FILE = "prompts.jsonl"
+# What JSON's "\\ud800" reads as: half of a pair, no character of its own, and no UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,19 @@ def _check_turns(messages: list[dict[str, str]]) -> None:
         if _blank(message["content"]):
             why = "" if not message["content"].strip() else ": it holds only invisible characters"
             raise ValueError(f"message {i + 1} has no text{why}")
+        if (half := _SURROGATE.search(message["content"])) is not None:
+            code = ord(half[0])
+            raise ValueError(
+                f"message {i + 1} holds a lone surrogate (\\u{code:04x}), which is no character "
+                "and cannot be sent; write the character it was meant to be (or its surrogate "
+                "pair), or pass --skip-bad-lines"
+            )
+    first = 1 if messages[0]["role"] == "system" else 0  # a later system turn is refused above
+    if first < len(messages) and messages[first]["role"] == "assistant":
+        raise ValueError(
+            f"message {first + 1} is an 'assistant' turn, but the conversation must open with "
+            "the user's (after an optional system turn)"
+        )
     for (i, a), (_, b) in itertools.pairwise(enumerate(messages)):
         if a["role"] == b["role"]:
             raise ValueError(

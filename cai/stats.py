@@ -14,7 +14,7 @@ from cai.errors import ConfigError
 from cai.filters import SIMILARITY_THRESHOLD, FilterConfig, apply_filters, for_run, similar
 from cai.ledger import Ledger, format_ledger, read_ledger
 from cai.pricing import format_cost, run_cost
-from cai.records import Record
+from cai.records import Record, clean_count
 from cai.rundir import describe_status, load_run
 
 __all__ = ["compute_stats", "format_stats", "run_stats"]
@@ -87,7 +87,7 @@ def compute_stats(
         usage = ledger.usage.to_dict()
         cost = ledger.cost_usd
     else:
-        usage = {k: sum(int(r.usage.get(k, 0)) for r in records) for k in _USAGE_KEYS}
+        usage = {k: sum(clean_count(r.usage.get(k, 0)) for r in records) for k in _USAGE_KEYS}
         cost = run_cost(records, manifest)
     config = filters or FilterConfig()
     filtered = apply_filters(records, config)

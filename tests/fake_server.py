@@ -62,7 +62,9 @@ match="text", times=3)` answers the next requests whose body contains `match` wi
 that reply (a body of any shape; `trickle` sends it one byte at a time), e.g. to test replies
 of the wrong shape, `x-should-retry` or `retry-after` headers, or a body that never ends.
 
-`latency` seconds are added to every request. With `api_key` set, a request without
+`latency` seconds are added to every request. While `hold_replies` is true, requests
+wait for it to turn false before they are answered (`held` counts them), so a test can have
+calls in flight for as long as it needs, whatever the machine's load. With `api_key` set, a request without
 that key gets 401; with `basic_auth=(user, password)`, one without that HTTP basic auth. Request headers are never stored. Request n (1-based) carries the header
 `x-request-id` (OpenAI) or `request-id` (Anthropic) `req_fake_<n:06d>`, and reply ids
 `chatcmpl-fake<n:06d>` / `msg_fake<n:06d>`.
@@ -71,15 +73,26 @@ Payment. `paid` counts, by API and a hash of the request body (model, messages, 
 every reply a real API would bill: an interactive 200 reply, and each request of a batch that
 succeeded. `paid_total` sums it; a body counted twice was bought twice.
 
-Batches. A batch is `in_progress` for `batch_delay` seconds after it is created, then ends
-when next looked at: each request, by a hash of (seed, custom_id, how many times that
+Batches. A batch is `in_progress` for `batch_delay` seconds after it is created, and for as
+long as `hold_batches` is true, or returns true for it when it is a function of the batch (a
+test that must find a batch still open, however busy the machine, holds it and lets go when
+it is ready), then ends when next looked at: each request, by a hash of (seed, custom_id, how many times that
 custom_id was batched before), is errored with probability `batch_error_rate` (a 500
 `api_error`), expired with probability `batch_expire_rate`, and otherwise answered exactly as
 the interactive route would answer its body. A canceled batch ends with every request not yet
 answered canceled. OpenAI's succeeded requests go to the output file, the others to the error
 file (`batch_expired` / `batch_cancelled` lines with `response: null`); a batch with an
-expired request ends `expired`. `batches` holds the fake's view of each batch. `reset()` clears the counts and the log but not
+expired request ends `expired`. With `batch_duplicates`, each succeeded request's result
+comes twice, an errored line first (in OpenAI's output file, a 500 line), as a hostile or
+buggy provider might send it. `batches` holds the fake's view of each batch. `reset()` clears the counts and the log but not
 the per-body attempt counts, so a second run against the same server draws new faults.
+
+Hostile replies. `hostile`, a set of `HOSTILE` kinds (changeable between requests, e.g. to
+let the server behave again), spoils every 200 chat reply, OpenAI's and Anthropic's, as a
+broken server would: `surrogate` ends the reply text with a lone surrogate (JSON
+`"\\ud800"`; batch results too); `logprobs` gives the answer letters absurd log-probabilities, drawn by a hash
+of the request from 1000, a 400-digit integer, NaN, Infinity and -Infinity; `usage` sends
+absurd token counts (a 400-digit integer, 1e400, a negative, a string, 1e20).
 
 Use from tests (the server runs in a thread with its own event loop):
 
@@ -116,12 +129,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
     "FAULTS",
     "FIRST_BIAS",
+    "HOSTILE",
     "NO_LETTER",
     "OTHER_FAULTS",
     "PREFERENCE",
@@ -135,6 +150,10 @@ __all__ = [
 ]
 
 FAULTS = ("429", "500", "529", "drop", "slow", "malformed", "truncated", "refused")
+HOSTILE = ("surrogate", "logprobs", "usage")
+# Log-probabilities no real server sends, written into the reply's JSON as they are.
+_ABSURD_LOGPROBS = ("1000", "1" + "0" * 400, "NaN", "Infinity", "-Infinity")
+_ABSURD_USAGE = ("1" + "0" * 400, "1e400", "-5", '"many"', "100000000000000000000")
 # Not among the defaults: it ends a run. OpenAI's 429 for an account with no quota left.
 OTHER_FAULTS = ("quota",)
 NO_CHANGE = "NO CHANGES NEEDED"
@@ -395,6 +414,9 @@ class FakeServer:
         batch_delay: float = 0.0,
         batch_error_rate: float = 0.0,
         batch_expire_rate: float = 0.0,
+        hold_batches: bool = False,
+        batch_duplicates: bool = False,
+        hostile: tuple[str, ...] | set[str] = (),
     ) -> None:
         unknown = set(faults) - set(FAULTS + OTHER_FAULTS)
         if unknown:
@@ -426,6 +448,13 @@ class FakeServer:
         self.batch_delay = batch_delay
         self.batch_error_rate = batch_error_rate
         self.batch_expire_rate = batch_expire_rate
+        self.hold_batches = hold_batches
+        self.batch_duplicates = batch_duplicates
+        if set(hostile) - set(HOSTILE):
+            raise ValueError(f"unknown hostile kinds {sorted(set(hostile) - set(HOSTILE))}")
+        self.hostile = set(hostile)
+        self.hold_replies = False
+        self.held = 0  # requests waiting on hold_replies
         self.paid: Counter[str] = Counter()
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -581,6 +610,11 @@ class FakeServer:
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
+            if self.hold_replies:
+                self.held += 1
+                while self.hold_replies:
+                    await asyncio.sleep(0.005)
+                self.held -= 1
             if api == "other" or method != "POST":
                 raise _HTTPError(404, f"no route {method} {path}")
             if self.basic_auth is not None and headers.get("authorization") != "Basic " + (
@@ -617,7 +651,7 @@ class FakeServer:
             payload = answer(body, n, fault)
             self._pay(api, body)
             entry.status = 200
-            return 200, self._id_header(api, n), json.dumps(payload).encode()
+            return 200, self._id_header(api, n), self._spoil(api, payload, raw)
         except _HTTPError as e:
             entry.status = e.status
             extra = self._id_header(api, n)
@@ -752,7 +786,8 @@ class FakeServer:
         """End the batch once its delay is over (or it was canceled): decide every request."""
         if batch["results"] is not None:
             return
-        if not batch["canceled"] and time.time() < batch["created"] + self.batch_delay:
+        held = self.hold_batches(batch) if callable(self.hold_batches) else self.hold_batches
+        if not batch["canceled"] and (held or time.time() < batch["created"] + self.batch_delay):
             return
         results: dict[str, tuple[str, Any]] = {}
         for custom_id, body in batch["requests"]:
@@ -769,7 +804,9 @@ class FakeServer:
             else:
                 self._ids += 1
                 answer = self._openai if batch["api"] == "openai" else self._anthropic
-                results[custom_id] = ("succeeded", answer(body, self._ids, None))
+                reply = answer(body, self._ids, None)
+                self._add_surrogate(batch["api"], reply)  # batch results carry it too
+                results[custom_id] = ("succeeded", reply)
                 self._pay(batch["api"], body)
         batch["results"] = results
         batch["ended"] = time.time()
@@ -855,6 +892,13 @@ class FakeServer:
                 raise _HTTPError(400, f"batch {batch['id']} is still processing")
             lines = []
             for custom_id, (kind, reply) in batch["results"].items():
+                if kind == "succeeded" and self.batch_duplicates:
+                    error = {"type": "error", "error": {"type": "api_error", "message": "dup"}}
+                    lines.append(
+                        json.dumps(
+                            {"custom_id": custom_id, "result": {"type": "errored", "error": error}}
+                        )
+                    )
                 result: dict[str, Any] = {"type": kind}
                 if kind == "succeeded":
                     result["message"] = reply
@@ -906,6 +950,10 @@ class FakeServer:
         for custom_id, (kind, reply) in batch["results"].items():
             line: dict[str, Any] = {"id": self._new_id("batch_req_"), "custom_id": custom_id}
             if kind == "succeeded":
+                if self.batch_duplicates:
+                    body = {"error": {"message": "dup", "type": "server_error"}}
+                    failed = {"status_code": 500, "request_id": line["id"], "body": body}
+                    out.append({**line, "response": failed, "error": None})
                 response = {"status_code": 200, "request_id": line["id"], "body": reply}
                 out.append({**line, "response": response, "error": None})
             elif kind == "errored":
@@ -973,6 +1021,45 @@ class FakeServer:
             raise _HTTPError(404, "no such route")
         self._openai_files(batch)
         return 200, self._openai_batch(batch)
+
+    def _add_surrogate(self, api: str, payload: dict[str, Any]) -> None:
+        if "surrogate" not in self.hostile:
+            return
+        if api == "openai":
+            message = payload["choices"][0]["message"]
+            message["content"] = (message["content"] or "") + "\ud800"
+        elif payload["content"]:
+            payload["content"][0]["text"] += "\ud800"
+
+    def _spoil(self, api: str, payload: dict[str, Any], raw: bytes) -> bytes:
+        """The reply's JSON, spoiled as `hostile` says (module docstring)."""
+        d = _digest("hostile", raw)
+        self._add_surrogate(api, payload)
+        marks: dict[str, str] = {}
+        if "usage" in self.hostile:
+            names = (
+                ("prompt_tokens", "completion_tokens")
+                if api == "openai"
+                else ("input_tokens", "output_tokens")
+            )
+            for i, name in enumerate(names):
+                mark = f"@@usage{i}@@"
+                payload["usage"][name] = mark
+                marks[json.dumps(mark)] = _ABSURD_USAGE[(d + i) % len(_ABSURD_USAGE)]
+        logprobs = payload["choices"][0].get("logprobs") if api == "openai" else None
+        if "logprobs" in self.hostile and logprobs:
+            for position in logprobs["content"]:
+                for entry in [position, *position["top_logprobs"]]:
+                    if entry["token"] in ("A", "B"):
+                        mark = f"@@logprob{len(marks)}@@"
+                        marks[json.dumps(mark)] = _ABSURD_LOGPROBS[
+                            (d + len(marks)) % len(_ABSURD_LOGPROBS)
+                        ]
+                        entry["logprob"] = mark
+        text = json.dumps(payload)  # ASCII: a lone surrogate goes out as "\ud800"
+        for mark, value in marks.items():
+            text = text.replace(mark, value)
+        return text.encode()
 
     # -- the two APIs ----------------------------------------------------------------------
 

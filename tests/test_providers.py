@@ -309,7 +309,6 @@ WRONG_SHAPES = [
     ("openai", _with(_OPENAI_OK, ("choices",), ...)),
     ("openai", _with(_OPENAI_OK, ("choices",), [])),
     ("openai", _with(_OPENAI_OK, ("usage",), ...)),
-    ("openai", _with(_OPENAI_OK, ("usage", "completion_tokens"), "many")),
     ("openai", [_OPENAI_OK]),
     ("openai", 7),
     ("openai", None),
@@ -321,11 +320,28 @@ WRONG_SHAPES = [
     ("anthropic", _with(_ANTHROPIC_OK, ("content", 0, "text"), ["a"])),
     ("anthropic", _with(_ANTHROPIC_OK, ("usage",), ...)),
     ("anthropic", _with(_ANTHROPIC_OK, ("usage",), None)),
-    ("anthropic", _with(_ANTHROPIC_OK, ("usage", "output_tokens"), "2")),
     ("anthropic", [_ANTHROPIC_OK]),
     ("anthropic", 7),
     ("anthropic", None),
 ]
+
+
+# A reply is paid for whatever its counts say (issue 19): an absurd count is read as 0, the
+# answer kept, rather than refused and bought again.
+ABSURD_COUNTS = [
+    ("openai", _with(_OPENAI_OK, ("usage", "completion_tokens"), "many")),
+    ("anthropic", _with(_ANTHROPIC_OK, ("usage", "output_tokens"), "2")),
+]
+
+
+@pytest.mark.parametrize(("kind", "body"), ABSURD_COUNTS)
+def test_a_reply_with_absurd_counts_is_kept_with_the_counts_read_as_zero(
+    kind: str, body: object, keys: None
+) -> None:
+    with FakeServer() as server:
+        server.enqueue(Canned(body=body))
+        completion = asyncio.run(_complete(_provider(kind, server)))
+    assert completion.text and completion.usage.output_tokens == 0
 
 
 @pytest.mark.parametrize(("kind", "body"), WRONG_SHAPES)
@@ -384,8 +400,10 @@ def test_odd_replies_read_as_json_reads_them(raw: bytes, keys: None) -> None:
 def test_a_completion_is_always_well_formed() -> None:
     with pytest.raises(TypeError):
         Completion(["not", "text"])  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        Completion.from_dict({"text": "hi", "usage": {"output_tokens": "many"}})
+    assert (
+        Completion.from_dict({"text": "hi", "usage": {"output_tokens": "many"}}).usage.output_tokens
+        == 0
+    )
     with pytest.raises(ValueError):
         Completion.from_dict({"text": None})
 

@@ -31,6 +31,17 @@ class _Group(click.Group):
     exit code 130; `--debug` shows the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from cai.rundir import counting_skips, skipped_summary
+
+        # Every command says how many lines of which run file its readers could not read.
+        with counting_skips() as skipped:
+            try:
+                return self._invoke(ctx)
+            finally:
+                for line in skipped_summary(skipped):
+                    click.echo(f"Warning: {_redact(line)}", err=True)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (CaiError, OSError) as e:

@@ -9,6 +9,7 @@ from typing import Any
 from cai import errors
 from cai.providers.base import PROVIDERS, Completion, Sampling, Usage
 from cai.providers.sdk import SDKProvider, translate_sdk_error
+from cai.records import clean_count
 
 __all__ = ["DEFAULT_MODEL", "AnthropicProvider", "parse_message", "to_messages_request"]
 
@@ -149,10 +150,8 @@ def parse_message(data: Any, raw: bytes | None = None, request_id: str | None = 
         "cache_read_input_tokens",
         "cache_creation_input_tokens",
     ):
-        value = usage.get(name) or 0
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise _bad(f"usage.{name} is {value!r}", data, raw, request_id)
-        counts[name] = value
+        # Paid for whatever the count says: an absurd one is read as 0, never a refusal.
+        counts[name] = clean_count(usage.get(name))
     stop = data.get("stop_reason")
     return Completion(
         text="".join(texts),

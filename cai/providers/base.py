@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from cai.records import FINISH_REASONS, clean_count, clean_text
+
 __all__ = [
     "FINISH_REASONS",
     "PROVIDERS",
@@ -14,9 +16,6 @@ __all__ = [
     "Sampling",
     "Usage",
 ]
-
-# Normalised finish reasons; anything but "stop" means the text is not a usable answer.
-FINISH_REASONS = ("stop", "length", "refusal", "content_filter", "empty")
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,8 @@ class Usage:
 
     @classmethod
     def from_dict(cls, data: dict) -> Usage:
-        return cls(**{k: int(data.get(k, 0)) for k in cls.__dataclass_fields__})
+        # Counts as stored: whatever a server or a hand edit put there never stops a read.
+        return cls(**{k: clean_count(data.get(k, 0)) for k in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -95,6 +95,8 @@ class Completion:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise TypeError(f"Completion.text must be a string, not {type(self.text).__name__}")
+        # A reply is paid for whatever it holds: one with a lone surrogate is kept, mended.
+        self.text = clean_text(self.text)
         if self.finish_reason not in FINISH_REASONS:
             raise ValueError(f"unknown finish reason {self.finish_reason!r}")
         if not isinstance(self.usage, Usage):

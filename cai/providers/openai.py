@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from typing import Any
 
 from cai import errors
 from cai.providers.base import PROVIDERS, Completion, Sampling, Usage
 from cai.providers.direct import encode_body
 from cai.providers.sdk import SDKProvider, translate_sdk_error
+from cai.records import clean_count
 
 __all__ = ["DEFAULT_MODEL", "OpenAIProvider", "parse_chat_completion"]
 
@@ -103,12 +105,9 @@ def _bad(what: str, data: Any, raw: bytes | None) -> errors.BadResponseError:
 
 
 def _tokens(usage: dict[str, Any], name: str) -> int:
-    value = usage.get(name)
-    if value is None:
-        return 0
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise TypeError(f"usage.{name} is {value!r}")
-    return value
+    # A reply is paid for whatever its counts say: an absurd count (a string, a negative,
+    # 1e400) is read as 0 rather than refusing, and so buying again, the answer.
+    return clean_count(usage.get(name))
 
 
 def parse_chat_completion(data: Any, raw: bytes | None = None) -> Completion:
@@ -138,17 +137,14 @@ def parse_chat_completion(data: Any, raw: bytes | None = None) -> Completion:
     if not isinstance(usage, dict):
         raise _bad("no usage", data, raw)
     request_id = data.get("id")
-    try:
-        details = usage.get("prompt_tokens_details") or {}
-        cached = _tokens(details, "cached_tokens") if isinstance(details, dict) else 0
-        counted = Usage(
-            input_tokens=max(_tokens(usage, "prompt_tokens") - cached, 0),
-            output_tokens=_tokens(usage, "completion_tokens"),
-            cache_read_input_tokens=cached,
-            calls=1,
-        )
-    except TypeError as e:
-        raise _bad(str(e), data, raw) from None
+    details = usage.get("prompt_tokens_details") or {}
+    cached = _tokens(details, "cached_tokens") if isinstance(details, dict) else 0
+    counted = Usage(
+        input_tokens=max(_tokens(usage, "prompt_tokens") - cached, 0),
+        output_tokens=_tokens(usage, "completion_tokens"),
+        cache_read_input_tokens=cached,
+        calls=1,
+    )
     logprobs = choice.get("logprobs")
     tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
     return Completion(
@@ -160,6 +156,18 @@ def parse_chat_completion(data: Any, raw: bytes | None = None) -> Completion:
     )
 
 
+def _finite(value: Any) -> float | None:
+    """A log-probability as a float; None for anything that is not a finite number (NaN,
+    Infinity, a 400-digit integer, a string), which makes its vote `no_answer`."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _logprobs(tokens: list[Any]) -> list[dict[str, Any]] | None:
     """Each token's log probability and its top alternatives, as plain dicts."""
     out = []
@@ -167,12 +175,9 @@ def _logprobs(tokens: list[Any]) -> list[dict[str, Any]] | None:
         if not isinstance(t, dict) or not isinstance(t.get("token"), str):
             return None
         top = [
-            {"token": a["token"], "logprob": float(a["logprob"])}
+            {"token": a["token"], "logprob": _finite(a.get("logprob"))}
             for a in t.get("top_logprobs") or []
-            if isinstance(a, dict) and isinstance(a.get("logprob"), int | float)
+            if isinstance(a, dict) and isinstance(a.get("token"), str)
         ]
-        logprob = t.get("logprob")
-        if not isinstance(logprob, int | float):
-            return None
-        out.append({"token": t["token"], "logprob": float(logprob), "top_logprobs": top})
+        out.append({"token": t["token"], "logprob": _finite(t.get("logprob")), "top_logprobs": top})
     return out

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from cai import errors
 from cai.providers.base import Completion, Provider, ProviderInfo, Sampling
 from cai.providers.direct import DirectPost
+from cai.redact import remember_secret
 
 __all__ = [
     "SDKProvider",
@@ -71,7 +72,11 @@ def split_credentials(url: str | None) -> tuple[str | None, tuple[str, str] | No
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return bare, (unquote(parts.username or ""), unquote(parts.password or ""))
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    # Whatever echoes them later (a server's error, a hint that repeats the URL) is redacted.
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    remember_secret(password, parts.password, f"{user}:{password}", basic)
+    return bare, (user, password)
 
 
 class SDKProvider(Provider):

@@ -25,14 +25,14 @@ from typing import Any
 from cai.errors import ConfigError
 from cai.filters import FilterConfig, apply_filters, for_run, similarity
 from cai.ledger import Ledger, format_ledger, read_ledger
-from cai.records import Record, Round
+from cai.records import Record, Round, clean_count
 from cai.rundir import (
     CALLS_FILE,
     LABELS_FILE,
     RECORDS_FILE,
     load_run,
-    read_jsonl,
     read_manifest,
+    record_lines,
 )
 from cai.stats import compute_stats
 
@@ -158,7 +158,7 @@ def _call_stats(records: list[Record], calls: Iterable[dict[str, Any]]) -> dict[
     """Seconds per call (each chain's time over its calls) and tokens per call, by step."""
     seconds = []
     for r in records:
-        n = int(r.usage.get("calls", 0) or 0)
+        n = clean_count(r.usage.get("calls"))
         t = r.timings.get("seconds")
         if n and isinstance(t, int | float) and not isinstance(t, bool):
             seconds.append(float(t) / n)
@@ -168,8 +168,8 @@ def _call_stats(records: list[Record], calls: Iterable[dict[str, Any]]) -> dict[
         kind = step.rsplit(".", 1)[-1] or "other"
         usage = call.get("usage") if isinstance(call.get("usage"), dict) else {}
         entry = tokens.setdefault(kind, {"input": [], "output": []})
-        entry["input"].append(int(usage.get("input_tokens", 0) or 0))
-        entry["output"].append(int(usage.get("output_tokens", 0) or 0))
+        entry["input"].append(clean_count(usage.get("input_tokens")))
+        entry["output"].append(clean_count(usage.get("output_tokens")))
     return {"seconds_per_call": seconds, "tokens": tokens}
 
 
@@ -616,10 +616,9 @@ def render_report(data: dict[str, Any], svgs: dict[str, str] | None = None) -> s
 
 
 def _calls(path: Path) -> Iterable[dict[str, Any]]:
-    for _, _, data in read_jsonl(path):
-        if data is not None:
-            data.pop("text", None)  # only the step and its usage are plotted
-            yield data
+    for _, _, data in record_lines(path):
+        data.pop("text", None)  # only the step and its usage are plotted
+        yield data
 
 
 def _load(run_dir: Path) -> tuple[dict[str, Any], list[Record], list[dict[str, Any]]]:
