@@ -249,6 +249,22 @@ def test_hostile_prompts_stay_text_in_the_page(tmp_path: Path, server: FakeServe
     assert html.count("<script>") == 1 and "script-src &#39;sha256-" in html
 
 
+def test_max_cost_stops_the_judge_and_a_higher_one_finishes_it_without_paying_twice(
+    tmp_path: Path, server: FakeServer, two_runs: tuple[Path, Path]
+) -> None:
+    before, after = two_runs
+    judge = ["compare", before, after, "--judge", "--votes", "1", "--judge-out", tmp_path / "j",
+             "--provider", "openai", "--base-url", f"{server.url}/v1", "--concurrency", "1"]  # fmt: skip
+    stopped = invoke(*judge, "--max-cost", "0.002", "--json", code=4)
+    assert "Stopped at --max-cost" in stopped.stderr
+    partial = json.loads(stopped.stdout)["runs"][1]["judge"]
+    assert 0 < partial["judged"] < PROMPTS and partial["unjudged"]["not_judged"] > 0
+    done = invoke(*judge, "--max-cost", "1", "--json")
+    assert json.loads(done.stdout)["runs"][1]["judge"]["judged"] == PROMPTS
+    bodies = Counter(json.dumps(e.body, sort_keys=True) for e in server.log)
+    assert len(bodies) == 2 * PROMPTS and set(bodies.values()) == {1}
+
+
 def test_changed_answers_get_new_judge_items() -> None:
     assert pair_item_id("p1", "x", "y") != pair_item_id("p1", "x", "z")
     assert re.fullmatch(r"p1-[0-9a-f]{12}", pair_item_id("p1", "x", "y"))
