@@ -18,8 +18,16 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["REDACTED", "redact_secrets", "remember_secret", "secret_values", "stored_tokens"]
+__all__ = [
+    "REDACTED",
+    "RedactingStream",
+    "redact_secrets",
+    "remember_secret",
+    "secret_values",
+    "stored_tokens",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -106,3 +114,23 @@ def redact_secrets(text: str, secrets: Iterable[str] | None = None) -> str:
         if form in text:
             text = text.replace(form, REDACTED)
     return text
+
+
+class RedactingStream:
+    """A text stream that writes through `redact_secrets`: what a command prints (a message, a
+    hint that repeats the command line, a progress bar) never shows a secret. Everything but
+    `write` and `writelines` is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact_secrets(text) if isinstance(text, str) else text)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -520,3 +520,23 @@ def test_a_base_url_password_is_a_known_secret_once_a_provider_is_made() -> None
     )
     remember_secret("told-by-a-caller")
     assert redact_secrets("x told-by-a-caller y") == "x [REDACTED] y"
+
+
+def test_the_batch_re_attach_hint_never_repeats_a_base_url_password(tmp_path: Path) -> None:
+    from test_batch import ctrl_c_while_a_batch_is_open
+
+    user, password = "bob", "hint-pass-77"
+    with FakeServer(hold_batches=True, basic_auth=(user, password)) as server:
+        url = server.url.replace("http://", f"http://{user}:{password}@") + "/v1"
+        args = [
+            "generate", "--constitution", str(HARMLESS), "--prompts", str(_prompts(tmp_path / "p.jsonl", 2)),
+            "--out", str(tmp_path / "run"), "--provider", "openai", "--base-url", url, "--rounds", "1",
+            "--batch", "--poll-interval", "0.05",
+        ]  # fmt: skip
+        err, _ = ctrl_c_while_a_batch_is_open(args, tmp_path / "run")
+        server.hold_batches = False
+    assert "To re-attach: cai generate" in err and "--base-url" in err
+    assert (
+        password not in err and base64.b64encode(f"{user}:{password}".encode()).decode() not in err
+    )
+    assert "[REDACTED]" in err

@@ -6,6 +6,7 @@ inspect, constitution), and the options they share live in `options.py`.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -31,15 +32,23 @@ class _Group(click.Group):
     exit code 130; `--debug` shows the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from cai.redact import RedactingStream
         from cai.rundir import counting_skips, skipped_summary
 
+        # Whatever a command prints goes through the one redaction, hints that repeat the
+        # command line (a --base-url password) included.
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
         # Every command says how many lines of which run file its readers could not read.
-        with counting_skips() as skipped:
-            try:
-                return self._invoke(ctx)
-            finally:
-                for line in skipped_summary(skipped):
-                    click.echo(f"Warning: {_redact(line)}", err=True)
+        try:
+            with counting_skips() as skipped:
+                try:
+                    return self._invoke(ctx)
+                finally:
+                    for line in skipped_summary(skipped):
+                        click.echo(f"Warning: {line}", err=True)
+        finally:
+            sys.stdout, sys.stderr = streams
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
