@@ -344,17 +344,25 @@ class AnthropicBatches(_BatchAPI):
         decoder = await self._call(lambda: self.client.messages.batches.results(state.id))
         async for item in decoder:
             result = item.result
-            kind = result.type
+            kind = getattr(result, "type", None)
             outcome: Completion | ProviderError
-            if kind == "succeeded":
-                message = result.message.to_dict()
+            if kind not in ("succeeded", "errored", "expired", "canceled"):
+                # A result of another shape says nothing usable: the request goes again.
+                outcome = errors.ServerError(
+                    f"batch {state.id}: the result of {item.custom_id} is of another shape "
+                    f"({str(result)[:200]}); the request is sent again",
+                    retry_after=0.0,
+                )
+            elif kind == "succeeded":
+                message = getattr(result, "message", None)
+                message = message.to_dict() if hasattr(message, "to_dict") else message
                 try:
                     outcome = parse_message(message)
                 except ProviderError as e:
                     e.retryable = False  # it was paid for: sending it again would pay twice
                     outcome = e
             elif kind == "errored":
-                error = getattr(result.error, "error", None)
+                error = getattr(getattr(result, "error", None), "error", None)
                 etype = getattr(error, "type", "api_error")
                 cls = _ANTHROPIC_ERRORS.get(etype, errors.ServerError)
                 outcome = cls(
@@ -465,6 +473,17 @@ class OpenAIBatches(_BatchAPI):
             response = item.get("response") or {}
             error = item.get("error") or {}
             outcome: Completion | ProviderError
+            if not isinstance(response, dict) or not isinstance(error, dict):
+                # A result line of another shape says nothing usable: the request goes again.
+                yield (
+                    cid,
+                    errors.ServerError(
+                        f"batch {state.id}: the result of {cid} is of another shape "
+                        f"({json.dumps(item)[:200]}); the request is sent again",
+                        retry_after=0.0,
+                    ),
+                )
+                continue
             if response.get("status_code") == 200:
                 body = response.get("body")
                 try:
@@ -481,8 +500,12 @@ class OpenAIBatches(_BatchAPI):
                     f"batch {state.id}: {error.get('message')}", retry_after=0.0
                 )
             elif response:
-                detail = (response.get("body") or {}).get("error") or {}
-                status = int(response.get("status_code") or 500)
+                body = response.get("body")
+                detail = body.get("error") if isinstance(body, dict) else None
+                detail = detail if isinstance(detail, dict) else {}
+                code = response.get("status_code")
+                valid = isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600
+                status = code if valid else 500
                 outcome = errors.status_error_class(status)(
                     f"batch {state.id}: {detail.get('message') or 'request failed'}",
                     status=status,

@@ -540,3 +540,36 @@ def test_the_batch_re_attach_hint_never_repeats_a_base_url_password(tmp_path: Pa
         password not in err and base64.b64encode(f"{user}:{password}".encode()).decode() not in err
     )
     assert "[REDACTED]" in err
+
+
+def test_batch_result_lines_of_another_shape_are_sent_again_never_a_crash() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from cai.batch import BatchState, batch_api
+    from cai.errors import ServerError
+    from cai.providers import create_provider
+
+    good = {"status_code": 200, "body": {"id": "c", "choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}], "usage": {}}}  # fmt: skip
+    lines = [
+        {"custom_id": "a", "response": "oops", "error": None},
+        {"custom_id": "b", "response": {"status_code": "teapot", "body": "x"}, "error": None},
+        {"custom_id": "c", "response": good, "error": None},
+        {"custom_id": "d", "response": None, "error": ["not", "an", "object"]},
+    ]
+    with FakeServer() as server:
+        server.files["file-hostile"] = "".join(json.dumps(x) + "\n" for x in lines).encode()
+        provider = create_provider("openai", base_url=server.url + "/v1")
+        raw = SimpleNamespace(status="completed", output_file_id="file-hostile", error_file_id=None)
+        state = BatchState("batch_x", "completed", True, raw=raw)
+
+        async def collect() -> dict:
+            try:
+                return {cid: outcome async for cid, outcome in batch_api(provider).results(state)}
+            finally:
+                await provider.aclose()
+
+        outcomes = asyncio.run(collect())
+    assert outcomes["c"].text == "fine"
+    for cid in "abd":
+        assert isinstance(outcomes[cid], ServerError) and outcomes[cid].retryable, cid
