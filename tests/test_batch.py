@@ -238,8 +238,10 @@ def test_killed_before_the_batch_id_was_journaled_then_resumed(
 
 
 def _summary_cost(output: str) -> float:
-    line = next(x for x in output.splitlines() if "estimated cost" in x)
-    return float(line.split("estimated cost $")[1].split(";")[0].replace(",", ""))
+    """The run's cost as the end-of-run summary prints it (its ledger's Cost line)."""
+    ledger = output.split("The run in all", 1)[1].splitlines()
+    line = next(x for x in ledger if x.strip().startswith("Cost: $"))
+    return float(line.split("$")[1].split()[0].replace(",", ""))
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
