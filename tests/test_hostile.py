@@ -573,3 +573,37 @@ def test_batch_result_lines_of_another_shape_are_sent_again_never_a_crash() -> N
     assert outcomes["c"].text == "fine"
     for cid in "abd":
         assert isinstance(outcomes[cid], ServerError) and outcomes[cid].retryable, cid
+
+
+def test_batch_status_and_a_resume_say_how_many_journal_lines_they_skipped(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with FakeServer() as server:
+        assert _generate(server, tmp_path, out, "--batch", "--poll-interval", "0.05").exit_code == 0
+        paid = server.paid_total
+        with (out / "batches.jsonl").open("a") as f:
+            f.write(
+                json.dumps(
+                    {"event": "created", "id": "batch_spoilt", "wave": None, "custom_ids": []}
+                )
+                + "\n"
+            )
+        status = CliRunner().invoke(cli, ["batch", "status", str(out)])
+        assert status.exit_code == 0, status.output
+        assert "skipped 1 line(s) of" in status.output and "batches.jsonl" in status.output
+        resumed = _generate(server, tmp_path, out, "--batch", "--poll-interval", "0.05")
+        assert resumed.exit_code == 0, resumed.output
+        assert "skipped 1 line(s) of" in resumed.output and server.paid_total == paid
+
+
+def test_label_out_refuses_a_symlinked_labels_file(done_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "labels"
+    with FakeServer() as server:
+        assert _label(server, done_run, out).exit_code == 0
+        outside = tmp_path / "outside.jsonl"
+        outside.write_bytes((out / LABELS_FILE).read_bytes())
+        (out / LABELS_FILE).unlink()
+        (out / LABELS_FILE).symlink_to(outside)
+        before = outside.read_bytes()
+        result = _label(server, done_run, out)
+    assert "is a symbolic link, not a regular file" in _one_line_error(result)
+    assert outside.read_bytes() == before
