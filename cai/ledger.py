@@ -80,8 +80,8 @@ def step_kind(step: str) -> str:
         return "vote"
     if step.startswith("response"):
         return "policy"
-    if step.startswith("prompt"):
-        return "prompts"
+    if step.startswith("prompt") or step.split(".", 1)[0] == "generate":
+        return "prompts"  # cai prompts (cai.redteam): "generate", "generate.retry1", ...
     return "other"
 
 

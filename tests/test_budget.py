@@ -193,3 +193,21 @@ def test_the_python_api_takes_max_cost(setup: dict) -> None:
             )
     assert Path(stopped.value.run_dir) == s["dir"] / "run"
     assert _spent(s["dir"] / "run") <= third
+
+
+def test_max_cost_is_refused_where_this_process_cannot_hold_calls_back() -> None:
+    """An engine's workers call from other processes: --max-cost cannot be kept there."""
+    from fakes import FakeProvider
+
+    from cai.ledger import CallPricer
+    from cai.pipeline import Job, check_prices
+    from cai.pricing import Price, PriceTable
+
+    provider = FakeProvider()
+    job = Job(kind="generate", settings={}, provider=provider, chain=lambda *a: None)
+    priced = CallPricer(PriceTable({provider.model: Price(1.0, 2.0)}))
+    check_prices(job, priced)  # a priced model in this process: fine
+    with pytest.raises(cai.errors.ConfigError, match="drop --engine, or drop --max-cost"):
+        check_prices(job, priced, engine=object())
+    with pytest.raises(cai.errors.ConfigError, match="--price-table FILE"):
+        check_prices(job, CallPricer(PriceTable({})))

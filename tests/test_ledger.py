@@ -35,6 +35,8 @@ def test_steps_are_named_by_kind() -> None:
     assert step_kind("vote1.ba") == "vote"
     assert step_kind("response0") == "policy"
     assert step_kind("prompts3") == "prompts"
+    assert step_kind("generate") == step_kind("generate.retry2") == "prompts"
+    assert step_kind("something else") == "other"
 
 
 def _line(record: str, step: str, inp: int, out: int, **tags: str) -> dict:
