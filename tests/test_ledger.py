@@ -345,6 +345,12 @@ def test_settings_not_sent_say_so_in_the_manifest_card_and_report(
     )
     html = (tmp_path / "r.html").read_text()
     assert "temperature not sent (claude-sonnet-5-5 takes no temperature)" in html
+    # Anthropic reports prompt-cache reads and writes: the ledger shows them.
+    data = json.loads(CliRunner().invoke(cli, ["stats", str(run), "--json"]).stdout)
+    usage = data["ledger"]["usage"]
+    assert usage["cache_read_input_tokens"] > 0 and usage["cache_creation_input_tokens"] > 0
+    text = CliRunner().invoke(cli, ["stats", str(run)]).stdout
+    assert f"{usage['cache_read_input_tokens']:,} cached input read" in text
 
 
 def test_settings_sent_are_recorded_as_sent(
