@@ -25,11 +25,13 @@ on error. The CLI uses `prepare_*` and `execute` below and prints around them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import difflib
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -80,7 +82,8 @@ class Run:
     """A run directory made by `cai generate` or `cai label` (or their Python twins)."""
 
     def __init__(self, dir: str | Path, result: RunStats | None = None) -> None:
-        self.dir = Path(dir)
+        # Absolute, so the run is found again after a change of working directory.
+        self.dir = Path(dir).absolute()
         # The counts of the call that made or resumed the run; None for `cai.load`.
         self.result = result
 
@@ -702,6 +705,21 @@ class Progress:
             self.bar.close()
 
 
+@contextlib.contextmanager
+def _ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises `KeyboardInterrupt` in this thread while a job runs, whatever handler the
+    caller put in place: asyncio.run's only cancels its task, which is blocked in this call."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _run_sync(job: Prepared, progress: bool) -> RunStats:
     """Run `job` on a worker thread with its own event loop, whether or not this thread has
     one running (Jupyter); Ctrl-C here stops it there."""
@@ -728,18 +746,19 @@ def _run_sync(job: Prepared, progress: bool) -> RunStats:
     thread = threading.Thread(target=work, name="cai-run", daemon=True)
     thread.start()
     presses = 0
-    while not done.is_set():
-        try:
-            done.wait()
-        except KeyboardInterrupt:
-            presses += 1
-            ready.wait()
-            if "loop" in box and not done.is_set():
-                stop = box["stop"].set if presses == 1 else box["task"].cancel
-                box["loop"].call_soon_threadsafe(stop)
-                if presses == 1:
-                    bars.write("Stopping: finishing calls in flight, starting no new ones. "
-                               "Interrupt again to stop now.")  # fmt: skip
+    with _ctrl_c_raises():
+        while not done.is_set():
+            try:
+                done.wait()
+            except KeyboardInterrupt:
+                presses += 1
+                ready.wait()
+                if "loop" in box and not done.is_set():
+                    stop = box["stop"].set if presses == 1 else box["task"].cancel
+                    box["loop"].call_soon_threadsafe(stop)
+                    if presses == 1:
+                        bars.write("Stopping: finishing calls in flight, starting no new ones. "
+                                   "Interrupt again to stop now.")  # fmt: skip
     thread.join()
     bars.close()
     error = box.get("error")

@@ -7,9 +7,11 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +116,7 @@ def test_out_none_picks_a_folder_under_outputs_and_finds_it_again(
     monkeypatch.chdir(tmp_path)
     options = dict(provider="openai", base_url=server.url + "/v1", model="m", rounds=1)
     first = cai.generate(PROMPTS, mini_constitution, progress=False, limit=1, **options)
-    assert first.dir.parent == Path("outputs") and first.dir.name.startswith("mini-")
+    assert first.dir.parent == tmp_path / "outputs" and first.dir.name.startswith("mini-")
     again = cai.generate(PROMPTS, mini_constitution, progress=False, **options)
     assert again.dir == first.dir and again.result.already_done == 1
 
@@ -264,5 +266,64 @@ def test_the_readme_python_examples_run(
     namespace: dict[str, Any] = {}
     for block in blocks:
         exec(compile(textwrap.dedent(block), "README.md", "exec"), namespace)
-    assert namespace["run"].dir.parent == Path("outputs")
+    assert namespace["run"].dir.parent == tmp_path / "outputs"
     assert len(namespace["splits"]) == 4
+
+
+def _wait_until(predicate: Any) -> None:
+    """Wait for an event seen from outside (a file, the fake's counters); the deadline only
+    keeps a broken run from hanging the suite."""
+    deadline = time.monotonic() + 300
+    while not predicate():
+        assert time.monotonic() < deadline, "the event never came"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("in_loop", [False, True], ids=["script", "inside a running loop"])
+def test_ctrl_c_stops_as_the_cli_does_and_the_same_out_resumes(
+    mini_constitution: Path, tmp_path: Path, in_loop: bool
+) -> None:
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key", "PYTHONUNBUFFERED": "1"}
+    with FakeServer() as server:
+        script = (
+            "import asyncio, sys\nimport cai\n\n"
+            "def run():\n"
+            f"    return cai.generate([f'question {{i}}' for i in range(16)], "
+            f"{str(mini_constitution)!r}, provider='openai', base_url={server.url + '/v1'!r}, "
+            "model='m', rounds=1, concurrency=8, out='run', progress=False)\n\n"
+            "async def cell():\n    return run()\n\n"
+            "try:\n"
+            f"    asyncio.run(cell()) if {in_loop} else run()\n"
+            "except KeyboardInterrupt as e:\n"
+            "    print('KeyboardInterrupt:', e, flush=True)\n"
+            "    sys.exit(130)\n"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        calls = tmp_path / "run" / "calls.jsonl"
+        _wait_until(lambda: calls.exists() and calls.read_bytes().count(b"\n") >= 6)
+        # Calls stay in flight until the test lets them go: they must finish and be kept.
+        server.hold_replies = True
+        _wait_until(lambda: server.held > 0)
+        process.send_signal(signal.SIGINT)
+        server.hold_replies = False
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 130, stderr
+        assert "KeyboardInterrupt: stopped; run keeps what was done" in stdout
+        assert "Stopping: finishing calls in flight" in stderr
+        assert "Unclosed" not in stderr and "Traceback" not in stderr
+        assert cai.load(tmp_path / "run").manifest.status == "interrupted"
+        done = cai.load(tmp_path / "run").stats["records"]
+        assert 0 < done < 16
+        os.chdir(tmp_path)
+        try:
+            again = cai.generate(
+                [f"question {i}" for i in range(16)], mini_constitution, provider="openai",
+                base_url=server.url + "/v1", model="m", rounds=1, out="run", progress=False,
+            )  # fmt: skip
+        finally:
+            os.chdir(ROOT)
+    assert again.result.already_done == done
+    assert again.stats["records"] == 16 and again.manifest.status == "complete"
