@@ -51,6 +51,7 @@ from cai.rundir import (
     Manifest,
     RunStore,
     best_lines,
+    describe_status,
     file_sha256,
     read_jsonl,
     read_manifest,
@@ -1204,7 +1205,8 @@ def prompts_stats(run_dir: str | Path) -> dict[str, Any]:
     drops = summary.get("drops") or {}
     return {
         "kind": KIND,
-        "status": manifest.status,
+        # A run whose writer died (SIGKILL) shows as interrupted, not running.
+        "status": describe_status(run_dir, manifest) or manifest.status,
         "prompts": n,
         "wanted": summary.get("wanted"),
         "benign": benign,

@@ -414,6 +414,8 @@ def test_sigkill_mid_run_then_the_same_command_loses_and_repeats_nothing(
             proc.wait()
             assert proc.returncode == -signal.SIGKILL
         assert not (run / "prompts.jsonl").exists()  # made when a run ends
+        stats = CliRunner().invoke(cli, ["stats", str(run)])
+        assert "interrupted: process" in stats.output and "is gone" in stats.output
         early = CliRunner().invoke(
             cli, ["generate", "--constitution", str(constitution), "--prompts", str(run),
                   "--provider", "openai", "--base-url", server.url + "/v1"],
