@@ -30,7 +30,7 @@ from cai.effectiveness import find_label_run, principle_effectiveness
 from cai.errors import ConfigError
 from cai.feedback import PairItem, p_a_of, read_labels
 from cai.filters import FilterConfig, Verdict, for_run, judge_record, similarity
-from cai.pricing import run_cost
+from cai.ledger import read_ledger
 from cai.records import Record
 from cai.rundir import LABELS_FILE, Manifest, load_run, safe_name
 from cai.stats import compute_stats
@@ -210,18 +210,9 @@ def judge_info(
     judge_dir: str | Path, manifest: Manifest, labels: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     """What the comparison says of its judge run: where, which model, how, and its cost."""
-    from types import SimpleNamespace
-
     settings = manifest.settings
-    lines = [
-        SimpleNamespace(
-            provider=label.get("provider", ""),
-            model=label.get("model", ""),
-            usage=label.get("usage") or {},
-        )
-        for label in labels
-    ]
-    calls = sum(int((line.usage or {}).get("calls", 0)) for line in lines)
+    # Every call of the judge run, each priced at its mode (cai.ledger), resumes included.
+    ledger = read_ledger(judge_dir, manifest)
     return {
         "dir": str(judge_dir),
         "status": manifest.status,
@@ -232,8 +223,8 @@ def judge_info(
         "seed": settings.get("seed"),
         "constitution": settings.get("constitution"),
         "pairs": len(labels),
-        "calls": calls,
-        "cost_usd": run_cost(lines, manifest.to_dict()),  # type: ignore[arg-type]
+        "calls": ledger.usage.calls,
+        "cost_usd": ledger.cost_usd,
     }
 
 
@@ -301,7 +292,8 @@ def run_figures(run: RunSide, ids: Sequence[str]) -> dict[str, Any]:
         "similarity_to_first": round(statistics.fmean(sims), 4) if sims else None,
         "usage": stats["usage"],
         "cost_usd": stats["cost_usd"] if records else 0.0,
-        "cost_usd_all_records": run_cost(run.records.values(), manifest),
+        # The run's ledger: every call it paid for, each at its own mode (cai.ledger).
+        "cost_usd_all_records": read_ledger(run.dir, run.manifest).cost_usd,
         "principles": effectiveness["principles"],
         "principle_flags": effectiveness["flags"],
     }
