@@ -253,7 +253,9 @@ def run_figures(run: RunSide, ids: Sequence[str]) -> dict[str, Any]:
     manifest = run.manifest.to_dict()
     # Priced from the shared records alone: never the whole run's figure from the manifest.
     shared_only = {k: v for k, v in manifest.items() if k not in ("stats", "cost_usd")}
-    stats = compute_stats(records, shared_only, run.filters)
+    # Tokens and cost: the journal's calls for these records, each at its own mode.
+    ledger = read_ledger(run.dir, run.manifest, ids=set(ids))
+    stats = compute_stats(records, shared_only, run.filters, ledger=ledger)
     ok = [r for r in records if r.status == "ok"]
     finals = [run.final_answer(r.id) or "" for r in ok]
     revised = sum(any(r.state == "revised" for r in record.rounds) for record in ok)

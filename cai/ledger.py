@@ -17,7 +17,7 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,15 +251,18 @@ def read_ledger(
     manifest: Manifest | Mapping[str, Any] | None = None,
     *,
     pricer: CallPricer | None = None,
+    ids: Container[str] | None = None,
 ) -> Ledger:
-    """The ledger of the run in `run_dir`: every line of its call journal, each priced at its
-    model and mode."""
+    """The ledger of the run in `run_dir`: every line of its call journal (of the records
+    `ids` only, when given), each priced at its model and mode."""
     run_dir = Path(run_dir)
     if manifest is None:
         manifest = read_manifest(run_dir)
     pricer = pricer or run_pricer(manifest)
     ledger = Ledger()
     for _, line, provider, model, mode in _journal(run_dir, manifest):
+        if ids is not None and line.get("id") not in ids:
+            continue
         usage_data = line.get("usage")
         try:
             usage = Usage.from_dict(usage_data if isinstance(usage_data, dict) else {})

@@ -82,6 +82,12 @@ def test_each_call_is_priced_at_its_own_mode_and_older_lines_read_sensibly(tmp_p
         2 * PRICE.cost(_usage(1000, 100)), abs=1e-6
     )
     assert list(data["by_step"]) == ["initial", "critique"]
+    # One record's calls alone (cai compare's shared records).
+    only_a = read_ledger(run, ids={"a"})
+    assert only_a.usage.calls == 2
+    assert only_a.cost_usd == pytest.approx(
+        PRICE.cost(_usage(1000, 100)) + half.cost(_usage(2000, 200))
+    )
     # The journal as merge copies it names every line's mode, so it prices the same elsewhere.
     copy = tmp_path / "copy"
     copy.mkdir()
