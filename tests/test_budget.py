@@ -122,6 +122,9 @@ def test_label_stops_at_a_third_and_finishes_within_a_budget_that_covers_it(setu
         assert result.exit_code == 0, result.output
         cost = _spent(full)
         high = _dry_run_high(_label(server, s, source, s["dir"] / "unused", "--dry-run"))
+        batched = _label(server, s, source, s["dir"] / "unused", "--dry-run", "--batch")
+        assert "Priced at the batch rate (half" in batched.stdout
+        assert _dry_run_high(batched) == pytest.approx(high / 2, abs=1e-4)
 
         run = s["dir"] / "labels"
         third = cost / 3
