@@ -42,6 +42,7 @@ from cai import errors
 from cai.errors import BatchCanceledError, BatchExpiredError, ConfigError, ProviderError
 from cai.pipeline import CURRENT_CALL, _Abandoned
 from cai.providers.base import Completion, Provider, Sampling
+from cai.redact import redact_secrets
 from cai.retry import call_with_retries
 from cai.rundir import BATCHES_FILE, open_run_file, public_url, valid_lines
 
@@ -137,7 +138,7 @@ class BatchJournal:
         return [e for e in entries if e.get("event") == "intent" and e.get("token") not in settled]
 
     def append(self, entry: dict[str, Any]) -> None:
-        data = (json.dumps(entry) + "\n").encode()
+        data = (redact_secrets(json.dumps(entry)) + "\n").encode()
         with open_run_file(self.path, "ab") as f:
             if f.tell() and not self._ends_with_newline():
                 f.write(b"\n")  # after a torn line, so this one stays whole

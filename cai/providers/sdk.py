@@ -75,7 +75,10 @@ def split_credentials(url: str | None) -> tuple[str | None, tuple[str, str] | No
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
     # Whatever echoes them later (a server's error, a hint that repeats the URL) is redacted.
     basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-    remember_secret(password, parts.password, f"{user}:{password}", basic)
+    # With no password, the user is the credential (a key passed as `KEY@host`).
+    remember_secret(
+        basic, *((password, parts.password, f"{user}:{password}") if password else (user,))
+    )
     return bare, (user, password)
 
 
