@@ -23,7 +23,8 @@ def generate(**params: Any) -> None:
     revises it. Records go to RUN_DIR/records.jsonl as each prompt finishes. Running the same
     command again resumes: finished prompts are skipped and failed ones retried.
 
-    Exit codes: 0 done, 2 bad input, 3 some prompts failed (rerun to retry them), 130 interrupted.
+    Exit codes: 0 done, 2 bad input, 3 some prompts failed (rerun to retry them), 4 stopped at
+    --max-cost (rerun with a higher one), 130 interrupted.
     """
     from cai.api import Plan, prepare_generate
 

@@ -29,7 +29,8 @@ def label(**params: Any) -> None:
     With --batch (anthropic, openai) the calls go through the provider's batch API at half the
     price (docs/batch.md); a policy model other than the feedback model is called directly.
 
-    Exit codes: 0 done, 2 bad input, 3 some pairs failed (rerun to retry them), 130 interrupted.
+    Exit codes: 0 done, 2 bad input, 3 some pairs failed (rerun to retry them), 4 stopped at
+    --max-cost (rerun with a higher one), 130 interrupted.
     """
     from cai.api import Plan, prepare_label
 

@@ -35,7 +35,8 @@ def generate(**params: Any) -> None:
     RUN_DIR/prompts.jsonl is what `cai generate --prompts RUN_DIR` reads. Running the same
     command again resumes (and with a larger --n, goes on).
 
-    Exit codes: 0 done, 2 bad input, 3 some calls failed (rerun to retry them), 130 interrupted.
+    Exit codes: 0 done, 2 bad input, 3 some calls failed (rerun to retry them), 4 stopped at
+    --max-cost (rerun with a higher one), 130 interrupted.
     """
     from cai.api import Plan, prepare_prompts
 
