@@ -375,6 +375,25 @@ def file_sha256(path: str | Path) -> str:
 # -- JSONL --------------------------------------------------------------------------------
 
 
+def _mended(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_mended(v) for v in value]
+    if isinstance(value, dict):
+        return {clean_text(k): _mended(v) for k, v in value.items()}
+    return value
+
+
+def _loads(raw: bytes) -> Any:
+    """A run-file line's JSON, each lone surrogate (`"\\ud800"`, which cai never writes but a
+    hand edit may) mended to U+FFFD, so what is read can be written again."""
+    data = json.loads(raw)
+    if b"\\ud" in raw or b"\\uD" in raw:
+        data = _mended(data)
+    return data
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
     """(line number, raw line, object) for each line; a line that is not a JSON object yields None."""
     try:
@@ -386,7 +405,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]
             if not raw.strip():
                 continue
             try:
-                data = json.loads(raw)
+                data = _loads(raw)
             except (ValueError, RecursionError):
                 data = None
             yield lineno, raw, data if isinstance(data, dict) else None
@@ -1087,7 +1106,7 @@ class RunStore:
                 if not raw.strip():
                     continue
                 try:
-                    data = json.loads(raw)
+                    data = _loads(raw)
                     wrong = call_problem(data) if isinstance(data, dict) else "not an object"
                 except (ValueError, RecursionError, TypeError):
                     wrong = "not JSON"

@@ -607,3 +607,20 @@ def test_label_out_refuses_a_symlinked_labels_file(done_run: Path, tmp_path: Pat
         result = _label(server, done_run, out)
     assert "is a symbolic link, not a regular file" in _one_line_error(result)
     assert outside.read_bytes() == before
+
+
+def test_a_hand_edited_lone_surrogate_in_a_record_is_mended_on_reading(
+    done_run: Path, tmp_path: Path
+) -> None:
+    run = _copy_run(done_run, tmp_path / "run")
+    _spoil_line(run / "records.jsonl", 0, initial_response="half \udc00 a pair")
+    assert "\\udc00" in (run / "records.jsonl").read_text()  # written as JSON's escape
+    assert any(r.initial_response == "half \ufffd a pair" for r in read_records(run))
+    for command in (
+        ["export", str(run), "--format", "sft"],
+        ["export", str(run), "--format", "dpo", "--out", str(tmp_path / "dpo.jsonl")],
+        ["report", str(run)],
+        ["stats", str(run)],
+    ):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, result.output
