@@ -238,33 +238,6 @@ def test_stats_card_and_report_agree_with_the_journal_over_every_invocation(
     assert cost_line
     figures = (*(int(g.replace(",", "")) for g in tokens.groups()), cost_line.group(1))
     assert figures == want
-    _save_figures(summary, text, card, html)
-
-
-def _save_figures(summary: str, stats_text: str, card: str, html: str) -> None:
-    """The figures of this run as each view prints them, for the issue's closing note."""
-    notes = Path("/work/notes")
-    if not notes.is_dir():
-        return
-    card_lines = [x for x in card.splitlines() if x.startswith(("- Tokens", "- Cost"))]
-    report_lines = re.findall(r"<li>([^<]*(?:in, |calls|Cost)[^<]*)</li>", html)
-    stats_lines = [x for x in stats_text.splitlines() if x.startswith(("Tokens", "Cost"))]
-    summary_lines = [
-        x.strip() for x in summary.splitlines() if x.strip().startswith(("Tokens", "Cost"))
-    ]
-    (notes / "issue21_figures.md").write_text(
-        "# Issue 21: one run's figures as stats, the card and the report print them\n\n"
-        "Run: 12 prompts, gpt-5.4-mini price, loopback fake; interrupted twice (interactive), "
-        "then finished with --batch (tests/test_ledger.py).\n\n"
-        "## end-of-run summary (the --batch invocation that finished it)\n\n```\n"
-        + "\n".join(summary_lines)
-        + "\n```\n\n"
-        "## cai stats\n\n```\n" + "\n".join(stats_lines) + "\n```\n\n"
-        "## dataset card (dpo.README.md)\n\n```\n" + "\n".join(card_lines) + "\n```\n\n"
-        "## report (report.html, Tokens, cost, time card)\n\n```\n"
-        + "\n".join(report_lines)
-        + "\n```\n"
-    )
 
 
 def test_merged_shards_count_every_call_of_every_shard(
