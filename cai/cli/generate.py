@@ -85,7 +85,8 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
         )
     if stats.first_error:
         lines.append(f"First failure: {stats.first_error}")
-    if stats.interrupted or stats.failed:
+    # Stopped at --max-cost: the budget's own line (next) says how to go on.
+    if (stats.interrupted or stats.failed) and not stats.over_budget:
         lines.append(
             f"{resume} to resume" + (" and retry the failed prompts." if stats.failed else ".")
         )

@@ -76,7 +76,8 @@ def _print_label_summary(stats: Any, out: Path) -> None:
             f"{stats.revision_pairs} pairs."
         )
     lines.append(f"Labels: {out / 'labels.jsonl'}")
-    if stats.interrupted or stats.failed:
+    # Stopped at --max-cost: the budget's own line (next) says how to go on.
+    if (stats.interrupted or stats.failed) and not stats.over_budget:
         lines.append(
             "Run the same command again to resume"
             + (" and retry the failed pairs." if stats.failed else ".")

@@ -82,7 +82,8 @@ def _print_summary(stats: Any, run_dir: Path, has_out: bool) -> None:
         )
     if stats.first_error:
         lines.append(f"First failure: {stats.first_error}")
-    if stats.interrupted or stats.failed:
+    # Stopped at --max-cost: the budget's own line (next) says how to go on.
+    if (stats.interrupted or stats.failed) and not stats.over_budget:
         again = "Run the same command again" if has_out else f"Run it again with --out {run_dir}"
         lines.append(f"{again} to resume.")
     if (run_dir / "manifest.json").exists():
