@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from cai.constitution import Constitution, load_constitution
 from cai.errors import ConfigError, InputError, RunMismatchError, unwritable_run
@@ -802,6 +802,13 @@ async def _arun(job: Prepared | Plan) -> Run | Plan:
     return job if isinstance(job, Plan) else _finish(job, await execute(job))
 
 
+# A dry run gives its Plan; any other call its Run (typed so, for editors and type checkers).
+@overload
+def generate(
+    prompts: Any, constitution: Any, *, dry_run: Literal[True], progress: bool = ..., **options: Any
+) -> Plan: ...
+@overload
+def generate(prompts: Any, constitution: Any, *, progress: bool = ..., **options: Any) -> Run: ...
 def generate(
     prompts: Any, constitution: Any, *, progress: bool = True, **options: Any
 ) -> Run | Plan:
@@ -818,12 +825,24 @@ def generate(
     return _run(job, progress)
 
 
+@overload
+async def agenerate(
+    prompts: Any, constitution: Any, *, dry_run: Literal[True], **options: Any
+) -> Plan: ...
+@overload
+async def agenerate(prompts: Any, constitution: Any, **options: Any) -> Run: ...
 async def agenerate(prompts: Any, constitution: Any, **options: Any) -> Run | Plan:
     """`generate` in the caller's event loop (no progress bar; cancel the task to stop it)."""
     job = _prepare("generate", {"prompts": prompts, "constitution": constitution, **options})
     return await _arun(job)
 
 
+@overload
+def label(
+    source: Any, *, out: str | Path, dry_run: Literal[True], progress: bool = ..., **options: Any
+) -> Plan: ...
+@overload
+def label(source: Any, *, out: str | Path, progress: bool = ..., **options: Any) -> Run: ...
 def label(source: Any, *, out: str | Path, progress: bool = True, **options: Any) -> Run | Plan:
     """Label pairs of responses with AI feedback (`cai label`); the label run.
 
@@ -836,6 +855,12 @@ def label(source: Any, *, out: str | Path, progress: bool = True, **options: Any
     return _run(job, progress)
 
 
+@overload
+async def alabel(
+    source: Any, *, out: str | Path, dry_run: Literal[True], **options: Any
+) -> Plan: ...
+@overload
+async def alabel(source: Any, *, out: str | Path, **options: Any) -> Run: ...
 async def alabel(source: Any, *, out: str | Path, **options: Any) -> Run | Plan:
     """`label` in the caller's event loop."""
     job = _prepare("label", {"source": source, "out": out, **options})
