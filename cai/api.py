@@ -422,6 +422,9 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
     from cai.filters import FilterConfig
     from cai.rundir import check_run_dir, is_run_dir
 
+    source = opts.source.dir if isinstance(opts.source, Run) else opts.source
+    from_run = isinstance(source, str | os.PathLike) and is_run_dir(Path(source))
+    opts, judge_note = _feedback_model(opts, Path(source) if from_run else None)
     config = LabelConfig(
         **call_config(opts),
         votes=opts.votes,
@@ -431,10 +434,8 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
         policy_temperature=opts.policy_temperature,
     )
     check_run_dir(opts.out, "label")
-    source = opts.source.dir if isinstance(opts.source, Run) else opts.source
-    notes = []
+    notes = [judge_note] if judge_note else []
     constitution = opts.constitution
-    from_run = isinstance(source, str | os.PathLike) and is_run_dir(Path(source))
     if from_run:
         filters = FilterConfig(**opts.filter_fields())
         _, items, left_out = run_pairs(source, filters)
@@ -530,6 +531,29 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
     )  # fmt: skip
     others = (policy,) if policy is not None and policy is not backend else ()
     return Prepared("label", opts.out, start, backend, store, stats, prompts, others, notes)
+
+
+def _feedback_model(opts: LabelOptions, run_dir: Path | None) -> tuple[LabelOptions, str | None]:
+    """`opts` with the feedback model: the flags given, each one, else the source run's
+    provider, model and base URL (as `cai batch status` reads them), else the local model; and
+    a note naming the model when it came from the run."""
+    if run_dir is None or isinstance(opts.provider, Provider):
+        return dataclasses.replace(opts, provider=opts.provider or "local"), None
+    manifest = read_manifest(run_dir)
+    judge = _judge_model(opts, manifest.config if manifest is not None else {})
+    chose = (judge.provider, judge.model, judge.base_url)
+    taken = chose != (opts.provider, opts.model, opts.base_url)
+    chosen = dataclasses.replace(
+        opts, provider=judge.provider, model=judge.model, base_url=judge.base_url
+    )
+    if not taken:
+        return chosen, None
+    where = f" at {judge.base_url}" if judge.base_url else ""
+    return chosen, (
+        f"Feedback model: {judge.provider} "
+        f"{judge.model or default_model(judge.provider) or 'default'}{where}, from the source "
+        "run (--provider, --model and --base-url choose another)."
+    )
 
 
 @_closing_on_error

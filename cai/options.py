@@ -311,6 +311,15 @@ class LabelOptions(
     """`cai label`'s options; from Python, `source` may also be a `Run`, a list or a Dataset."""
 
     source: Any = field(metadata=meta("A run directory or a prompts source.", type=str))
+    # The feedback model defaults to a source run's: None here means "not given".
+    provider: Any = field(
+        default=None,
+        metadata=meta(
+            "Feedback model backend (default: a source run's provider, model and base URL; "
+            "else local).",
+            choices=PROVIDER_NAMES,
+        ),
+    )
     out: Path = field(
         metadata=meta("Label run directory (running the same command again resumes it).", type=Path)
     )

@@ -75,6 +75,7 @@ def _print_label_summary(stats: Any, out: Path) -> None:
             f"The feedback model prefers the revision in {stats.revision_preferred} of "
             f"{stats.revision_pairs} pairs."
         )
+    lines.append(f"Judged by: {_judge(out)}")
     lines.append(f"Labels: {out / 'labels.jsonl'}")
     # Stopped at --max-cost: the budget's own line (next) says how to go on.
     if (stats.interrupted or stats.failed) and not stats.over_budget:
@@ -87,3 +88,13 @@ def _print_label_summary(stats: Any, out: Path) -> None:
     else:
         lines.append("No pair was labelled, so there is nothing to export.")
     click.echo(_redact("\n".join(lines)), err=True)
+
+
+def _judge(out: Path) -> str:
+    """The feedback model as the label run's manifest records it: provider, model and URL."""
+    from cai.rundir import read_manifest
+
+    manifest = read_manifest(out)
+    config = manifest.config if manifest is not None else {}
+    where = f" at {config['base_url']}" if config.get("base_url") else ""
+    return f"{config.get('provider')} {config.get('model')}{where}"
