@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from cai.cli._output import plural
 from cai.errors import ConfigError
 
 
@@ -36,10 +37,40 @@ def _batch_rows(run_dir: Path, base_url: str | None, cancel: bool) -> Any:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--base-url", default=None, help="API base URL (default: the run's).")
 def batch_status(run_dir: Path, base_url: str | None) -> None:
-    """List the run's batches: id, provider status, request counts, age, results taken in."""
+    """List the run's batches by wave, as the progress of a --batch run shows them (the
+    provider's state, requests done out of all, time since sent), then each batch: id,
+    provider status, request counts, age, results taken in."""
     from cai.batch import describe_batches
 
-    click.echo(describe_batches(_batch_rows(run_dir, base_url, cancel=False)))
+    rows = _batch_rows(run_dir, base_url, cancel=False)
+    click.echo("\n".join([*_wave_lines(rows), describe_batches(rows)]))
+
+
+def _wave_lines(rows: list[tuple[dict[str, Any], Any]], now: float | None = None) -> list[str]:
+    """One line a wave, in the words of the live progress (`wave_line`)."""
+    import time
+
+    from cai.batch import BatchState
+    from cai.cli._output import BatchView, wave_line
+    from cai.cli.progress import batch_view
+
+    now = time.time() if now is None else now
+    waves: dict[Any, list[tuple[dict[str, Any], Any]]] = {}
+    for entry, state in rows:
+        waves.setdefault(entry.get("wave", "?"), []).append((entry, state))
+    lines = []
+    for wave, members in waves.items():
+        views = [
+            batch_view(state)
+            if isinstance(state, BatchState)
+            else BatchView("unknown", False, 0, int(entry.get("requests") or 0))
+            for entry, state in members
+        ]
+        sent = [
+            float(e["created"]) for e, _ in members if isinstance(e.get("created"), int | float)
+        ]
+        lines.append(wave_line(wave, views, now - min(sent) if sent else None))
+    return lines
 
 
 @batch.command("cancel")
@@ -69,7 +100,7 @@ def batch_cancel(run_dir: Path, base_url: str | None) -> None:
         else:
             click.echo(f"{batch_id}  not canceled: {state}", err=True)
     click.echo(
-        f"{len(rows)} batch(es) asked to cancel. Resume with the same cai "
+        f"{plural(len(rows), 'batch')} asked to cancel. Resume with the same cai "
         f"{manifest.kind if manifest is not None else 'generate'} command "
         f"and --out {run_dir}.",
         err=True,

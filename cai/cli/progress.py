@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
+
+from cai.cli._output import BatchView, duration, plural, states_text, wave_line
 
 EXIT_PARTIAL = 3
 
@@ -43,15 +46,19 @@ def _run_with_progress(
     from cai.api import Prepared, Progress, execute
 
     job = Prepared(desc, store.dir, start, backend, store, stats, None, others)
-    waves = _WaveBars()
+    # A log file, CI or nohup gets plain lines, not redraws.
+    plain = not sys.stderr.isatty()
+    bar_class = PlainBar if plain else partial(tqdm, dynamic_ncols=True)
+    waves = _WaveBars(plain)
     progress = Progress(
         stats,
         unit=unit,
         desc=desc,
-        bar_class=partial(tqdm, dynamic_ncols=True),
+        bar_class=bar_class,
         announce=lambda run_dir: click.echo(f"Run directory: {run_dir}", err=True),
         batches=waves.update,
     )
+    waves.progress = progress
 
     async def run() -> Any:
         stop = asyncio.Event()
@@ -91,41 +98,138 @@ def _stop_on_signals(stop: Any, store: Any, progress: Any, batching: bool) -> No
 
 
 class _WaveBars:
-    """--batch: one progress bar per wave, its requests done out of sent, its batches' states."""
+    """--batch: each wave's batches in the provider's words (validating, in progress,
+    finalizing, ended), its requests done out of all, and its time so far, refreshed at each
+    poll: a bar per wave on a terminal, else part of the plain progress line (`bar`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, plain: bool = False) -> None:
+        self.plain = plain
+        self.progress: Any = None  # the run's `Progress`: in plain mode, its bar prints the waves
         self.bars: dict[int, Any] = {}
         self.states: dict[int, dict[str, Any]] = {}
+        self.since: dict[int, float] = {}
 
     def update(self, kind: str, data: Any) -> None:
-        from tqdm import tqdm
-
         pairs = [(data[0], s) for s in data[1]] if kind == "wave" else data
         if kind == "ended":
             pairs = [data]
         for wave, state in pairs:
             self.states.setdefault(wave, {})[state.id] = state
+            self.since.setdefault(wave, clock())
         for wave in {w for w, _ in pairs}:
-            states = self.states[wave].values()
-            if wave not in self.bars:
-                total = sum(s.counts.get("total") or sum(s.counts.values()) for s in states)
-                self.bars[wave] = tqdm(
-                    total=total, unit="request", desc=f"wave {wave}", file=sys.stderr, leave=False
-                )
-            bar = self.bars[wave]
-            bar.n = sum(s.done for s in states)
-            statuses: dict[str, int] = {}
-            for s in states:
-                statuses[s.status] = statuses.get(s.status, 0) + 1
-            bar.set_postfix_str(", ".join(f"{n} {k}" for k, n in statuses.items()), refresh=False)
-            if all(s.ended for s in states):
-                bar.close()
-                del self.bars[wave]
+            self._show(wave)
+        bar = getattr(self.progress, "bar", None)
+        if self.plain and isinstance(bar, PlainBar):
+            for wave in [w for w in sorted(self.states) if self._ended(w)]:
+                bar.wave_ended(self.line(wave))
+                del self.states[wave]
+            bar.set_waves([self.line(w) for w in sorted(self.states)])
+
+    def line(self, wave: int) -> str:
+        return wave_line(wave, map(batch_view, self.states[wave].values()), self.elapsed(wave))
+
+    def elapsed(self, wave: int) -> float:
+        return clock() - self.since[wave]
+
+    def _ended(self, wave: int) -> bool:
+        return all(s.ended for s in self.states[wave].values())
+
+    def _show(self, wave: int) -> None:
+        if self.plain:
+            return
+        from tqdm import tqdm
+
+        views = [batch_view(s) for s in self.states[wave].values()]
+        if wave not in self.bars:
+            self.bars[wave] = tqdm(
+                unit="request", desc=f"wave {wave}", file=sys.stderr, leave=False
+            )
+        bar = self.bars[wave]
+        bar.total, bar.n = sum(v.total for v in views), sum(v.done for v in views)
+        # The states and the time: the bar itself shows the requests done out of all.
+        bar.set_postfix_str(f"{states_text(views)}; {duration(self.elapsed(wave))}", refresh=False)
+        bar.refresh()
+        if self._ended(wave):
+            bar.close()
+            del self.bars[wave], self.states[wave]
 
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
+
+
+def batch_view(state: Any) -> BatchView:
+    """A provider's `BatchState` as a wave line reads it."""
+    total = state.counts.get("total") or sum(state.counts.values())
+    return BatchView(state.status, state.ended, state.done, total)
+
+
+# The plain progress line's clock and interval: a test sets `clock` to drive it.
+clock = time.monotonic
+PLAIN_INTERVAL = 30.0
+
+
+class PlainBar:
+    """Progress for a stderr that is not a terminal (a log file, CI, nohup): one plain line at
+    most every `PLAIN_INTERVAL` seconds by `clock`, and one at the end; never a carriage
+    return or an escape code. It takes the calls of the `tqdm` bar it stands in for."""
+
+    mininterval = 1.0  # how often `Progress` hands over its counts; `PLAIN_INTERVAL`: printing
+
+    def __init__(self, *, total: int | None, unit: str, desc: str, **_: Any) -> None:
+        self.total, self.unit, self.desc, self.n = total, unit, desc, 0
+        self.counts: dict[str, Any] = {}
+        self.waves: list[str] = []
+        self.ended: list[str] = []  # waves that ended since the last line: said once
+        self.started = self.shown_at = clock()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self._tick()
+
+    def set_postfix(self, refresh: bool = True, **counts: Any) -> None:
+        self.counts = counts
+        self._tick()
+
+    def set_waves(self, lines: list[str]) -> None:
+        self.waves = lines
+        self._tick()
+
+    def wave_ended(self, line: str) -> None:
+        self.ended.append(line)
+
+    def write(self, text: str, file: Any = None) -> None:
+        _print_plain(text)
+
+    def close(self) -> None:
+        self._print()
+
+    def line(self) -> str:
+        done = (
+            plural(self.n, self.unit)
+            if self.total is None
+            else f"{self.n}/{plural(self.total, self.unit)}"
+        )
+        parts = [f"{self.desc}: {done}", *(f"{k}={v}" for k, v in self.counts.items())]
+        parts.append(f"{duration(clock() - self.started)} elapsed")
+        return "; ".join([", ".join(parts), *self.ended, *self.waves])
+
+    def _tick(self) -> None:
+        if clock() - self.shown_at >= PLAIN_INTERVAL:
+            self._print()
+
+    def _print(self) -> None:
+        self.shown_at = clock()
+        _print_plain(self.line())
+        self.ended.clear()
+
+
+def _print_plain(text: str) -> None:
+    # One whole line, whatever a reply or a path held: no \r redraw, no escape code.
+    clean = "".join(c if c.isprintable() else " " for c in text)
+    sys.stderr.write(clean + "\n")
+    sys.stderr.flush()
 
 
 def _quit_now(store: Any) -> None:
