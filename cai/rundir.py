@@ -213,6 +213,11 @@ def open_run_file(
     flags = _OPEN_FLAGS[mode] | _SAFE_FLAGS | (os.O_CREAT if create else 0)
     try:
         fd = os.open(path, flags, 0o644)
+    except NotADirectoryError:
+        if mode != "rb":
+            raise
+        # Nothing to read where a folder of the path is a file: as missing as it gets.
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from None
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR, errno.EOPNOTSUPP):
             with contextlib.suppress(OSError):

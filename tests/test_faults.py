@@ -331,8 +331,9 @@ def test_a_reply_of_the_wrong_shape_fails_its_prompt_not_the_run(
     calls = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines()]
     for call in calls:
         Completion.from_dict(call)
+    # (An absurd usage count is no such line: the reply is reused with the count read as 0.)
     bad_line = {"id": records["Prompt B"]["id"], "step": "initial", "text": "Hi",
-                "finish_reason": "stop", "usage": {"output_tokens": "many"}}  # fmt: skip
+                "finish_reason": "sideways", "usage": {"output_tokens": 3}}  # fmt: skip
     with (out / "calls.jsonl").open("a") as f:
         f.write(json.dumps(bad_line) + "\n")
     with FakeServer() as server:
@@ -448,7 +449,7 @@ def test_a_cut_off_critique_is_not_a_round_that_found_nothing_to_change(
     (round_,) = _records(out)[0]["rounds"]
     assert round_["critique_failed"] is True and round_["skipped"] is False
     assert round_["problem"] == "length" and round_["revision"] is None
-    assert "0 rounds found nothing to change, 1 rounds cut off or refused" in result.stderr
+    assert "0 rounds found nothing to change, 1 round cut off or refused" in result.stderr
 
 
 def test_records_written_before_critique_failed_load_with_the_same_meaning() -> None:
