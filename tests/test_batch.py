@@ -148,7 +148,7 @@ def ctrl_c_while_a_batch_is_open(args: list[str], run_dir: Path) -> tuple[str, s
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert "batch(es) still open" in err
+    assert "1 batch still open" in err
     (batch_id,) = [b["id"] for b in _batches(run_dir)]
     return err, batch_id
 

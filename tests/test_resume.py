@@ -545,7 +545,7 @@ def test_cli_merge_of_shards_warns_of_a_missing_one(workdir: Path) -> None:
     assert partial.exit_code == 0
     assert partial.stderr.splitlines() == [
         f"Merged 2 runs into m13: {sizes[0] + sizes[2]} records ({sizes[0] + sizes[2]} ok), 0 duplicates dropped",
-        "Warning: shard(s) 2/3 not given; their prompts are missing.",
+        "Warning: 1 shard not given (2/3); their prompts are missing.",
         "Next: cai export m13 --format dpo",
     ]
     full = CliRunner().invoke(cli, ["merge", "s1", "s2", "s3", "--out", "all"])

@@ -71,6 +71,6 @@ def wave_line(wave: object, batches: Iterable[BatchView], elapsed: float | None)
     done, total = sum(b.done for b in batches), sum(b.total for b in batches)
     return (
         f"wave {wave}: {plural(len(batches), 'batch')} ({shown}), "
-        f"{done:,}/{total:,} requests done"
+        f"{done:,}/{plural(total, 'request', sep=',')} done"
         + (f", {duration(elapsed)}" if elapsed is not None else "")
     )

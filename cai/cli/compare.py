@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from cai.cli._output import plural
 from cai.cli.options import _redact, from_fields, from_params
 from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_with_progress
 from cai.options import CompareOptions
@@ -59,9 +60,10 @@ def compare(html_out: Path | None, as_json: bool, **params: Any) -> None:
         )
         total = job.stats.total
         click.echo(
-            f"Judge: {stats.done} pairs judged now, {stats.already_done} already done, "
-            f"{stats.failed} failed; {stats.calls} calls ({stats.journal_hits} from the journal)"
-            + (f"; {total} pairs to judge in all" if total else "; nothing to judge")
+            f"Judge: {plural(stats.done, 'pair')} judged now, {stats.already_done} already done, "
+            f"{stats.failed} failed; {plural(stats.calls, 'call')} ({stats.journal_hits} from "
+            "the journal)"
+            + (f"; {plural(total, 'pair')} to judge in all" if total else "; nothing to judge")
             + (". Run the same command again to resume." if stats.interrupted else "."),
             err=True,
         )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cai.cli._output import plural
+
 
 @click.group()
 def constitution() -> None:
@@ -98,4 +100,4 @@ def constitution_show(path: Path) -> None:
         click.echo(f"  {p.name}{mark}: " + comparison_question(p).replace("\n", "\n    "))
     click.echo()
     system = "yes" if parsed.system else "no"
-    click.echo(f"{len(parsed.examples)} few-shot examples; system prompt: {system}")
+    click.echo(f"{plural(len(parsed.examples), 'few-shot example')}; system prompt: {system}")

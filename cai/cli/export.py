@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from cai.cli._output import plural
 from cai.cli.options import _FILTER_OPTIONS, _filter_config
 from cai.errors import ConfigError
 
@@ -33,15 +34,17 @@ def merge(run_dirs: tuple[Path, ...], out: Path) -> None:
     result = merge_runs(run_dirs, out)
     counts = ", ".join(f"{v} {k}" for k, v in result.counts.items() if k != "records")
     click.echo(
-        f"Merged {len(run_dirs)} runs into {out}: {result.counts['records']} records"
+        f"Merged {plural(len(run_dirs), 'run')} into {out}: "
+        f"{plural(result.counts['records'], 'record')}"
         + (f" ({counts})" if counts else "")
-        + f", {result.duplicates} duplicates dropped",
+        + f", {plural(result.duplicates, 'duplicate')} dropped",
         err=True,
     )
     if result.missing_shards:
         n = result.shards[0][1]
         missing = ", ".join(f"{k}/{n}" for k in result.missing_shards)
-        click.echo(f"Warning: shard(s) {missing} not given; their prompts are missing.", err=True)
+        shards = plural(len(result.missing_shards), "shard")
+        click.echo(f"Warning: {shards} not given ({missing}); their prompts are missing.", err=True)
     click.echo(f"Next: cai export {out} --format dpo", err=True)
 
 
@@ -170,10 +173,26 @@ def export(
     # The token is checked before the export, so a missing one costs no work.
     token = _hub_token() if push_repo else None
     result = export_run(run_dir, out, options)
-    _print_export(result, run_dir, fmt)
+    _print_export(result, run_dir, fmt, sft_share)
     if push_repo and token:
         url = push_export(result, push_repo, token=token)
         click.echo(f"Pushed to {url}", err=True)
+
+
+def _sft_share_line(result: Any, pairs: int, sft_share: float) -> str:
+    """How many preference pairs the hf split gave to SFT instead (--sft-share), and how to
+    keep them for preference training."""
+    prefs = sum(n for name, n in result.counts.items() if name.endswith("_prefs"))
+    moved = max(pairs - prefs, 0)
+    keep = (
+        "--sft-share 0 keeps every pair for the preference splits"
+        if sft_share > 0
+        else "--sft-share 0.5 would give half of them to SFT"
+    )
+    return (
+        f"SFT instead: {moved} of the {plural(pairs, 'preference pair')} went to the SFT splits "
+        f"rather than the preference splits (--sft-share {sft_share:g}; {keep})."
+    )
 
 
 def _hub_token() -> str:
@@ -191,14 +210,14 @@ def _hub_token() -> str:
     return token
 
 
-def _print_export(result: Any, run_dir: Path, fmt: str) -> None:
+def _print_export(result: Any, run_dir: Path, fmt: str, sft_share: float = 0.5) -> None:
     """What the filters kept, what was written where, and how to load it."""
     f = result.filtered
     removed = ", ".join(f"{k} {n}" for k, n in sorted(f.removed.items())) or "nothing"
     pairs = sum(v.use == "pref" for v in f.kept)
     click.echo(
-        f"Read {result.records} records; filters removed {removed}; kept {len(f.kept)} "
-        f"({pairs} with a preference pair, {f.sft_only} SFT only"
+        f"Read {plural(result.records, 'record')}; filters removed {removed}; kept "
+        f"{len(f.kept)} ({pairs} with a preference pair, {f.sft_only} SFT only"
         + (f", {f.fell_back} chose an earlier revision" if f.fell_back else "")
         + ")",
         err=True,
@@ -209,6 +228,8 @@ def _print_export(result: Any, run_dir: Path, fmt: str) -> None:
         + f" rows to {result.out}",
         err=True,
     )
+    if fmt == "hf":
+        click.echo(_sft_share_line(result, pairs, sft_share), err=True)
     click.echo(f"Card: {result.card}", err=True)
     if not sum(result.counts.values()):
         # No "Load it" line: datasets refuses an empty JSONL file (it has no columns).

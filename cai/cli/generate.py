@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from cai.cli._output import plural
 from cai.cli.options import _redact, from_fields, from_params
 from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_with_progress
 from cai.options import GenerateOptions
@@ -55,17 +56,18 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
     lines = [
         "",
         f"{'Interrupted' if stats.interrupted else 'Done'} in {time.monotonic() - stats.started:.1f}s: "
-        f"{stats.done} records written, {stats.failed} failed, {stats.already_done} already done"
-        + (f", {stats.duplicates} duplicate prompts skipped" if stats.duplicates else "")
+        f"{plural(stats.done, 'record')} written, {stats.failed} failed, "
+        f"{stats.already_done} already done"
+        + (f", {plural(stats.duplicates, 'duplicate prompt')} skipped" if stats.duplicates else "")
         + (f", {stats.too_long} too long for the model (skipped)" if stats.too_long else "")
-        + (f", {len(source.skipped)} bad lines skipped" if source.skipped else ""),
+        + (f", {plural(len(source.skipped), 'bad line')} skipped" if source.skipped else ""),
         f"Calls: {stats.calls} ({stats.journal_hits} reused from the journal), retries: {stats.retries}"
         + (
             f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.retries_by_kind.items()))})"
             if stats.retries
             else ""
         ),
-        f"This time: {u.input_tokens:,} tokens in, {u.output_tokens:,} out"
+        f"This time: {plural(u.input_tokens, 'token', sep=',')} in, {u.output_tokens:,} out"
         + (f", {format_cost(stats.cost_usd)}" if stats.cost_usd is not None else "")
         + (
             f"; waited {stats.throttled_seconds:.1f}s for rate limits"
@@ -74,8 +76,9 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
         ),
         "The run in all (every invocation, from its call journal):",
         *(f"  {line}" for line in format_ledger(read_ledger(run_dir))),
-        f"Rounds: {stats.revised} records revised, {stats.skipped_rounds} rounds found nothing to change, "
-        f"{stats.problem_rounds} rounds cut off or refused",
+        f"Rounds: {plural(stats.revised, 'record')} revised, "
+        f"{plural(stats.skipped_rounds, 'round')} found nothing to change, "
+        f"{plural(stats.problem_rounds, 'round')} cut off or refused",
         f"Records: {run_dir / 'records.jsonl'}",
     ]
     kept = stats.failed_in_run - stats.failed

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from cai.cli._output import plural
 from cai.cli.options import _redact, from_fields, from_params
 from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_with_progress
 from cai.options import LabelOptions
@@ -58,13 +59,13 @@ def _print_label_summary(stats: Any, out: Path) -> None:
     lines = [
         "",
         f"{'Interrupted' if stats.interrupted else 'Done'} in "
-        f"{time.monotonic() - stats.started:.1f}s: {stats.done} pairs labelled, {stats.failed} "
-        f"failed, {stats.already_done} items already done"
+        f"{time.monotonic() - stats.started:.1f}s: {plural(stats.done, 'pair')} labelled, "
+        f"{stats.failed} failed, {plural(stats.already_done, 'item')} already done"
         + (f", {stats.too_long} too long for the model (skipped)" if stats.too_long else ""),
         f"Votes: {stats.votes} ({stats.problem_votes} with no usable answer); "
-        f"{stats.inconsistent} pairs whose two orders disagree",
+        f"{plural(stats.inconsistent, 'pair')} whose two orders disagree",
         f"Calls: {stats.calls} ({stats.journal_hits} reused from the journal), retries: "
-        f"{stats.retries}; tokens: {u.input_tokens} in, {u.output_tokens} out"
+        f"{stats.retries}; tokens: {u.input_tokens:,} in, {u.output_tokens:,} out"
         + (f", {format_cost(stats.cost_usd)}" if stats.cost_usd is not None else "")
         + " this time",
         "The run in all (every invocation, from its call journal):",
@@ -73,7 +74,7 @@ def _print_label_summary(stats: Any, out: Path) -> None:
     if stats.revision_pairs:
         lines.append(
             f"The feedback model prefers the revision in {stats.revision_preferred} of "
-            f"{stats.revision_pairs} pairs."
+            f"{plural(stats.revision_pairs, 'pair')}."
         )
     lines.append(f"Judged by: {_judge(out)}")
     lines.append(f"Labels: {out / 'labels.jsonl'}")

@@ -265,7 +265,8 @@ def _print_batch_summary(backend: Any, stats: Any, run_dir: Path, add_out: bool)
 
     b = backend.stats
     lines = [
-        f"Batches: {b.batches} created in {b.waves} waves ({b.requests} requests), "
+        f"Batches: {b.batches} created in {plural(b.waves, 'wave')} "
+        f"({plural(b.requests, 'request')}), "
         f"{b.reattached} re-attached; results: {b.succeeded} succeeded, {b.errored} errored, "
         f"{b.expired} expired, {b.canceled} canceled. Priced at the batch rate (half).",
     ]
@@ -275,7 +276,7 @@ def _print_batch_summary(backend: Any, stats: Any, run_dir: Path, add_out: bool)
         if add_out:
             args += ["--out", str(run_dir)]
         lines.append(
-            f"{len(running)} batch(es) still open on {backend.name} (cai batch status {run_dir}). "
+            f"{plural(len(running), 'batch')} still open on {backend.name} (cai batch status {run_dir}). "
             f"To re-attach: cai {shlex.join(args)}"
         )
     click.echo("\n".join(lines), err=True)

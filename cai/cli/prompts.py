@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from cai.cli._output import plural
 from cai.cli.options import _redact, from_fields
 from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_with_progress
 from cai.options import PromptsOptions, option_fields
@@ -68,8 +69,9 @@ def _print_summary(stats: Any, run_dir: Path, has_out: bool) -> None:
     lines = [
         "",
         f"{'Interrupted' if stats.interrupted else 'Done'} in "
-        f"{time.monotonic() - stats.started:.1f}s: {stats.prompts} prompts of {stats.wanted} "
-        f"wanted; {stats.done} calls answered, {stats.failed} failed, {stats.refusals} refused, "
+        f"{time.monotonic() - stats.started:.1f}s: {plural(stats.prompts, 'prompt')} of "
+        f"{stats.wanted} wanted; {plural(stats.done, 'call')} answered, {stats.failed} failed, "
+        f"{stats.refusals} refused, "
         f"{stats.already_done} done before",
         f"Calls: {stats.calls} ({stats.journal_hits} reused from the journal), retries: "
         f"{stats.retries}; tokens: {u.input_tokens} in, {u.output_tokens} out"
@@ -77,8 +79,8 @@ def _print_summary(stats: Any, run_dir: Path, has_out: bool) -> None:
     ]
     if stats.cap_reached:
         lines.append(
-            f"Stopped at the call cap ({stats.call_cap} calls, --max-calls) with "
-            f"{stats.prompts} of {stats.wanted} prompts; raise --max-calls and run again to go on."
+            f"Stopped at the call cap ({plural(stats.call_cap, 'call')}, --max-calls) with "
+            f"{stats.prompts} of {plural(stats.wanted, 'prompt')}; raise --max-calls and run again to go on."
         )
     if stats.first_error:
         lines.append(f"First failure: {stats.first_error}")
