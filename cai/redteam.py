@@ -56,7 +56,7 @@ from cai.rundir import (
     read_jsonl,
     read_manifest,
     record_lines,
-    write_atomic,
+    write_run_file,
 )
 from cai.sources import PromptSource, normalize_prompt, prompt_id
 
@@ -1138,7 +1138,7 @@ def _write_prompts(
         collector = collect_prompts(lines, seeds, config)
         planned = max((int(line.get("index", 0)) for line in lines), default=-1) + 1
         stats.cap_reached = len(collector.rows) < config.n and planned >= config.call_cap
-        write_atomic(
+        write_run_file(
             store.dir / PROMPTS_FILE,
             (
                 (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
