@@ -42,7 +42,6 @@ from cai.rundir import (
     counting_skips,
     open_run_file,
     read_records,
-    record_lines,
     redact_secrets,
 )
 
@@ -448,10 +447,24 @@ def test_any_json_in_any_field_is_read_or_skipped_never_a_crash(
     with counting_skips() as skipped:
         read = _read_back(tmp, name, {**line, field: value})
     assert len(read) + sum(map(len, skipped.values())) == 1
+    # What reads back is used whole downstream: written back, counted, reported, exported.
     if name == "records.jsonl" and read:
-        Record.from_dict(read[0].to_dict())  # what reads back writes back
+        from cai.report import build_report_data
+        from cai.stats import compute_stats
+
+        Record.from_dict(read[0].to_dict())
+        compute_stats(read)
+        build_report_data(read)
     if name == LABELS_FILE and read:
-        assert record_lines(tmp / name)
+        from cai.feedback import label_pairs
+        from cai.report import build_report_data
+
+        label_pairs(read, keep_inconsistent=True)
+        build_report_data([], labels=read)
+    if name == "calls.jsonl" and read:
+        from cai.report import build_report_data
+
+        build_report_data([], calls=[{"step": "initial", **read[0].to_dict()}])
 
 
 # == kind 9: secrets =============================================================================
