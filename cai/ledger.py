@@ -171,14 +171,14 @@ class Ledger:
         return None if self.unpriced_models else self.total.cost_usd
 
     def add(self, step: str, mode: str, usage: Usage, cost: float | None, model: str) -> None:
-        if usage.calls == 0:
-            usage = Usage(
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cache_read_input_tokens,
-                usage.cache_creation_input_tokens,
-                1,
-            )
+        """One journal line: one call paid for, whatever its usage's own count says."""
+        usage = Usage(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_input_tokens,
+            1,
+        )
         self.total.add(usage, cost)
         self.by_step.setdefault(step_kind(step), Tally()).add(usage, cost)
         self.by_mode.setdefault(mode, Tally()).add(usage, cost)
@@ -264,10 +264,7 @@ def read_ledger(
         if ids is not None and line.get("id") not in ids:
             continue
         usage_data = line.get("usage")
-        try:
-            usage = Usage.from_dict(usage_data if isinstance(usage_data, dict) else {})
-        except (TypeError, ValueError):
-            usage = Usage()
+        usage = Usage.from_dict(usage_data if isinstance(usage_data, dict) else {})
         price = pricer.price(provider, model, mode)
         ledger.add(line["step"], mode, usage, None if price is None else price.cost(usage), model)
     return ledger
