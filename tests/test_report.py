@@ -243,7 +243,10 @@ def test_label_run_data() -> None:
     assert (labels["consistent"], labels["consistency_known"]) == (1, 2)
     assert data["plots"]["failures"] == {"pair failed: rate_limit": 1, "vote: no_answer": 1}
     page = render_report(data)
-    assert 'id="labels"' in page and 'id="plot-labels"' in page
+    # A label run's summary is its pairs and votes, not a generate run's records and rounds.
+    assert data["summary"]["kind"] == "label"
+    assert 'id="card-pairs"' in page and 'id="card-votes"' in page and 'id="plot-labels"' in page
+    assert "<h3>Records</h3>" not in page and 'id="principles"' not in page
 
 
 def test_labels_beside_records_join_by_id() -> None:
@@ -409,3 +412,95 @@ def test_report_of_a_real_generate_run(
     assert "<b>mini</b>" in page  # the constitution's name, from the manifest
     assert "Identify ways the response is harmful." in page  # its full text, from the run
     assert 'id="plot-calls"' in page and 'id="plot-principles"' in page
+
+
+@pytest.mark.skipif(_WHY is not None, reason=f"needs headless Chromium: {_WHY}")
+def test_label_run_report_in_headless_chromium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_constitution: Path
+) -> None:
+    """A real label run (generate, then `cai label` against the fake server with a price for
+    its model), then `cai report` on it, in the browser: its cards are the label run's (pairs,
+    votes, position bias, order consistency, cost), with the ledger's figures; the constitution
+    copied beside it is found; the latency and token plots are drawn; a pair says it prefers
+    the revision."""
+    from fake_server import FakeServer
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from cai.ledger import read_ledger
+    from cai.pricing import format_cost
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    Path("prices.json").write_text(json.dumps({"models": {"fake-gpt": {"input": 1, "output": 4}}}))
+    prompts = [{"prompt": f"question {i}: is it safe?"} for i in range(12)] + [{"prompt": HOSTILE}]
+    Path("p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    with FakeServer() as server:
+        made = CliRunner().invoke(cli, [
+            "generate", "--constitution", str(mini_constitution), "--prompts", "p.jsonl",
+            "--rounds", "1", "--provider", "openai", "--model", "fake-gpt",
+            "--base-url", server.url + "/v1", "--price-table", "prices.json", "--out", "run",
+        ])  # fmt: skip
+        assert made.exit_code == 0, made.output
+        labelled = CliRunner().invoke(
+            cli, ["label", "run", "--out", "labels", "--votes", "2", "--price-table", "prices.json"]
+        )
+        assert labelled.exit_code == 0, labelled.output
+    assert CliRunner().invoke(cli, ["report", "labels"]).exit_code == 0
+    pairs = [json.loads(x) for x in Path("labels/labels.jsonl").read_text().splitlines()]
+    ledger = read_ledger(Path("labels"))
+    assert pairs and ledger.cost_usd
+    page = Path("labels/report.html").read_text(encoding="utf-8")
+    viewer = json.loads(re.search(r'id="viewer-data">(.*?)</script>', page, re.S).group(1))
+    assert {r["v"] for r in viewer["records"]} <= {
+        "prefers the revision",
+        "prefers the first answer",
+    }
+
+    with chromium() as driver:
+        driver.get(Path("labels/report.html").resolve().as_uri())
+        WebDriverWait(driver, 30).until(
+            lambda d: d.execute_script("return document.documentElement.dataset.rendered")
+        )
+
+        def big(card: str) -> str:
+            return driver.find_element(By.CSS_SELECTOR, f"#{card} .big").text
+
+        assert int(big("card-pairs")) == len(pairs) > 0
+        assert int(big("card-votes")) == 2 * 2 * len(pairs)  # 2 votes, each in both orders
+        assert big("card-position").endswith("%") and big("card-order").endswith("%")
+        cost = driver.find_element(By.ID, "card-cost").text
+        # The ledger's figures, as `cai stats` prints them.
+        assert f"Cost: {format_cost(ledger.cost_usd)}" in cost and "$0.0000" not in cost
+        assert (
+            f"{ledger.usage.calls:,} calls" in cost and f"{ledger.usage.input_tokens:,} in" in cost
+        )
+        assert "feedback vote" in cost
+        assert "Records" not in driver.find_element(By.ID, "summary").text
+        assert "prefers the revision in" in driver.find_element(By.ID, "card-pairs").text
+        # The constitution copied beside the label run.
+        driver.find_element(By.CSS_SELECTOR, "#summary details summary").click()
+        assert (
+            "Identify ways the response is harmful."
+            in driver.find_element(By.CSS_SELECTOR, "#summary pre.text").text
+        )
+        # Latency (bars of pairs) and tokens per call (boxes by step) are drawn.
+        calls = driver.find_element(By.ID, "plot-calls").get_attribute("innerHTML")
+        assert "feedback vote in" in calls and "feedback vote out" in calls
+        # The latency histogram's 30 bars are patches; an empty plot has only its frame's ~11.
+        assert calls.count('id="patch_') > 30
+        assert driver.find_elements(By.CSS_SELECTOR, "#plot-labels svg")
+        # A pair: which response is the revision, and the verdict in those words.
+        head = driver.find_element(By.CSS_SELECTOR, "#list .rec .head")
+        assert "prefers the" in head.text
+        head.click()
+        detail = driver.find_element(By.CSS_SELECTOR, "#list .detail")
+        assert "Response A: the first answer" in detail.text
+        assert "Response B: the revision" in detail.text
+        assert len(detail.find_elements(By.CSS_SELECTOR, "table.votes tr")) == 1 + 2 * 2
+        assert driver.execute_script("return window.__pwned") is None
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+        shot = tmp_path / "labels.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000

@@ -24,7 +24,7 @@ from typing import Any
 
 from cai.errors import ConfigError
 from cai.filters import FilterConfig, apply_filters, for_run, similarity
-from cai.ledger import Ledger, format_ledger, read_ledger
+from cai.ledger import STEP_NAMES, Ledger, format_ledger, read_ledger, step_kind
 from cai.records import Record, Round, clean_count
 from cai.rundir import (
     CALLS_FILE,
@@ -154,22 +154,37 @@ def _label_failures(labels: list[dict[str, Any]]) -> dict[str, int]:
     return dict(kinds.most_common())
 
 
-def _call_stats(records: list[Record], calls: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Seconds per call (each chain's time over its calls) and tokens per call, by step."""
-    seconds = []
-    for r in records:
-        n = clean_count(r.usage.get("calls"))
-        t = r.timings.get("seconds")
-        if n and isinstance(t, int | float) and not isinstance(t, bool):
-            seconds.append(float(t) / n)
+def _timings(records: list[Record], labels: list[dict[str, Any]]) -> list[tuple[Any, Any, int]]:
+    """(started_at, seconds, calls) of each record's chain, or each pair's votes in a label run."""
+    rows = [(r.timings, r.usage) for r in records]
+    rows += [
+        (label.get("timings"), label.get("usage"))
+        for label in labels
+        if isinstance(label.get("timings"), dict) and isinstance(label.get("usage"), dict)
+    ]
+    return [
+        (timings.get("started_at"), timings.get("seconds"), clean_count(usage.get("calls")))
+        for timings, usage in rows
+    ]
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _call_stats(
+    records: list[Record], calls: Iterable[dict[str, Any]], labels: list[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """Seconds per call (each chain's time over its calls, or each labelled pair's) and tokens
+    per call, by kind of step (`cai.ledger.step_kind`: initial, critique, revision, vote, ...)."""
+    seconds = [float(t) / n for _, t, n in _timings(records, list(labels)) if n and _number(t)]
     tokens: dict[str, dict[str, list[int]]] = {}
     for call in calls:
-        step = str(call.get("step", ""))
-        kind = step.rsplit(".", 1)[-1] or "other"
+        kind = step_kind(str(call.get("step", "")))
         usage = call.get("usage") if isinstance(call.get("usage"), dict) else {}
-        entry = tokens.setdefault(kind, {"input": [], "output": []})
-        entry["input"].append(clean_count(usage.get("input_tokens")))
-        entry["output"].append(clean_count(usage.get("output_tokens")))
+        entry = tokens.setdefault(kind, {"in": [], "out": []})
+        entry["in"].append(clean_count(usage.get("input_tokens")))
+        entry["out"].append(clean_count(usage.get("output_tokens")))
     return {"seconds_per_call": seconds, "tokens": tokens}
 
 
@@ -192,6 +207,11 @@ def _label_data(labels: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_p_first": stats["mean_p_first"],
         "consistent": stats["position_consistent"],
         "consistency_known": stats["labelled"],
+        "answered_votes": stats["answered_votes"],
+        "vote_problems": stats["vote_problems"],
+        "revision_pairs": stats["revision_pairs"],
+        "revision_preferred": stats["revision_preferred"],
+        "modes": dict(Counter(str(x.get("mode")) for x in labels if x.get("mode"))),
     }
 
 
@@ -229,7 +249,18 @@ def _label_verdict(label: dict[str, Any]) -> str:
     reason = label_skip_reason(label)
     if reason is not None:
         return f"dropped: {reason}"
+    if label.get("chosen_round") is not None:
+        # A pair of a generate run: A is its first answer, B the revision export would choose.
+        return "prefers the first answer" if float(label["p_a"]) > 0.5 else "prefers the revision"
     return "prefers A" if float(label["p_a"]) > 0.5 else "prefers B"
+
+
+def _label_run_note(labels: list[dict[str, Any]]) -> str | None:
+    """What A and B are in a label run: a generate run's first answer and its revision, or two
+    sampled responses."""
+    if any(label.get("chosen_round") is not None for label in labels):
+        return "A is the run's first answer, B the revision export would choose"
+    return None
 
 
 def _messages(prompt: Any) -> list[list[str]]:
@@ -334,17 +365,19 @@ def build_report_data(
             **_label_entry(label, names),
         }
         entry["v"] = _label_verdict(label)
+        if label.get("chosen_round") is not None:
+            entry["rev"] = 1  # B is the revision
         label_only.append(entry)
 
-    calls_data = _call_stats(records, calls)
+    calls_data = _call_stats(records, calls, [] if records else labels)
+    calls_data["unit"] = "records" if records or not labels else "pairs"
     cfg = manifest.get("config") or {}
     constitution = manifest.get("constitution") or {}
     first = records[0] if records else None
     starts = [
-        (r.timings.get("started_at"), r.timings.get("seconds"))
-        for r in records
-        if isinstance(r.timings.get("started_at"), int | float)
-        and isinstance(r.timings.get("seconds"), int | float)
+        (s, t)
+        for s, t, _ in _timings(records, [] if records else labels)
+        if _number(s) and _number(t)
     ]
     wall = max(s + t for s, t in starts) - min(s for s, _ in starts) if starts else None
     sampling = {
@@ -355,6 +388,8 @@ def build_report_data(
     sampling.update({k: f"not sent ({why})" for k, why in not_sent.items() if k in sampling})
     summary = {
         "name": name,
+        # A label run's page leads with its pairs and votes, not a generate run's records.
+        "kind": "label" if labels and not records else "generate",
         "status": manifest.get("status"),
         "created": manifest.get("created"),
         "provider": cfg.get("provider") or (first.provider if first else None),
@@ -381,6 +416,7 @@ def build_report_data(
     }
     if labels:
         plots["labels"] = _label_data(labels)
+        summary["kind_note"] = _label_run_note(labels) if not records else None
     viewer = {
         "mode": "records" if records else "labels",
         "principles": names.items,
@@ -470,20 +506,29 @@ def _change_plot(change: dict[str, list[float]]) -> Any:
 
 
 def _calls_plot(calls: dict[str, Any]) -> Any:
-    fig = _figure(7, 2.6)
+    fig = _figure(7, max(2.6, 0.3 * 2 * len(calls["tokens"]) + 1.0))
     left, right = fig.subplots(1, 2)
     seconds = calls["seconds_per_call"]
     if seconds:
         left.hist(seconds, bins=30, color="#457b9d")
+    left.locator_params(axis="x", nbins=5)  # a narrow spread would crowd its tick labels
     left.set_xlabel("seconds per call (chain time / its calls)")
-    left.set_ylabel("records")
+    left.set_ylabel(calls.get("unit", "records"))
     left.set_title("Latency", loc="left")
     tokens = calls["tokens"]
-    kinds = sorted(tokens)
+    # In the order a chain makes its calls; a vote's input is the pair, its output a letter.
+    kinds = [k for k in STEP_NAMES if k in tokens] + sorted(set(tokens) - set(STEP_NAMES))
     if kinds:
-        data = [tokens[k]["output"] for k in kinds]
-        right.boxplot(data, tick_labels=kinds, orientation="horizontal", showfliers=False)
-    right.set_xlabel("output tokens per call")
+        rows = [
+            (f"{STEP_NAMES.get(k, k)} {io}", tokens[k][io]) for k in kinds for io in ("in", "out")
+        ]
+        right.boxplot(
+            [data for _, data in rows][::-1],
+            tick_labels=[name for name, _ in rows][::-1],
+            orientation="horizontal",
+            showfliers=False,
+        )
+    right.set_xlabel("tokens per call (in: prompt, out: reply)")
     right.set_title("Tokens per call, by step", loc="left")
     return fig
 
@@ -506,7 +551,11 @@ def _labels_plot(labels: dict[str, Any]) -> Any:
     bins = [i / 20 for i in range(21)]
     left.hist(labels["p_a"], bins=bins, color="#457b9d")
     left.axvline(0.5, color="black", linewidth=0.8)
-    left.set_xlabel("p_a (probability that response A is better)")
+    left.set_xlabel(
+        "p_a (probability that the first answer beats the revision)"
+        if labels.get("revision_pairs")
+        else "p_a (probability that response A is better)"
+    )
     left.set_ylabel("pairs")
     left.set_title("Soft labels", loc="left")
     shares, names = [], []
@@ -677,7 +726,8 @@ def write_report(
 
         label_dir = Path(label_run) if label_run is not None else find_label_run(run_dir)
         labels = read_labels(label_dir) if label_dir is not None else labels
-    text, _ = find_constitution_text(run_dir, manifest, records) if records else (None, "")
+    # A label run has the constitution copied beside it too.
+    text, _ = find_constitution_text(run_dir, manifest, records)
     data = build_report_data(
         records,
         manifest,

@@ -149,8 +149,9 @@
     });
     if (labelsMode) {
       var cols = el("div", "cols"), a = el("div"), b = el("div");
-      block(a, "Response A", r.A);
-      block(b, "Response B", r.B);
+      // A pair of a generate run: A is its first answer, B the revision export would choose.
+      block(a, r.rev ? "Response A: the first answer" : "Response A", r.A);
+      block(b, r.rev ? "Response B: the revision" : "Response B", r.B);
       cols.appendChild(a); cols.appendChild(b);
       d.appendChild(cols);
       block(d, "A → B, word by word", diff(r.A, r.B));
