@@ -414,7 +414,7 @@ class FakeServer:
         batch_delay: float = 0.0,
         batch_error_rate: float = 0.0,
         batch_expire_rate: float = 0.0,
-        hold_batches: bool = False,
+        hold_batches: bool | Callable[[dict[str, Any]], bool] = False,
         batch_duplicates: bool = False,
         hostile: tuple[str, ...] | set[str] = (),
     ) -> None:

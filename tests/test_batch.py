@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,7 +80,44 @@ def _batches(run_dir: Path) -> list[dict]:
     return cai.batch.BatchJournal(run_dir).batches()
 
 
-def _wait_for(predicate, timeout: float = 30.0) -> None:
+class _Watched:
+    """`cai ARGS` in a subprocess whose stderr is read as it comes, so a test can wait for a
+    line to be printed (an event) instead of guessing how long the run takes to print it."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = _cai(args)
+        self._err: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self._err.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._err.append("")  # end of stream
+            self._changed.notify_all()
+
+    def wait_for_text(self, text: str) -> None:
+        """Until stderr holds TEXT; fails if the process ends without printing it. The timeout
+        only keeps a broken run from hanging the suite."""
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: text in "".join(self._err) or (self._err and self._err[-1] == ""),
+                timeout=600,
+            )
+            assert ok and text in "".join(self._err), "".join(self._err)[-3000:]
+
+    def finish(self) -> tuple[int, str]:
+        self.proc.wait(timeout=600)
+        self._reader.join(timeout=600)
+        return self.proc.returncode, "".join(self._err)
+
+
+def _wait_for(predicate, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -112,8 +150,15 @@ def killed_twice_then_resumed(
     twice, then run it to the end. Checks that it re-attached, that every request was paid
     once and journaled, and that some came back errored and went out again; returns the ids
     of the batches the kills left open and how many requests came back errored."""
+    # Each kill lands while a batch of the run is open, however busy the machine: the first
+    # batch is held until the first kill; then it may end (so the resumed run collects it and
+    # sends what errored in a new batch) while every newer batch is held until the second.
+    server.hold_batches = True
     for kill in (1, 2):
         seen = len(_batches(run_dir))
+        if kill == 2:
+            older = set(server.batches)
+            server.hold_batches = lambda batch: batch["id"] not in older  # noqa: B023
         proc = _cai(args)
         _wait_for(lambda: len(_batches(run_dir)) > seen or proc.poll() is not None)  # noqa: B023
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -123,8 +168,9 @@ def killed_twice_then_resumed(
         assert proc.returncode == -signal.SIGKILL, f"kill {kill}"
     open_before = [b["id"] for b in _batches(run_dir) if not b["collected"]]
     assert open_before, "no batch was left open by the kills"
+    server.hold_batches = False
     proc = _cai(args)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "re-attached" in err
     # Never paid twice, and every reply paid for is in the journal.
@@ -146,7 +192,7 @@ def ctrl_c_while_a_batch_is_open(args: list[str], run_dir: Path) -> tuple[str, s
     _wait_for(lambda: len(_batches(run_dir)) == 1)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "1 batch still open" in err
     (batch_id,) = [b["id"] for b in _batches(run_dir)]
@@ -161,7 +207,7 @@ def test_killed_twice_while_batches_are_open_then_resumed(
     paid once, and the records are an interactive run's."""
     prompts = _prompts(tmp_path / "prompts.jsonl", 100)
     run = tmp_path / "batch-run"
-    with FakeServer(batch_delay=0.5, batch_error_rate=0.05, seed=3) as server:
+    with FakeServer(batch_error_rate=0.05, seed=3) as server:
         args = [*_args(provider, server, mini_constitution, prompts, run), "--batch"]
         args += ["--poll-interval", POLL]
         open_before, errored = killed_twice_then_resumed(args, run, server)
@@ -195,7 +241,7 @@ def test_killed_before_the_batch_id_was_journaled_then_resumed(
     never created it (the fake forgets it), the requests go out again, once."""
     prompts = _prompts(tmp_path / "prompts.jsonl", 20)
     run = tmp_path / "batch-run"
-    with FakeServer(batch_delay=2.0, seed=3) as server:
+    with FakeServer(hold_batches=True, seed=3) as server:
         args = [*_args(provider, server, mini_constitution, prompts, run), "--batch"]
         args += ["--poll-interval", POLL]
         proc = _cai(args)
@@ -213,9 +259,12 @@ def test_killed_before_the_batch_id_was_journaled_then_resumed(
         plain_args = _args(provider, server, mini_constitution, prompts, run)
         refused = CliRunner().invoke(cli, plain_args)  # that batch may be open: no double pay
         assert refused.exit_code == 2 and "intent-" in refused.output, refused.output
-        proc = _cai(args)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
+        resumed = _Watched(args)
+        if created:  # the batch is held open until the resumed run has met it
+            resumed.wait_for_text(f"it may be {lost}" if provider == "anthropic" else lost)
+        server.hold_batches = False
+        returncode, err = resumed.finish()
+        assert returncode == 0, err
         events = [e["event"] for e in cai.batch.BatchJournal(run).entries()]
         if created:
             assert f"re-attached to {lost}" in err
@@ -339,7 +388,7 @@ def test_ctrl_c_leaves_batches_running_then_status_cancel_and_resume(
 ) -> None:
     prompts = _prompts(tmp_path / "prompts.jsonl", 10)
     run = tmp_path / "run"
-    with FakeServer(batch_delay=60) as server:
+    with FakeServer(hold_batches=True) as server:
         args = [*_args("openai", server, mini_constitution, prompts, run), "--batch"]
         args += ["--poll-interval", POLL]
         err, batch_id = ctrl_c_while_a_batch_is_open(args, run)
@@ -362,7 +411,7 @@ def test_ctrl_c_leaves_batches_running_then_status_cancel_and_resume(
         assert "cancelled" in result.output and "failed 10" in result.output
 
         # Resumed: the canceled requests go out again, nothing was paid for them before.
-        server.batch_delay = 0.1
+        server.hold_batches = False
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
         assert len(_texts(run)) == 10

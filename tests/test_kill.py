@@ -100,7 +100,7 @@ def _wait_and_kill(process: subprocess.Popen, run_dir: Path, what: str, amount: 
     )
     calls_at, records_at, manifest_at = _count_lines(calls), _count_lines(records), _mtime(manifest)
     started = time.monotonic()
-    while time.monotonic() - started < 30:
+    while time.monotonic() - started < 300:
         if process.poll() is not None:
             raise AssertionError(f"the run ended by itself before kill point {what} {amount}")
         if (
@@ -121,7 +121,7 @@ def test_sigkill_at_many_points_then_resume_equals_a_clean_run(tmp_path: Path, j
     start, server = job
     clean_dir = tmp_path / "clean"
     clean = start(clean_dir)
-    assert clean.wait(timeout=60) == 0, clean.stderr.read().decode()
+    assert clean.wait(timeout=600) == 0, clean.stderr.read().decode()
     clean_requests = server.requests
     expected = _records(clean_dir)
     assert len(expected) == PROMPTS and {r[0] for r in expected.values()} == {"ok"}
@@ -139,7 +139,7 @@ def test_sigkill_at_many_points_then_resume_equals_a_clean_run(tmp_path: Path, j
             )
 
     final = start(run_dir)
-    _, stderr = final.communicate(timeout=60)
+    _, stderr = final.communicate(timeout=600)
     assert final.returncode == 0, stderr.decode()
     assert "Done in" in stderr.decode()
 

@@ -121,9 +121,8 @@ def test_killed_twice_while_batches_are_open_then_resumed(
     # Anthropic's bodies carry no seed: two votes drawing one principle would be one body,
     # which the fake's count by body could not tell from a request bought twice.
     votes = 2 if provider == "openai" else 1
-    # A label run has one wave and its retries: a batch open for 1 s leaves room for each kill
-    # to land before the batch ends, even on a busy machine.
-    with FakeServer(batch_delay=1.0, batch_error_rate=0.1, seed=3) as server:
+    # killed_twice_then_resumed holds the batches open until both kills have landed.
+    with FakeServer(batch_error_rate=0.1, seed=3) as server:
         args = _label(provider, server, source_run, out, "--votes", votes, "--batch")
         args += ["--poll-interval", POLL]
         open_before, errored = killed_twice_then_resumed(args, out, server)
@@ -169,7 +168,7 @@ def test_ctrl_c_then_status_cancel_and_resume_of_a_label_run(
     source_run: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "labels"
-    with FakeServer(batch_delay=60) as server:
+    with FakeServer(hold_batches=True) as server:
         args = _label("openai", server, source_run, out, "--votes", 1, "--batch")
         args += ["--poll-interval", POLL]
         err, batch_id = ctrl_c_while_a_batch_is_open(args, out)
@@ -192,7 +191,7 @@ def test_ctrl_c_then_status_cancel_and_resume_of_a_label_run(
         assert "Resume with the same cai label command" in result.output
 
         # Resumed: the canceled votes go out again, nothing was paid for them before.
-        server.batch_delay = 0.1
+        server.hold_batches = False
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
         assert len(_labels(out)) == requests // 2

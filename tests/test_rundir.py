@@ -331,7 +331,7 @@ def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
         ]  # fmt: skip
         process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 300
             while (
                 not (run_dir / "calls.jsonl").exists()
                 or not (run_dir / "calls.jsonl").stat().st_size
@@ -355,7 +355,7 @@ def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
         )
         data = json.loads(CliRunner().invoke(cli, ["stats", str(run_dir), "--json"]).output)
         assert data["run"]["status"] == "running" and data["run"]["state"].startswith("interrupted")
-        resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert f"ended without cleaning up (process {process.pid} is gone" in resumed.stderr
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"

@@ -62,7 +62,7 @@ def _run_with_progress(
 
     async def run() -> Any:
         stop = asyncio.Event()
-        _stop_on_signals(stop, store, progress, backend.batched)
+        _stop_on_signals(stop, store, progress, backend.batched, has_fresh=desc == "generate")
         return await execute(job, on_event=progress.on_event, stop=stop)
 
     try:
@@ -72,7 +72,9 @@ def _run_with_progress(
         progress.close()
 
 
-def _stop_on_signals(stop: Any, store: Any, progress: Any, batching: bool) -> None:
+def _stop_on_signals(
+    stop: Any, store: Any, progress: Any, batching: bool, *, has_fresh: bool = False
+) -> None:
     """Ctrl-C (and SIGTERM: a batch scheduler's polite stop) sets `stop`; a second quits."""
     import asyncio
     import signal
@@ -83,7 +85,7 @@ def _stop_on_signals(stop: Any, store: Any, progress: Any, batching: bool) -> No
         nonlocal presses
         presses += 1
         if presses > 1:
-            _quit_now(store)
+            _quit_now(store, has_fresh)
         stop.set()
         progress.write(
             "Stopping: batches keep running on the provider; this run stops waiting for them."
@@ -232,7 +234,7 @@ def _print_plain(text: str) -> None:
     sys.stderr.flush()
 
 
-def _quit_now(store: Any) -> None:
+def _quit_now(store: Any, has_fresh: bool) -> None:
     """The second Ctrl-C: exit at once. Every line is written whole by the event loop, which
     runs this between writes, so the files need no cleanup; the manifest says so."""
     with contextlib.suppress(Exception):
@@ -241,7 +243,8 @@ def _quit_now(store: Any) -> None:
             manifest.status = "interrupted"
             store.write_manifest(manifest)
     sys.stderr.write(
-        f"\nQuit. To resume, run the same command with --out {store.dir} (and without --fresh).\n"
+        f"\nQuit. To resume, run the same command with --out {store.dir}"
+        + (" (and without --fresh).\n" if has_fresh else ".\n")
     )
     sys.stderr.flush()
     os._exit(EXIT_INTERRUPTED)
