@@ -207,7 +207,9 @@ def test_cost_in_summary_and_manifest_from_a_price_table(
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
     assert manifest["stats"]["cost_usd"] == round(expected, 6)
     assert manifest["config"]["prices_as_of"] == "2030-01-01"
-    assert f"estimated cost {format_cost(expected)}" in result.stderr
+    # This invocation's cost, then the run's ledger: the same here, as the run made one.
+    assert f"out, {format_cost(expected)}" in result.stderr
+    assert f"  Cost: {format_cost(expected)}" in result.stderr
 
 
 def test_a_bad_price_table_is_a_clear_error(
