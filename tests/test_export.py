@@ -572,6 +572,8 @@ def test_push_to_hub_uploads_the_files_and_the_card(mixed_run: Path, hub: FakeHu
     code, output = export(mixed_run, "--format", "hf", "--push-to-hub", "someone/cai-data")
     assert code == 0, output
     assert output.splitlines()[-1] == f"Pushed to {hub.url}/datasets/someone/cai-data"
+    # Output not to a terminal: no upload bar redrawn with \r (issue 21 item 7).
+    assert "\r" not in output and "\x1b[" not in output
     out = mixed_run / "hf"
     assert sorted(hub.files) == [
         "README.md",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +177,31 @@ def export(
     result = export_run(run_dir, out, options)
     _print_export(result, run_dir, fmt, sft_share)
     if push_repo and token:
-        url = push_export(result, push_repo, token=token)
+        with _plain_hub_progress():
+            url = push_export(result, push_repo, token=token)
         click.echo(f"Pushed to {url}", err=True)
+
+
+@contextlib.contextmanager
+def _plain_hub_progress() -> Iterator[None]:
+    """No upload bars (\r redraws) when stderr is a log file, CI or nohup: the lines around
+    the push say what happened."""
+    import sys
+
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    quiet = not sys.stderr.isatty() and not are_progress_bars_disabled()
+    if quiet:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            enable_progress_bars()
 
 
 def _sft_share_line(result: Any, pairs: int, sft_share: float) -> str:
