@@ -552,7 +552,7 @@ def _labels_plot(labels: dict[str, Any]) -> Any:
     left.hist(labels["p_a"], bins=bins, color="#457b9d")
     left.axvline(0.5, color="black", linewidth=0.8)
     left.set_xlabel(
-        "p_a (probability that the first answer beats the revision)"
+        "p_a (P that the first answer beats the revision)"
         if labels.get("revision_pairs")
         else "p_a (probability that response A is better)"
     )
