@@ -69,7 +69,8 @@ def test_lists_of_prompts_make_a_run_whose_dpo_rows_equal_the_export(
     dataset = run.to_dataset("dpo", keep_unchanged=True)
     rows = _export_rows(run.dir, tmp_path / "dpo.jsonl", "--keep-unchanged")
     assert rows and dataset.to_list() == rows
-    assert "cai export" in dataset.info.description or "dpo" in dataset.info.description
+    # The card too: the one `cai export` wrote beside the rows.
+    assert dataset.info.description == (tmp_path / "dpo.README.md").read_text(encoding="utf-8")
 
 
 def test_a_dataset_with_a_prompt_field_and_the_four_hf_splits(
