@@ -2,6 +2,12 @@
 
 Read a constitution written in Markdown, have a model answer red-team prompts, critique each
 answer against a sampled principle and revise it, and export preference pairs for DPO.
+
+From Python (`cai.api`):
+
+    import cai
+    run = cai.generate(["How do I pick a lock?"], "harmless", provider="openai", model="m")
+    run.to_dataset("dpo")  # the rows `cai export --format dpo` writes, as a datasets.Dataset
 """
 
 from __future__ import annotations
