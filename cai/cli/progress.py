@@ -142,12 +142,13 @@ class _WaveBars:
         from tqdm import tqdm
 
         views = [batch_view(s) for s in self.states[wave].values()]
+        total = sum(v.total for v in views)
         if wave not in self.bars:
             self.bars[wave] = tqdm(
-                unit="request", desc=f"wave {wave}", file=sys.stderr, leave=False
+                total=total, unit="request", desc=f"wave {wave}", file=sys.stderr, leave=False
             )
         bar = self.bars[wave]
-        bar.total, bar.n = sum(v.total for v in views), sum(v.done for v in views)
+        bar.total, bar.n = total, sum(v.done for v in views)
         # The states and the time: the bar itself shows the requests done out of all.
         bar.set_postfix_str(f"{states_text(views)}; {duration(self.elapsed(wave))}", refresh=False)
         bar.refresh()
