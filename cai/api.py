@@ -873,7 +873,9 @@ def label(source: Any, *, out: str | Path, progress: bool = True, **options: Any
     `source`: a generate `Run` or its directory (each record's first answer against its
     revision), or prompts as `generate` takes them (`responses` answers per prompt from the
     policy model, every pair labelled; `constitution=` is then needed). `options`: `cai
-    label`'s options by their Python names (`cai.options.LabelOptions`).
+    label`'s options by their Python names (`cai.options.LabelOptions`). The feedback model
+    defaults to a source run's provider, model and base URL; `provider=`, `model=` and
+    `base_url=` override each.
     """
     job = _prepare("label", {"source": source, "out": out, **options})
     return _run(job, progress)
