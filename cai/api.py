@@ -417,6 +417,7 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
         prompt_pairs,
         run_labels,
         run_pairs,
+        run_source,
         uses_cot,
     )  # fmt: skip
     from cai.filters import FilterConfig
@@ -438,7 +439,9 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
     constitution = opts.constitution
     if from_run:
         filters = FilterConfig(**opts.filter_fields())
-        _, items, left_out = run_pairs(source, filters)
+        source_manifest, items, left_out = run_pairs(source, filters)
+        # The run and filters the pairs come from: a resume with others is refused.
+        pairs_from: dict[str, Any] | None = run_source(source, source_manifest, filters)
         prompts: Any = os.fspath(source)
         if constitution is None:
             constitution = Path(source) / "constitution.md"
@@ -462,6 +465,7 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
         if count == 0:
             raise InputError(prompts.spec, None, "no prompts in the file")
         items = prompt_pairs(prompts)
+        pairs_from = None
         pairs = math.comb(config.responses, 2)
         total = None if count is None else min(count, opts.limit or count) * pairs
     parsed = _constitution(constitution)
@@ -527,7 +531,7 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
     stats = LabelStats(total=total, price=price)
     start = partial(
         run_labels, items, parsed, backend, config, store,
-        policy=policy, manifest=manifest, stats=stats, engine=engine,
+        policy=policy, source=pairs_from, manifest=manifest, stats=stats, engine=engine,
     )  # fmt: skip
     others = (policy,) if policy is not None and policy is not backend else ()
     return Prepared("label", opts.out, start, backend, store, stats, prompts, others, notes)

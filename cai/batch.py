@@ -186,14 +186,33 @@ class _BatchAPI:
 
     name = ""
 
-    def __init__(self, provider: Any, max_retries: int = 6) -> None:
+    def __init__(self, provider: Any, max_retries: int = 6, timeout: float | None = None) -> None:
         self.provider = provider
         self.max_retries = max_retries
+        # Seconds one attempt may take as a whole (a server may answer a byte at a time);
+        # None: only the SDK's own timeouts, as a large upload may take long.
+        self.timeout = timeout
         self.max_requests, self.max_bytes = LIMITS[self.name]
 
     @property
     def client(self) -> Any:
         return self.provider._get_client()
+
+    @property
+    def url(self) -> str:
+        """The server these endpoints are at, without credentials: part of a batch's identity
+        in the journal."""
+        return public_url(str(self.client.base_url).rstrip("/")) or ""
+
+    def gone(self, batch_id: str, error: ProviderError) -> ConfigError | None:
+        """The error that stops a run when the server does not know `batch_id` (404): it is
+        gone, or this is not the server that created it; polling it again would never end."""
+        if error.status != 404:
+            return None
+        return ConfigError(
+            f"batch {batch_id} is not known at {self.url} (404): it was deleted, or created "
+            "at another --base-url; resume with the --base-url that created it"
+        )
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         import importlib
@@ -205,7 +224,13 @@ class _BatchAPI:
 
         async def attempt() -> Any:
             try:
-                return await fn()
+                if self.timeout is None:
+                    return await fn()
+                return await asyncio.wait_for(fn(), self.timeout)
+            except asyncio.TimeoutError:
+                raise errors.APITimeoutError(
+                    f"no complete reply within {self.timeout:g}s (--timeout)"
+                ) from None
             except sdk.APIError as e:
                 raise translate_sdk_error(e, sdk, key) from None
 
@@ -520,7 +545,7 @@ class OpenAIBatches(_BatchAPI):
             yield cid, outcome
 
 
-def batch_api(provider: Any, max_retries: int = 6) -> _BatchAPI:
+def batch_api(provider: Any, max_retries: int = 6, timeout: float | None = None) -> _BatchAPI:
     """The batch endpoints of `provider` (an Anthropic or OpenAI provider)."""
     apis = {"anthropic": AnthropicBatches, "openai": OpenAIBatches}
     if not provider.supports_batch or provider.name not in apis:
@@ -528,7 +553,7 @@ def batch_api(provider: Any, max_retries: int = 6) -> _BatchAPI:
             f"--batch goes with --provider anthropic or openai, not {provider.name}; "
             "drop --batch to call it directly"
         )
-    return apis[provider.name](provider, max_retries)
+    return apis[provider.name](provider, max_retries, timeout)
 
 
 # -- the provider that batches ---------------------------------------------------------------
@@ -589,9 +614,17 @@ class BatchProvider(Provider):
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._members: dict[str, str] = {}  # custom_id -> the open batch it is in
         self._open: dict[str, _Open] = {}
+        # Results read that no chain has asked for yet (a success is in the journal already).
         self._results: dict[str, tuple[str, Completion | ProviderError]] = {}
-        self._untaken: dict[str, set[str]] = {}  # downloaded batch -> results not yet asked for
+        # custom_id -> (record id, step): where a result goes in the call journal.
+        self._calls: dict[str, tuple[str, str]] = {}
+        self._journaled: set[str] = set()  # results this provider journaled, not yet taken
+        # A batch journaled by an older cai (no `steps`): its answers no chain asked for yet,
+        # which only a chain can journal; it is collected once they are all taken.
+        self._untaken: dict[str, set[str]] = {}
         self._taken_before: set[str] = set()
+        # The run's store while `run_job` has it open (`use_store`): results go to its journal.
+        self._store: Any = None
         self._last_added = 0.0
         self._collector: asyncio.Task[None] | None = None
         self._waves = 0
@@ -599,6 +632,8 @@ class BatchProvider(Provider):
             if entry["collected"]:
                 continue
             ids = [i for i in entry.get("custom_ids", []) if isinstance(i, str)]
+            self._check_url(entry)
+            self._remember_calls(entry)
             self._open[entry["id"]] = _Open(
                 entry["id"], ids, int(entry.get("wave", 0)), float(entry.get("created", 0))
             )
@@ -613,6 +648,8 @@ class BatchProvider(Provider):
         self._held: dict[str, dict[str, Any]] = {}
         self._told: set[str] = set()
         for entry in self._intents.values():
+            self._check_url(entry)
+            self._remember_calls(entry)
             self._waves = max(self._waves, int(entry.get("wave", 0)))
             for cid in entry.get("custom_ids") or []:
                 self._members[cid] = entry["id"]
@@ -620,6 +657,32 @@ class BatchProvider(Provider):
 
     def _report(self) -> None:
         self.report.update(self.stats.to_dict())
+
+    def _remember_calls(self, entry: dict[str, Any]) -> None:
+        """Each custom_id's (record id, step) from a journal line's `steps`, so its result can
+        be journaled even when no chain of this invocation asks for it."""
+        ids, steps = entry.get("custom_ids"), entry.get("steps")
+        if not isinstance(ids, list) or not isinstance(steps, list) or len(ids) != len(steps):
+            return  # a line of an older cai: its results are journaled as chains take them
+        for cid, step in zip(ids, steps, strict=True):
+            suffix = "-" + step.replace(".", "_") if isinstance(step, str) else None
+            if isinstance(cid, str) and suffix and cid.endswith(suffix):
+                self._calls[cid] = (cid[: -len(suffix)], step)
+
+    def _check_url(self, entry: dict[str, Any]) -> None:
+        """Refuse to look for a batch at another server than the one that created it: it
+        would answer 404 there, or be another server's batch of the same id."""
+        made_at = entry.get("base_url")
+        if isinstance(made_at, str) and made_at != self.api.url:
+            raise ConfigError(
+                f"batch {entry.get('id')} was created at {made_at}, and this run talks to "
+                f"{self.api.url}: resume with --base-url {made_at}"
+            )
+
+    def use_store(self, store: Any) -> None:
+        """Journal each result into `store` (a `RunStore`, open) as it is read, or stop
+        reading results (None): `run_job` hands its store over while it has it open."""
+        self._store = store
 
     # -- what the pipeline sees ------------------------------------------------------------
 
@@ -664,6 +727,7 @@ class BatchProvider(Provider):
         if self.stop is not None and self.stop.is_set():
             raise _Abandoned
         cid = custom_id(*call)
+        self._calls[cid] = call
         if cid in self._results:
             return self._take(cid)
         self._start()
@@ -764,6 +828,10 @@ class BatchProvider(Provider):
                 "digest": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
                 "token": token,
                 "custom_ids": ids,
+                # Each request's step (its record is the custom_id's start): where its answer
+                # goes in calls.jsonl, whichever invocation reads it.
+                "steps": [self._calls[cid][1] for cid in ids],
+                "base_url": self.api.url,
             }
             # Before the batch exists: a kill before its id is journaled leaves this, and the
             # next run looks for the batch instead of paying for the requests again.
@@ -789,6 +857,8 @@ class BatchProvider(Provider):
                     "requests": len(ids),
                     "token": token,
                     "custom_ids": ids,
+                    "steps": intent["steps"],
+                    "base_url": intent["base_url"],
                 }
             )
             self.stats.batches += 1
@@ -871,49 +941,73 @@ class BatchProvider(Provider):
                 self._fail_all(e)
                 raise
             except ProviderError as e:
+                self._stop_if_gone(batch.id, e)
                 self.on_event("notice", f"could not look at batch {batch.id} ({e}); trying again")
                 continue
             batch.state = state
-            if not state.ended:
-                continue
+            if not state.ended or self._store is None:
+                continue  # results are read only while they can be journaled at once
             try:
                 await self._take_in(batch, state)
             except errors.AuthenticationError as e:
                 self._fail_all(e)
                 raise
             except ProviderError as e:  # results stay with the provider: read them next time
+                self._stop_if_gone(batch.id, e)
                 self.on_event("notice", f"could not read batch {batch.id}'s results ({e})")
         self.on_event("poll", [(b.wave, b.state) for b in self._open.values() if b.state])
 
+    def _stop_if_gone(self, batch_id: str, error: ProviderError) -> None:
+        gone = self.api.gone(batch_id, error)
+        if gone is not None:
+            self._fail_all(gone)
+            raise gone from None
+
     async def _take_in(self, batch: _Open, state: BatchState) -> None:
-        """Hand an ended batch's results to the chains waiting on them, keep the rest."""
-        seen: set[str] = set()
-        untaken: set[str] = set()
+        """Journal an ended batch's answers, then hand its results to the chains waiting on
+        them and keep the rest for chains that may ask later. The batch is collected once
+        every answer is in the call journal."""
+        outcomes: dict[str, Completion | ProviderError] = {}
         try:
             async for cid, outcome in self.api.results(state):
-                seen.add(cid)
-                self._settle_one(batch.id, cid, outcome, untaken)
+                # One id answered twice (an error, then a success): the success was paid for.
+                if not isinstance(outcomes.get(cid), Completion):
+                    outcomes[cid] = outcome
         except _BatchRefused as e:
             for cid in batch.ids:
-                if cid not in seen:
-                    seen.add(cid)
-                    self._settle_one(batch.id, cid, e, untaken)
+                outcomes.setdefault(cid, e)
         for cid in batch.ids:
-            if cid not in seen:  # no line at all: not run before the batch stopped
+            if cid not in outcomes:  # no line at all: not run before the batch stopped
                 cls = BatchExpiredError if state.status == "expired" else BatchCanceledError
                 outcome = cls(f"batch {batch.id} ({state.status}) did not run this request")
                 outcome.retry_after = 0.0
-                self._settle_one(batch.id, cid, outcome, untaken)
+                outcomes[cid] = outcome
+        # A result another batch answers (sent again there after failing here) is not ours.
+        ours = {c: o for c, o in outcomes.items() if self._members.get(c) == batch.id}
+        unmapped = set()
+        # On disk before anything else, needed by this invocation or not: each was paid for.
+        for cid, outcome in ours.items():
+            if not isinstance(outcome, Completion):
+                continue
+            if cid in self._calls:
+                # Named as the pipeline names its lines, so the ledger prices it at batch rate.
+                tag = {"provider": self.name, "model": self.model, "mode": "batch"}
+                self._store.append_call(*self._calls[cid], {**outcome.to_dict(), **tag})
+                self._journaled.add(cid)
+            elif cid not in self._waiters:
+                unmapped.add(cid)
+        if unmapped:
+            self._untaken[batch.id] = unmapped
+        else:
+            self._store.sync()
+            self.journal.append({"event": "collected", "id": batch.id})
+        for cid, outcome in ours.items():
+            self._settle_one(batch.id, cid, outcome)
         del self._open[batch.id]
-        self._untaken[batch.id] = untaken
         self.on_event("ended", (batch.wave, state))
         self._report()
 
-    def _settle_one(
-        self, batch_id: str, cid: str, outcome: Completion | ProviderError, untaken: set[str]
-    ) -> None:
-        if self._members.get(cid) != batch_id:
-            return  # sent again in a later batch after failing here: that one answers
+    def _settle_one(self, batch_id: str, cid: str, outcome: Completion | ProviderError) -> None:
         del self._members[cid]
         kind = (
             "succeeded"
@@ -931,11 +1025,10 @@ class BatchProvider(Provider):
                 future.set_result(outcome)
         else:
             self._results[cid] = (batch_id, outcome)
-            untaken.add(cid)
 
     def _mark_collected(self) -> None:
-        """Note each batch whose results were all handed out, one tick after the last: by
-        then each chain woken has journaled its reply."""
+        """Note each batch of an older cai's journal whose answers were all taken, one tick
+        after the last: by then each chain woken has journaled its reply."""
         for batch_id in [b for b, rest in self._untaken.items() if not rest]:
             if batch_id in self._taken_before:
                 self.journal.append({"event": "collected", "id": batch_id})
@@ -944,12 +1037,19 @@ class BatchProvider(Provider):
             else:
                 self._taken_before.add(batch_id)
 
+    def journaled(self, record_id: str, step: str) -> bool:
+        """Whether the reply to this call is in the run's journal already: a batch's answers
+        are journaled as they are read."""
+        cid = custom_id(record_id, step)
+        if cid in self._journaled:
+            self._journaled.discard(cid)
+            return True
+        return False
+
     async def finish(self) -> None:
-        """After a run that ended by itself: every batch read is done with, as a chain that
-        still wanted a result would have asked for it."""
-        for batch_id in list(self._untaken):
-            self.journal.append({"event": "collected", "id": batch_id})
-        self._untaken.clear()
+        """After a run that ended by itself: the answers no chain asked for are in the
+        journal, or (a batch of an older cai) stay with the provider for the next run."""
+        self._results.clear()
 
     async def aclose(self) -> None:
         if self._collector is not None:
@@ -1019,16 +1119,28 @@ def check_batch_options(
 def _check_wave_options(batch_size: int, poll_interval: float) -> None:
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if not poll_interval > 0:
-        raise ConfigError(f"--poll-interval must be a positive number, got {poll_interval}")
+    # nan and inf too: an infinite wait would never look at a batch again.
+    if not (math.isfinite(poll_interval) and poll_interval > 0):
+        raise ConfigError(
+            f"--poll-interval must be a positive number of seconds, got {poll_interval}"
+        )
 
 
-def run_batch_api(run_dir: str | Path, base_url: str | None = None) -> tuple[Any, _BatchAPI]:
+def run_batch_api(
+    run_dir: str | Path,
+    base_url: str | None = None,
+    *,
+    timeout: float = 600.0,
+    max_retries: int = 6,
+) -> tuple[Any, _BatchAPI]:
     """The provider a batch run used (from its manifest) and its batch endpoints, to look at
-    or cancel its batches; `ConfigError` when the run made none."""
+    or cancel its batches, each call bounded by `timeout` seconds; `ConfigError` when the run
+    made none."""
     from cai.providers import create_provider
     from cai.rundir import read_manifest
 
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
     run_dir = Path(run_dir)
     if not BatchJournal(run_dir).batches():
         raise ConfigError(
@@ -1041,9 +1153,10 @@ def run_batch_api(run_dir: str | Path, base_url: str | None = None) -> tuple[Any
         str(config.get("provider")),
         model=config.get("model"),
         base_url=base_url or config.get("base_url"),
+        timeout=timeout,
         connections=4,
     )
-    return provider, batch_api(provider)
+    return provider, batch_api(provider, max_retries, timeout)
 
 
 def describe_batches(rows: list[tuple[dict[str, Any], Any]], now: float | None = None) -> str:

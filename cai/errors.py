@@ -29,6 +29,7 @@ __all__ = [
     "unwritable_run",
 ]
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -243,6 +244,12 @@ def unwritable_run(e: OSError, run_dir: str | os.PathLike[str]) -> CaiError | No
     folder = Path(run_dir).absolute()
     if path != folder and folder not in path.parents and path not in folder.parents:
         return None
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        # Every reply paid for before the failed write is in the journal: nothing is lost.
+        return ConfigError(
+            f"cannot write {os.fsdecode(e.filename)}: {os_error_reason(e)}; free some space, "
+            "then run the same command again: the run resumes where it stopped"
+        )
     return ConfigError(
         f"cannot write the run to {run_dir}: {os_error_reason(e)} - "
         "pass --out with a folder you can write to"

@@ -35,7 +35,7 @@ from cai.filters import (
 )
 from cai.records import Record
 from cai.redact import remember_secret
-from cai.rundir import RUN_FILES, atomic_dir, is_run_dir, load_run, write_atomic
+from cai.rundir import atomic_dir, check_out_path, is_run_dir, load_run, write_atomic
 
 __all__ = [
     "FORMATS",
@@ -303,8 +303,7 @@ def check_out(out: Path, fmt: str) -> None:
         card = _card_path(out, fmt)
         if out.is_dir():
             raise ConfigError(f"--out {out} is a directory; --format {fmt} writes a .jsonl file")
-        if out.name in RUN_FILES and is_run_dir(out.parent):
-            raise ConfigError(f"--out {out} is a file of the run {out.parent}; {new}")
+        check_out_path(out, folder=False)  # e.g. the link's target: a file of a run
         for path, name in ((out, out.name), (card, out.name)):
             if not path.exists():
                 continue
@@ -394,7 +393,9 @@ def _pairs(run_dir: Path, options: ExportOptions) -> tuple[Any, ...]:
     filtered = apply_filters(records, for_run(options.filters, run_dir, manifest, records))
     if options.labels is None:
         return manifest, records, filtered, None, None
-    _, labels = feedback.load_labels(options.labels, while_running=False)
+    label_manifest, labels = feedback.load_labels(options.labels, while_running=False)
+    ids = {record.id for record in records}
+    feedback.check_label_source(options.labels, label_manifest, labels, run_dir, manifest, ids)
     scores = feedback.check_with_labels(filtered, labels, **margin)
     return manifest, records, filtered, scores, labels
 
@@ -472,6 +473,7 @@ def export_run(run_dir: str | Path, out: str | Path | None, options: ExportOptio
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else _default_out(run_dir, options.fmt)
+    check_out_path(out, folder=options.fmt == "hf")
     if out.is_symlink():
         out = Path(os.path.realpath(out))  # written through, the link stays
     built = _build(run_dir, out, options)

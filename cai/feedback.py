@@ -455,8 +455,11 @@ def run_pairs(
     """The pairs of a generate run, each record's first answer and the revision that export
     would choose with `filters` (default: all on); and how many records gave none, by reason."""
     from cai.filters import FilterConfig, apply_filters, for_run
-    from cai.rundir import load_run
+    from cai.rundir import check_not_writing, load_run
 
+    if Path(run_dir).is_dir():
+        # Its last records are not written yet: labelling it now would label part of it.
+        check_not_writing(run_dir, then="label it")
     manifest, records = load_run(run_dir)
     filters = for_run(filters or FilterConfig(), run_dir, manifest, records)
     if manifest.kind != "generate":
@@ -495,14 +498,65 @@ class LabelStats(RunStats):
     revision_pairs: int = 0
 
 
+def run_source(
+    run_dir: str | Path, manifest: Manifest, filters: FilterConfig | None = None
+) -> dict[str, Any]:
+    """Which pairs a label run of a generate run judges: that run (its path and when it was
+    created) and the filters that chose the pairs (`run_pairs`'s). Part of the label run's
+    settings, so its journaled votes are never reused for the pairs of another run."""
+    from dataclasses import fields
+
+    from cai.filters import FilterConfig
+
+    filters = filters or FilterConfig()
+    return {
+        "run": str(Path(run_dir).resolve()),
+        "created": manifest.created,
+        "filters": {
+            f.name: getattr(filters, f.name)
+            for f in fields(filters)
+            if f.name not in ("constitution", "copy_index")
+        },
+    }
+
+
+def check_label_source(
+    labels_dir: str | Path,
+    label_manifest: Manifest,
+    labels: Sequence[dict[str, Any]],
+    run_dir: str | Path,
+    manifest: Manifest,
+    record_ids: set[str],
+) -> None:
+    """Refuse the labels of another run (`cai export RUN --labels DIR`): they would leave
+    every pair unlabelled, and the export empty."""
+    source = label_manifest.settings.get("source")
+    fix = f"pass the labels made from {run_dir} (cai label {run_dir} --out DIR)"
+    if isinstance(source, dict):
+        here = {"run": str(Path(run_dir).resolve()), "created": manifest.created}
+        if {k: source.get(k) for k in here} != here:
+            raise ConfigError(
+                f"{labels_dir} holds the labels of the run {source.get('run')} "
+                f"(created {source.get('created')}), not of {run_dir}: {fix}"
+            )
+    elif labels and not any(label.get("id") in record_ids for label in labels):
+        # A label run of an older cai, or of a prompts file: told apart by its pairs.
+        raise ConfigError(
+            f"{labels_dir} holds no label of a record of {run_dir}: its labels were made "
+            f"from another run or a prompts file; {fix}"
+        )
+
+
 def label_settings(
     config: LabelConfig,
     constitution: Constitution,
     provider: Provider,
     policy: Provider | None,
     cot: bool,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The settings that change labels: a label run may only be resumed with the same ones."""
+    """The settings that change labels: a label run may only be resumed with the same ones.
+    `source`: the generate run it labels (`run_source`)."""
     bounds = config.bounds(cot)
     settings: dict[str, Any] = {
         "constitution": constitution.name,
@@ -522,6 +576,8 @@ def label_settings(
             policy_model=policy.model,
             policy_sampling=config.policy_sampling.to_dict(),
         )
+    if source is not None:
+        settings["source"] = source
     return settings
 
 
@@ -755,12 +811,14 @@ def label_job(
     stats: LabelStats,
     *,
     policy: Provider | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Job:
-    """The `cai label` job. With `policy`, items are prompts whose responses it samples."""
+    """The `cai label` job. With `policy`, items are prompts whose responses it samples;
+    `source` (`run_source`) names the generate run whose pairs the items are."""
     cot = uses_cot(config, provider)
     return Job(
         kind="label",
-        settings=label_settings(config, constitution, provider, policy, cot),
+        settings=label_settings(config, constitution, provider, policy, cot, source),
         provider=provider,
         chain=partial(label_chain, constitution, config, cot),
         count=partial(count_label, stats),
@@ -779,6 +837,7 @@ async def run_labels(
     store: RunStore,
     *,
     policy: Provider | None = None,
+    source: dict[str, Any] | None = None,
     manifest: Manifest | dict[str, Any] | None = None,
     on_event: Callable[[str, Any], None] = lambda kind, data: None,
     stop: asyncio.Event | None = None,
@@ -788,7 +847,8 @@ async def run_labels(
     """Label (or resume labelling) `items` into `store` (a `RunStore` of `LABELS_FILE`).
 
     Items with responses are judged as they are; items without are sampled from `policy`
-    first. The run has the guarantees of a generate run (`cai.pipeline.run_job`): calls
+    first. Items from `run_pairs` come with `source=run_source(...)`: a resume with another
+    source run or other filters is then refused before any call. The run has the guarantees of a generate run (`cai.pipeline.run_job`): calls
     journaled, resume, lock, a clean stop on `stop`. `engine` (e.g. `RayEngine`, whose
     `make_provider` makes a "policy" provider too: `cai.engines.make_providers`) runs the
     chains elsewhere.
@@ -796,7 +856,7 @@ async def run_labels(
     if store.records_path.name != LABELS_FILE:
         raise ConfigError(f"a label run writes {LABELS_FILE}: use RunStore(dir, LABELS_FILE)")
     stats = stats or LabelStats()
-    job = label_job(constitution, provider, config, stats, policy=policy)
+    job = label_job(constitution, provider, config, stats, policy=policy, source=source)
     run = {"manifest": manifest, "on_event": on_event, "stop": stop, "engine": engine}
     await run_job(items, job, config, store, stats=stats, **run)
     return stats

@@ -96,7 +96,7 @@ def _check_inputs(run_dirs: Sequence[Path], out: Path) -> list[Manifest]:
 def merge_runs(run_dirs: Sequence[str | Path], out: str | Path) -> MergeResult:
     """Merge `run_dirs` into the new run directory `out`; raises a `CaiError` if they differ."""
     dirs = [Path(d) for d in run_dirs]
-    out = check_out_path(out, folder=True)
+    out = check_out_path(out, folder=True, run=True)
     manifests = _check_inputs(dirs, out)
     lines_file = _LINES_FILE.get(manifests[0].kind, RECORDS_FILE)
     stores = [RunStore(d, lines_file) for d in dirs]

@@ -498,7 +498,7 @@ class _Caller:
             attempt, max_retries=self.config.max_retries, on_retry=on_retry
         )
         # On disk before anything else: this reply has been paid for.
-        if self.store is not None:
+        if self.store is not None and not (via or self.provider).journaled(record_id, step):
             self.store.append_call(record_id, step, {**completion.to_dict(), **tag})
         self.stats.calls += 1
         self.stats.usage.add(completion.usage)
@@ -1118,6 +1118,11 @@ async def _run_locked(
 
     workers = config.concurrency
     store.open()
+    # A provider that journals replies itself (a batch's answers, as they are read) writes
+    # them here while the store is open.
+    providers = [job.provider, *(p for p in job.others.values() if p is not job.provider)]
+    for provider in providers:
+        provider.use_store(store)
     args = (config, store, journal, stats, on_event, stop, job.chain)
     try:
         runner = (
@@ -1126,6 +1131,8 @@ async def _run_locked(
             else await engine.start(job.provider, *args)
         )
     except BaseException:  # e.g. no Ray cluster at the address: nothing ran
+        for provider in providers:
+            provider.use_store(None)
         store.close()
         manifest.status = "error"
         store.write_manifest(manifest)
@@ -1150,6 +1157,8 @@ async def _run_locked(
         try:
             await runner.close()  # replies still on their way are journaled before the close
         finally:
+            for provider in providers:
+                provider.use_store(None)
             store.close()
         stats.interrupted = stop.is_set() or stats.over_budget
         # Counted from the file, where a retried prompt's new record replaces its failure.

@@ -85,7 +85,6 @@ __all__ = [
     "redact_secrets",
     "safe_name",
     "save_constitution_copy",
-    "skipped_summary",
     "valid_lines",
     "write_atomic",
     "write_json_atomic",
@@ -434,16 +433,6 @@ def counting_skips() -> Iterator[dict[str, set[int]]]:
         _SKIPPED.reset(token)
 
 
-def skipped_summary(skipped: dict[str, set[int]]) -> list[str]:
-    """One line for each file with lines skipped by its reader."""
-    return [
-        f"skipped {len(lines)} line(s) of {path} that are not of the shape cai writes "
-        f"(first at line {min(lines)}); they are left in the file as they are"
-        for path, lines in sorted(skipped.items())
-        if lines
-    ]
-
-
 def _skip(path: Path, lineno: int) -> None:
     skipped = _SKIPPED.get()
     if skipped is not None:
@@ -768,7 +757,7 @@ def choose_run_dir(
 ) -> Path:
     """--out when given; else a new run under outputs/ (--fresh), else the same command's run."""
     if out is not None:
-        check_out_path(out, folder=True)
+        check_out_path(out, folder=True, run=True)
         if fresh:
             raise ConfigError(
                 "--fresh goes without --out: --out DIR resumes the run in DIR; "
@@ -782,9 +771,9 @@ def choose_run_dir(
     return new_run_dir(name)
 
 
-def check_out_path(out: str | Path, *, folder: bool) -> Path:
+def check_out_path(out: str | Path, *, folder: bool, run: bool = False) -> Path:
     """The one check every --out goes through first (generate, label and merge write a run
-    folder; export a file or a folder, report a file): one line with the fix, never a
+    folder, `run`; export a file or a folder, report a file): one line with the fix, never a
     traceback, and never a write over a file of a run. Each command then applies its own
     rule on what it may replace."""
     path = Path(out)
@@ -795,7 +784,7 @@ def check_out_path(out: str | Path, *, folder: bool) -> Path:
     if path.is_dir() and not folder:
         raise ConfigError(f"--out {out} is a directory; pass a file name")
     if path.exists() and not path.is_dir() and folder:
-        raise ConfigError(f"--out {out} is a file; pass a directory")
+        raise ConfigError(f"--out {out} is a file; pass a directory" + " for the run" * run)
     if path.name in RUN_FILES and is_run_dir(path.parent):
         raise ConfigError(f"--out {out} is a file of the run {path.parent}; {new}")
     return path
@@ -803,9 +792,7 @@ def check_out_path(out: str | Path, *, folder: bool) -> Path:
 
 def check_run_dir(run_dir: Path, kind: str = "generate") -> Manifest | None:
     """Refuse a run directory that is not new, empty, or a `kind` run of cai's; its manifest."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file; pass a directory for the run")
-    check_out_path(run_dir, folder=True)
+    check_out_path(run_dir, folder=True, run=True)
     manifest = read_manifest(run_dir)
     if manifest is not None:
         if manifest.kind != kind:

@@ -305,12 +305,28 @@ class PromptSource:
             try:
                 for row in reader:
                     value = self._pick(row, reader.line_num)
+                    column = self.prompt_field or (
+                        "messages" if row.get("messages") is not None else "prompt"
+                    )
+                    if column == "messages" and isinstance(value, str):
+                        value = self._csv_messages(value, reader.line_num)
                     if value is not _BAD:
                         yield reader.line_num, value
             except csv.Error as e:
                 raise InputError(
                     self.spec, reader.line_num or None, f"not valid CSV: {e}"
                 ) from None
+
+    def _csv_messages(self, text: str, line: int) -> Any:
+        """A CSV cell of a `messages` column: the JSON list of turns it holds (a CSV cell has
+        no other way to hold one), or the text itself as the user's turn."""
+        if not re.match(r"\s*\[\s*\{", text):
+            return text
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as e:
+            self._bad(line, f"the messages column holds a list that is not valid JSON ({e})")
+            return _BAD
 
     def _parquet_rows(self, path: Path) -> Iterator[tuple[int, Any]]:
         import pyarrow.parquet as pq

@@ -120,8 +120,8 @@ ASSISTANT = {"role": "assistant", "content": "Hello!"}
             "messages 1 and 2 are both 'user' turns; user and assistant turns must alternate",
         ),
         (
-            [SYSTEM, ASSISTANT, ASSISTANT, *USER],
-            "messages 2 and 3 are both 'assistant' turns; user and assistant turns must alternate",
+            [SYSTEM, *USER, ASSISTANT, ASSISTANT, *USER],
+            "messages 3 and 4 are both 'assistant' turns; user and assistant turns must alternate",
         ),
     ],
 )
@@ -136,9 +136,12 @@ def test_transcript_turns_must_alternate() -> None:
         normalize_prompt("Human: Hi\n\nHuman: Are you there?")
 
 
-def test_a_system_turn_first_and_an_assistant_turn_first_are_fine() -> None:
+def test_a_system_turn_first_is_fine_an_assistant_turn_first_is_not() -> None:
     assert normalize_prompt([SYSTEM, *MULTI]) == [SYSTEM, *MULTI]
-    assert normalize_prompt([ASSISTANT, *USER]) == [ASSISTANT, *USER]
+    # Issue 19: the model would be asked to answer a conversation the user never opened.
+    for opening in ([ASSISTANT, *USER], [SYSTEM, ASSISTANT, *USER]):
+        with pytest.raises(ValueError, match=r"^message \d is an 'assistant' turn, but"):
+            normalize_prompt(opening)
 
 
 INVISIBLE = ["\u200b", "\ufeff", "\u2060", " \u200c\u200d ", "\u00a0\u3000", "\t\u200e\n"]

@@ -17,12 +17,21 @@ def batch() -> None:
     run."""
 
 
-def _batch_rows(run_dir: Path, base_url: str | None, cancel: bool) -> Any:
+_TIMEOUT = click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Seconds before a call to the provider times out (each is tried up to 3 times).",
+)
+
+
+def _batch_rows(run_dir: Path, base_url: str | None, cancel: bool, timeout: float) -> Any:
     import asyncio
 
     from cai.batch import batch_states, cancel_batches, run_batch_api
 
-    provider, api = run_batch_api(run_dir, base_url)
+    provider, api = run_batch_api(run_dir, base_url, timeout=timeout, max_retries=2)
 
     async def go() -> Any:
         try:
@@ -36,13 +45,14 @@ def _batch_rows(run_dir: Path, base_url: str | None, cancel: bool) -> Any:
 @batch.command("status")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--base-url", default=None, help="API base URL (default: the run's).")
-def batch_status(run_dir: Path, base_url: str | None) -> None:
+@_TIMEOUT
+def batch_status(run_dir: Path, base_url: str | None, timeout: float) -> None:
     """List the run's batches by wave, as the progress of a --batch run shows them (the
     provider's state, requests done out of all, time since sent), then each batch: id,
     provider status, request counts, age, results taken in."""
     from cai.batch import describe_batches
 
-    rows = _batch_rows(run_dir, base_url, cancel=False)
+    rows = _batch_rows(run_dir, base_url, cancel=False, timeout=timeout)
     click.echo("\n".join([*_wave_lines(rows), describe_batches(rows)]))
 
 
@@ -76,7 +86,8 @@ def _wave_lines(rows: list[tuple[dict[str, Any], Any]], now: float | None = None
 @batch.command("cancel")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--base-url", default=None, help="API base URL (default: the run's).")
-def batch_cancel(run_dir: Path, base_url: str | None) -> None:
+@_TIMEOUT
+def batch_cancel(run_dir: Path, base_url: str | None, timeout: float) -> None:
     """Cancel the run's batches that have not ended; the run stays resumable.
 
     Requests the provider had already answered are kept; the others come back canceled, and
@@ -93,7 +104,7 @@ def batch_cancel(run_dir: Path, base_url: str | None) -> None:
             "then cancel its batches"
         )
     manifest = read_manifest(run_dir)
-    rows = _batch_rows(run_dir, base_url, cancel=True)
+    rows = _batch_rows(run_dir, base_url, cancel=True, timeout=timeout)
     for batch_id, state in rows:
         if isinstance(state, BatchState):
             click.echo(f"{batch_id}  {state.status}")

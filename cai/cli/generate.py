@@ -42,13 +42,15 @@ def generate(**params: Any) -> None:
         if opts.out is not None
         else f"Run the same command{' without --fresh' if opts.fresh else ''} with --out {job.dir}"
     )
-    _print_summary(stats, job.dir, job.source, resume)
+    _print_summary(stats, job.dir, job.source, resume, retry_failed=not opts.no_retry_failed)
     if opts.batch:
         _print_batch_summary(job.backend, stats, job.dir, opts.out is None)
     _exit_unfinished(stats)
 
 
-def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
+def _print_summary(
+    stats: Any, run_dir: Path, source: Any, resume: str, *, retry_failed: bool = True
+) -> None:
     from cai.ledger import format_ledger, read_ledger
     from cai.pricing import format_cost
 
@@ -82,9 +84,13 @@ def _print_summary(stats: Any, run_dir: Path, source: Any, resume: str) -> None:
         f"Records: {run_dir / 'records.jsonl'}",
     ]
     kept = stats.failed_in_run - stats.failed
-    if kept > 0:
+    if kept > 0 and not retry_failed:
         lines.append(
             f"{kept} failed before, kept (--no-retry-failed); rerun without it to retry them."
+        )
+    elif kept > 0:  # outside this invocation's --limit or --shard, or not reached before a stop
+        lines.append(
+            f"{plural(kept, 'failed before and was', 'failed before and were')} not retried this time."
         )
     if stats.first_error:
         lines.append(f"First failure: {stats.first_error}")

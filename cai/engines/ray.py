@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
+import signal
+import stat
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from cai.errors import CaiError, ConfigError
@@ -287,9 +292,21 @@ class RayEngine:
         self.failure: BaseException | None = None
         began = time.monotonic()
         self.owns_ray = not ray.is_initialized()
+        self.ray_note: Path | None = None
         if self.owns_ray:
+            ended = end_orphaned_ray()
+            if ended:
+                on_event(
+                    "notice",
+                    f"ended {len(ended)} processes of a local Ray instance left by a killed cai",
+                )
             options = {"include_dashboard": False, "configure_logging": False}
-            ray.init(address=self.address, **{**options, **self.init_options})
+            _, self.ray_note = mark_ray_instance()
+            try:
+                ray.init(address=self.address, **{**options, **self.init_options})
+            finally:
+                # Only the processes started by `init` carry it (and what they start).
+                os.environ.pop(OWNER_VARIABLE, None)
         self.actor_class = ray.remote(ChainWorker)
         self.slots = [
             _Slot(
@@ -480,6 +497,101 @@ class RayEngine:
                 slot.actor = None
         if self.owns_ray:
             self.ray.shutdown()
+            if self.ray_note is not None:
+                with contextlib.suppress(OSError):
+                    self.ray_note.unlink()
+
+
+# -- local Ray instances cai started ---------------------------------------------------------
+#
+# `ray.init()` without an address starts a Ray instance (GCS, raylet, agents, workers) that
+# `ray.shutdown()` ends. A driver killed by SIGKILL never gets there, and some of those
+# processes outlive it (the dashboard and runtime-env agents). Their titles name no session,
+# but they inherit the environment: a driver about to start an instance puts a marker of its
+# own in it (`OWNER_VARIABLE`), notes the marker in a file of its own, and drops the note
+# once it has shut the instance down. Each start ends the processes carrying the marker of a
+# note whose driver is gone.
+
+OWNER_VARIABLE = "CAI_RAY_OWNER"
+
+
+def ray_notes_dir() -> Path | None:
+    """The folder of notes, one per driver, this user's own (`CAI_RAY_NOTES` moves it)."""
+    path = Path(os.environ.get("CAI_RAY_NOTES") or Path(tempfile.gettempdir()) / "cai-ray")
+    path = path / str(os.getuid())
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        return None  # a link, or someone else's folder: its notes are not to be trusted
+    return path
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (Linux /proc), to tell it from a later one of that number."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def marked_processes(marker: str) -> list[int]:
+    """This user's processes whose environment holds `OWNER_VARIABLE=marker`."""
+    needle = f"{OWNER_VARIABLE}={marker}\0".encode()
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):  # another user's, or gone meanwhile
+                if needle in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def mark_ray_instance() -> tuple[str, Path | None]:
+    """Before starting a Ray instance: put this driver's marker in the environment its
+    processes inherit, and note it; (the marker, the note's path)."""
+    marker = f"{os.getpid()}-{_started(os.getpid())}"
+    os.environ[OWNER_VARIABLE] = marker
+    folder = ray_notes_dir()
+    if folder is None:
+        return marker, None
+    note = folder / f"{os.getpid()}.json"
+    data = {"driver": os.getpid(), "started": _started(os.getpid()), "marker": marker}
+    try:
+        note.write_text(json.dumps(data))
+    except OSError:
+        return marker, None
+    return marker, note
+
+
+def end_orphaned_ray() -> list[int]:
+    """End the processes of each noted Ray instance whose driver is gone (killed before its
+    `ray.shutdown()`), and drop those notes; the process ids signalled."""
+    folder = ray_notes_dir()
+    if folder is None:
+        return []
+    ended = []
+    for note in folder.glob("*.json"):
+        try:
+            data = json.loads(note.read_text())
+            driver, marker = int(data["driver"]), str(data["marker"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if _started(driver) is not None and _started(driver) == data.get("started"):
+            continue  # its driver runs: the instance is in use
+        for pid in marked_processes(marker):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                ended.append(pid)
+        with contextlib.suppress(OSError):
+            note.unlink()
+    return ended
 
 
 def _cause(error: BaseException) -> str:

@@ -181,6 +181,16 @@ class Provider:
     ) -> Completion:
         raise NotImplementedError
 
+    def use_store(self, store: Any) -> None:
+        """`run_job` hands over the run's open `RunStore` (None once it closes it), for a
+        provider that journals replies itself (`journaled`)."""
+
+    def journaled(self, record_id: str, step: str) -> bool:
+        """Whether this provider wrote the reply to (record id, step) into the run's call
+        journal itself, so its caller must not write it twice (`cai.batch.BatchProvider`
+        journals a batch's answers as it reads them, needed by this run or not)."""
+        return False
+
     async def aclose(self) -> None:
         """Release what the provider holds inside the event loop (e.g. HTTP connections)."""
 

@@ -698,12 +698,14 @@ def write_report(
     The file is written whole or not at all; an existing file is replaced only if it is
     a report (so a command never overwrites a file it did not write).
     """
-    from cai.rundir import find_constitution_text, write_atomic
+    from cai.rundir import check_out_path, find_constitution_text, write_atomic
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / REPORT_FILE
     if out.is_dir():
         raise ConfigError(f"{out} is a directory; pass --out with a file name ending in .html")
+    # Never a run's own file (RUN/labels.jsonl would make the run a label run of HTML).
+    check_out_path(out, folder=False)
     if out.exists() and not _is_report(out):
         raise ConfigError(f"{out} exists and is not a cai report; pass --out with a new file name")
     from cai.redteam import is_prompts_run
