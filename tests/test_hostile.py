@@ -335,7 +335,7 @@ def test_a_record_of_the_wrong_shape_is_skipped_counted_and_made_again(
     ):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 0, result.output
-        assert "skipped 1 line(s) of" in result.output and "records.jsonl" in result.output
+        assert "skipped 1 line of" in result.output and "records.jsonl" in result.output
     with FakeServer() as server:
         resumed = _generate(server, tmp_path, run)
         assert resumed.exit_code == 0, resumed.output
@@ -353,7 +353,7 @@ def test_a_label_line_of_the_wrong_shape_is_skipped_and_counted(
     for command in (["stats", str(out)], ["report", str(out), "--out", str(tmp_path / "r.html")]):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 0, result.output
-        assert "skipped 1 line(s) of" in result.output
+        assert "skipped 1 line of" in result.output
 
 
 def test_a_batch_journal_line_of_the_wrong_shape_is_skipped(tmp_path: Path) -> None:
@@ -602,10 +602,10 @@ def test_batch_status_and_a_resume_say_how_many_journal_lines_they_skipped(tmp_p
             )
         status = CliRunner().invoke(cli, ["batch", "status", str(out)])
         assert status.exit_code == 0, status.output
-        assert "skipped 1 line(s) of" in status.output and "batches.jsonl" in status.output
+        assert "skipped 1 line of" in status.output and "batches.jsonl" in status.output
         resumed = _generate(server, tmp_path, out, "--batch", "--poll-interval", "0.05")
         assert resumed.exit_code == 0, resumed.output
-        assert "skipped 1 line(s) of" in resumed.output and server.paid_total == paid
+        assert "skipped 1 line of" in resumed.output and server.paid_total == paid
 
 
 def test_label_out_refuses_a_symlinked_labels_file(done_run: Path, tmp_path: Path) -> None:

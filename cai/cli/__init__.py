@@ -20,11 +20,22 @@ from cai.cli import generate as _generate
 from cai.cli import inspect as _inspect
 from cai.cli import label as _label
 from cai.cli import prompts as _prompts
+from cai.cli._output import plural
 from cai.cli.options import _os_error_message, _redact
 from cai.cli.progress import EXIT_INTERRUPTED
 from cai.errors import CaiError
 
 __all__ = ["cli", "main"]
+
+
+def _skipped_lines(skipped: dict[str, set[int]]) -> list[str]:
+    """One line for each run file with lines its reader skipped (`rundir.counting_skips`)."""
+    return [
+        f"skipped {plural(len(lines), 'line')} of {path} not of the shape cai writes (the first "
+        f"at line {min(lines)}), left in the file as written"
+        for path, lines in sorted(skipped.items())
+        if lines
+    ]
 
 
 class _Group(click.Group):
@@ -33,7 +44,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from cai.redact import RedactingStream
-        from cai.rundir import counting_skips, skipped_summary
+        from cai.rundir import counting_skips
 
         # Whatever a command prints goes through the one redaction, hints that repeat the
         # command line (a --base-url password) included.
@@ -45,7 +56,7 @@ class _Group(click.Group):
                 try:
                     return self._invoke(ctx)
                 finally:
-                    for line in skipped_summary(skipped):
+                    for line in _skipped_lines(skipped):
                         click.echo(f"Warning: {line}", err=True)
         finally:
             sys.stdout, sys.stderr = streams
