@@ -79,6 +79,23 @@ def parse_pair(value: Any, option: str, sep: str, example: str, cast: Any) -> An
     return first, second
 
 
+def parse_clamp(value: Any) -> tuple[float, float] | None:
+    """--clamp's `"0.4,0.6"` or `(0.4, 0.6)` as a tuple of two floats; None stays None."""
+    return parse_pair(value, "--clamp", ",", "LO,HI such as 0.4,0.6", float)
+
+
+def parse_out(out: Any, fresh: bool) -> Path | None:
+    """A run's --out as a Path (None stays None); refused with --fresh, which picks a new one."""
+    if out is None:
+        return None
+    if fresh:
+        raise ConfigError(
+            "--fresh goes without --out: --out DIR resumes the run in DIR; "
+            "to start afresh, pass --out with a new directory"
+        )
+    return Path(out)
+
+
 @dataclass(kw_only=True)
 class ModelOptions:
     """Which model answers (generate) or judges (label)."""
@@ -295,13 +312,7 @@ class GenerateOptions(ModelOptions, CallOptions, BatchOptions, CostOptions, Engi
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.fresh and self.out is not None:
-            raise ConfigError(
-                "--fresh goes without --out: --out DIR resumes the run in DIR; "
-                "to start afresh, pass --out with a new directory"
-            )
-        if self.out is not None:
-            self.out = Path(self.out)
+        self.out = parse_out(self.out, self.fresh)
 
 
 @dataclass(kw_only=True)
@@ -383,7 +394,7 @@ class LabelOptions(
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.clamp = parse_pair(self.clamp, "--clamp", ",", "LO,HI such as 0.4,0.6", float)
+        self.clamp = parse_clamp(self.clamp)
         self.out = Path(self.out)
 
 
@@ -458,13 +469,7 @@ class PromptsOptions(ModelOptions, CallOptions, BatchOptions, CostOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.fresh and self.out is not None:
-            raise ConfigError(
-                "--fresh goes without --out: --out DIR resumes the run in DIR; "
-                "to start afresh, pass --out with a new directory"
-            )
-        if self.out is not None:
-            self.out = Path(self.out)
+        self.out = parse_out(self.out, self.fresh)
 
 
 @dataclass(kw_only=True)
@@ -517,7 +522,7 @@ class CompareOptions(
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.clamp = parse_pair(self.clamp, "--clamp", ",", "LO,HI such as 0.4,0.6", float)
+        self.clamp = parse_clamp(self.clamp)
         if isinstance(self.runs, str | Path):
             self.runs = [self.runs]
         self.runs = [getattr(run, "dir", run) for run in self.runs]  # a `Run` or a path
