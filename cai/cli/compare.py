@@ -10,7 +10,7 @@ import click
 
 from cai.cli._output import plural
 from cai.cli.options import _redact, from_fields, from_params
-from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_with_progress
+from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_job
 from cai.options import CompareOptions
 
 
@@ -44,20 +44,15 @@ def compare(html_out: Path | None, as_json: bool, **params: Any) -> None:
     Exit codes: 0 done, 2 bad input, 3 some judge pairs failed (rerun), 4 stopped at
     --max-cost, 130 interrupted.
     """
-    from cai.api import Plan, compare_result, prepare_compare
+    from cai.api import compare_result, prepare_compare
 
     opts = from_params(CompareOptions, params)
     stats = None
     if opts.judge:
         job = prepare_compare(opts)
-        for note in job.notes:
-            click.echo(note, err=True)
-        if isinstance(job, Plan):
-            click.echo(job.text)
+        stats = _run_job(job, unit="pair", desc="judge")
+        if stats is None:  # --dry-run: the plan was printed
             return
-        stats = _run_with_progress(
-            job.start, job.backend, job.store, job.stats, unit="pair", desc="judge"
-        )
         total = job.stats.total
         click.echo(
             f"Judge: {plural(stats.done, 'pair')} judged now, {stats.already_done} already done, "

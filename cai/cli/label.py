@@ -10,7 +10,7 @@ import click
 
 from cai.cli._output import plural
 from cai.cli.options import _redact, from_fields, from_params
-from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_with_progress
+from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_job
 from cai.options import LabelOptions
 
 
@@ -33,18 +33,13 @@ def label(**params: Any) -> None:
     Exit codes: 0 done, 2 bad input, 3 some pairs failed (rerun to retry them), 4 stopped at
     --max-cost (rerun with a higher one), 130 interrupted.
     """
-    from cai.api import Plan, prepare_label
+    from cai.api import prepare_label
 
     opts = from_params(LabelOptions, params)
     job = prepare_label(opts)
-    for note in job.notes:
-        click.echo(note, err=True)
-    if isinstance(job, Plan):
-        click.echo(job.text)
+    stats = _run_job(job, unit="pair", desc="label")
+    if stats is None:  # --dry-run: the plan was printed
         return
-    stats = _run_with_progress(
-        job.start, job.backend, job.store, job.stats, unit="pair", desc="label", others=job.others
-    )
     _print_label_summary(stats, job.dir)
     if opts.batch:
         _print_batch_summary(job.backend, stats, job.dir, False)

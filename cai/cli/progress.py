@@ -72,6 +72,21 @@ def _run_with_progress(
         progress.close()
 
 
+def _run_job(job: Any, *, unit: str = "prompt", desc: str = "generate") -> Any:
+    """A prepared job (`cai.api.prepare_*`): its notes on stderr; a `Plan` (--dry-run) printed
+    and None back; else the job run under progress (`_run_with_progress`) and its stats back."""
+    from cai.api import Plan
+
+    for note in job.notes:
+        click.echo(note, err=True)
+    if isinstance(job, Plan):
+        click.echo(job.text)
+        return None
+    return _run_with_progress(
+        job.start, job.backend, job.store, job.stats, unit=unit, desc=desc, others=job.others
+    )
+
+
 def _stop_on_signals(
     stop: Any, store: Any, progress: Any, batching: bool, *, has_fresh: bool = False
 ) -> None:

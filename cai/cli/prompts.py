@@ -10,7 +10,7 @@ import click
 
 from cai.cli._output import plural
 from cai.cli.options import _redact, from_fields
-from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_with_progress
+from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_job
 from cai.options import PromptsOptions, option_fields
 
 # Every field of PromptsOptions is a flag; --limit and --shard mean nothing here.
@@ -39,7 +39,7 @@ def generate(**params: Any) -> None:
     Exit codes: 0 done, 2 bad input, 3 some calls failed (rerun to retry them), 4 stopped at
     --max-cost (rerun with a higher one), 130 interrupted.
     """
-    from cai.api import Plan, prepare_prompts
+    from cai.api import prepare_prompts
 
     given = {
         f.name: params[f.metadata.get("param") or f.name]
@@ -47,14 +47,9 @@ def generate(**params: Any) -> None:
         if f.name not in _SKIPPED
     }
     job = prepare_prompts(PromptsOptions(**given))
-    for note in job.notes:
-        click.echo(note, err=True)
-    if isinstance(job, Plan):
-        click.echo(job.text)
+    stats = _run_job(job, unit="call", desc="prompts")
+    if stats is None:  # --dry-run: the plan was printed
         return
-    stats = _run_with_progress(
-        job.start, job.backend, job.store, job.stats, unit="call", desc="prompts"
-    )
     _print_summary(stats, job.dir, given["out"] is not None)
     if given["batch"]:
         _print_batch_summary(job.backend, stats, job.dir, given["out"] is None)
