@@ -418,7 +418,6 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
         run_labels,
         run_pairs,
         run_source,
-        uses_cot,
     )  # fmt: skip
     from cai.filters import FilterConfig
     from cai.rundir import check_run_dir, is_run_dir
@@ -491,13 +490,8 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
         workers=opts.workers,
         address=opts.ray_address,
     )
-    chain_of_thought = uses_cot(config, backend)
-    if chain_of_thought and not opts.cot:
-        low, high = config.bounds(True)
-        notes.append(
-            f"Note: {backend.name} gives no log-probabilities; the votes use chain of thought, "
-            f"clamped to {low:g}-{high:g} (--clamp)."
-        )
+    chain_of_thought, cot_notes = _votes_cot(config, backend, opts.cot)
+    notes += cot_notes
     prices, price = _price(opts, backend.model)
     if opts.dry_run:
         if opts.batch and price is not None:
@@ -535,6 +529,22 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
     )  # fmt: skip
     others = (policy,) if policy is not None and policy is not backend else ()
     return Prepared("label", opts.out, start, backend, store, stats, prompts, others, notes)
+
+
+def _votes_cot(config: Any, backend: Provider, asked: bool) -> tuple[bool, list[str]]:
+    """Whether the votes use chain of thought (`--cot`, or a model without log-probabilities),
+    and a note when the model made it so."""
+    from cai.feedback import uses_cot
+
+    if not uses_cot(config, backend):
+        return False, []
+    if asked:
+        return True, []
+    low, high = config.bounds(True)
+    return True, [
+        f"Note: {backend.name} gives no log-probabilities; the votes use chain of thought, "
+        f"clamped to {low:g}-{high:g} (--clamp)."
+    ]
 
 
 def _feedback_model(opts: LabelOptions, run_dir: Path | None) -> tuple[LabelOptions, str | None]:
@@ -965,7 +975,7 @@ def prepare_compare(opts: CompareOptions, made: list[Provider]) -> Prepared | Pl
     The job's `source` is the runs (`cai.comparison.RunSide`). With `dry_run`, the plan instead."""
     from cai.comparison import default_judge_dir, judge_items, judge_pairs, load_runs, shared_ids
     from cai.engines import make_engine
-    from cai.feedback import LABELS_FILE, LabelConfig, LabelStats, plan_labels, run_labels, uses_cot
+    from cai.feedback import LABELS_FILE, LabelConfig, LabelStats, plan_labels, run_labels
     from cai.filters import FilterConfig
     from cai.rundir import CONSTITUTION_COPY, check_run_dir
 
@@ -988,14 +998,7 @@ def prepare_compare(opts: CompareOptions, made: list[Provider]) -> Prepared | Pl
     made.append(backend)
     engine = make_engine(opts.engine, make_feedback, workers=opts.workers, address=opts.ray_address)
     items = judge_items(runs, judge_pairs(runs, shared_ids(runs)))
-    chain_of_thought = uses_cot(config, backend)
-    notes = []
-    if chain_of_thought and not opts.cot:
-        low, high = config.bounds(True)
-        notes.append(
-            f"Note: {backend.name} gives no log-probabilities; the votes use chain of thought, "
-            f"clamped to {low:g}-{high:g} (--clamp)."
-        )
+    chain_of_thought, notes = _votes_cot(config, backend, opts.cot)
     prices, price = _price(judge, backend.model)
     if opts.dry_run:
         text = plan_labels(items, parsed, config, chain_of_thought, price=price)
