@@ -117,6 +117,39 @@ def test_a_journaled_batch_the_server_does_not_know_stops_with_one_line(
         assert batch_id in line and f"{server.url}/v1" in line and "404" in line
 
 
+def test_batch_status_and_cancel_give_up_after_timeout(tmp_path: Path) -> None:
+    """A server that takes the connection and never answers: status and cancel each end
+    after --timeout seconds a try (three tries), saying so, instead of waiting for ever."""
+    import socket
+    import time
+
+    import cai.batch
+    from cai.rundir import Manifest, write_manifest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"provider": "openai", "model": "gpt-5.4-mini"}
+    write_manifest(run, Manifest(kind="generate", config=config, settings={"seed": 0}))
+    cai.batch.BatchJournal(run).append(
+        {"event": "created", "id": "batch_silent", "provider": "openai", "wave": 1,
+         "created": time.time(), "requests": 1, "token": "t", "custom_ids": ["a-initial"]}
+    )  # fmt: skip
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes each connection; nothing ever answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        for command in ("status", "cancel"):
+            args = ["batch", command, str(run), "--base-url", url, "--timeout", "0.5"]
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 0, result.output
+            assert "Traceback" not in result.output
+        status = CliRunner().invoke(
+            cli, ["batch", "status", str(run), "--base-url", url, "--timeout", "0.5"]
+        )
+        assert "batch_silent  unknown     could not be looked up" in status.output
+        assert "0.5s" in status.output, status.output
+
+
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
 def test_poll_interval_must_be_a_finite_positive_number(
     value: str, tmp_path: Path, mini_constitution: Path
