@@ -9,10 +9,7 @@ are a function of the request alone, so batch and interactive runs must write th
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fake_server import FakeServer
+from procs import cai_process
 
 import cai.batch
 from cai.cli import cli
@@ -66,16 +64,6 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "test-key-openai")
 
 
-def _cai(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cai", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
 def _batches(run_dir: Path) -> list[dict]:
     return cai.batch.BatchJournal(run_dir).batches()
 
@@ -85,7 +73,7 @@ class _Watched:
     line to be printed (an event) instead of guessing how long the run takes to print it."""
 
     def __init__(self, args: list[str]) -> None:
-        self.proc = _cai(args)
+        self.proc = cai_process(args)
         self._err: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -159,7 +147,7 @@ def killed_twice_then_resumed(
         if kill == 2:
             older = set(server.batches)
             server.hold_batches = lambda batch: batch["id"] not in older  # noqa: B023
-        proc = _cai(args)
+        proc = cai_process(args)
         _wait_for(lambda: len(_batches(run_dir)) > seen or proc.poll() is not None)  # noqa: B023
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert any(b["results"] is None for b in server.batches.values())
@@ -169,7 +157,7 @@ def killed_twice_then_resumed(
     open_before = [b["id"] for b in _batches(run_dir) if not b["collected"]]
     assert open_before, "no batch was left open by the kills"
     server.hold_batches = False
-    proc = _cai(args)
+    proc = cai_process(args)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "re-attached" in err
@@ -188,7 +176,7 @@ def killed_twice_then_resumed(
 def ctrl_c_while_a_batch_is_open(args: list[str], run_dir: Path) -> tuple[str, str]:
     """Run `cai ARGS` and press Ctrl-C once its first batch is open; its stderr (it exited
     130, saying the batch is still open) and the batch's id."""
-    proc = _cai(args)
+    proc = cai_process(args)
     _wait_for(lambda: len(_batches(run_dir)) == 1)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -244,7 +232,7 @@ def test_killed_before_the_batch_id_was_journaled_then_resumed(
     with FakeServer(hold_batches=True, seed=3) as server:
         args = [*_args(provider, server, mini_constitution, prompts, run), "--batch"]
         args += ["--poll-interval", POLL]
-        proc = _cai(args)
+        proc = cai_process(args)
         _wait_for(lambda: len(_batches(run)) == 1 or proc.poll() is not None)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         proc.send_signal(signal.SIGKILL)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import fake_server
 import pytest
 from click.testing import CliRunner
 from fake_server import FIRST_BIAS, PREFERENCE, PREFERRED, FakeServer
+from procs import count_lines, kill_after_lines
 
 from cai.cli import cli
 from cai.comparison import (
@@ -322,10 +321,6 @@ def test_compare_from_python(
         cai.compare([before])
 
 
-def _count(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
 def test_sigkill_in_the_middle_of_the_judge_then_the_same_command_buys_no_vote_twice(
     tmp_path: Path, server: FakeServer, two_runs: tuple[Path, Path]
 ) -> None:
@@ -341,16 +336,8 @@ def test_sigkill_in_the_middle_of_the_judge_then_the_same_command_buys_no_vote_t
         ]  # fmt: skip
         calls = judge_dir / "calls.jsonl"
         for wait_for in (7, 30):
-            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE)  # fmt: skip
-            start = _count(calls)
-            deadline = time.monotonic() + 120
-            while _count(calls) < start + wait_for and time.monotonic() < deadline:
-                assert process.poll() is None, process.stderr.read().decode()[-2000:]
-                time.sleep(0.002)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-        assert _count(calls) < 4 * PROMPTS  # killed in the middle, not after the end
+            kill_after_lines(command, calls, wait_for, env, timeout=120)
+        assert count_lines(calls) < 4 * PROMPTS  # killed in the middle, not after the end
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         bodies = Counter(json.dumps(e.body, sort_keys=True) for e in slow.log)

@@ -23,6 +23,7 @@ from fake_server import (
     FakeServer,
     comparison_p_first,
 )
+from procs import count_lines, kill_after_lines
 
 from cai.cli import cli
 from cai.constitution import parse_constitution
@@ -443,10 +444,6 @@ def test_a_prompts_file_samples_responses_and_labels_every_pair(
     assert server.requests == 0 and "3 items already done" in again.stderr
 
 
-def _count(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
 def test_sigkill_while_labelling_then_resume_labels_every_pair_once(
     tmp_path: Path, server: FakeServer
 ) -> None:
@@ -458,15 +455,7 @@ def test_sigkill_while_labelling_then_resume_labels_every_pair_once(
                    "--provider", "openai", "--base-url", f"{server.url}/v1", "--votes", "2",
                    "--concurrency", "4"]  # fmt: skip
         for wait_for in (5, 12):
-            process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
-            calls = labels_dir / "calls.jsonl"
-            start = _count(calls)
-            deadline = time.monotonic() + 300
-            while _count(calls) < start + wait_for and time.monotonic() < deadline:
-                assert process.poll() is None, process.stderr.read().decode()[-2000:]
-                time.sleep(0.002)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+            kill_after_lines(command, labels_dir / "calls.jsonl", wait_for, env, timeout=300)
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         bodies = Counter(json.dumps(e.body, sort_keys=True) for e in server.log)
@@ -544,7 +533,7 @@ def test_ctrl_c_while_labelling_keeps_every_paid_vote_then_resume_finishes(
                    "--concurrency", "6"]  # fmt: skip
         process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 300
-        while _count(labels_dir / "calls.jsonl") < 10 and time.monotonic() < deadline:
+        while count_lines(labels_dir / "calls.jsonl") < 10 and time.monotonic() < deadline:
             assert process.poll() is None
             time.sleep(0.002)
         process.send_signal(signal.SIGINT)
@@ -555,7 +544,7 @@ def test_ctrl_c_while_labelling_keeps_every_paid_vote_then_resume_finishes(
         assert manifest["status"] == "interrupted" and manifest["kind"] == "label"
         asked = len(slow.log)
         # Every call that went out was answered and journaled before the process ended.
-        assert _count(labels_dir / "calls.jsonl") == asked
+        assert count_lines(labels_dir / "calls.jsonl") == asked
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         bodies = Counter(json.dumps(e.body, sort_keys=True) for e in slow.log)

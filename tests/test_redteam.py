@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import unicodedata
 from collections import Counter
@@ -24,6 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fake_server import REDTEAM_REFUSAL, Canned, FakeServer
+from procs import cai_process, count_lines
 
 from cai.cli import cli
 from cai.constitution import load_constitution
@@ -365,17 +364,7 @@ def test_a_reply_never_readable_fails_its_call_and_the_rerun_pays_nothing_again(
 
 
 def _cai(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cai", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def _count(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+    return cai_process(args, stdout=subprocess.DEVNULL)
 
 
 def _wait_for(predicate, proc: subprocess.Popen) -> None:
@@ -409,7 +398,7 @@ def test_sigkill_mid_run_then_the_same_command_loses_and_repeats_nothing(
         args = _args(server, constitution, run, "--n", 300, "--concurrency", 4)
         for at in kills:
             proc = _cai(args)
-            _wait_for(lambda: _count(run / "calls.jsonl") >= at, proc)  # noqa: B023
+            _wait_for(lambda: count_lines(run / "calls.jsonl") >= at, proc)  # noqa: B023
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             assert proc.returncode == -signal.SIGKILL
@@ -424,7 +413,7 @@ def test_sigkill_mid_run_then_the_same_command_loses_and_repeats_nothing(
         proc = _cai(args)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-        journal = _count(run / "calls.jsonl")
+        journal = count_lines(run / "calls.jsonl")
         paid = sum(server.paid.values())
         bought_twice = sum(n - 1 for n in server.paid.values())
     _check_resumed_run(run, 300)
@@ -440,7 +429,7 @@ def test_ctrl_c_keeps_what_came_back_and_the_same_command_goes_on(
     with FakeServer(latency=0.02) as server:
         args = _args(server, constitution, run, "--n", 200, "--concurrency", 4)
         proc = _cai(args)
-        _wait_for(lambda: _count(run / "generations.jsonl") >= 3, proc)
+        _wait_for(lambda: count_lines(run / "generations.jsonl") >= 3, proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 130, err
@@ -474,7 +463,7 @@ def test_sigkill_while_a_batch_is_open_then_resumed_pays_each_call_once(
         assert proc.returncode == 0, err
         assert "re-attached" in err
         assert max(server.paid.values()) == 1  # no call bought twice
-        assert server.paid_total == _count(run / "calls.jsonl")  # and each one journaled
+        assert server.paid_total == count_lines(run / "calls.jsonl")  # and each one journaled
     _check_resumed_run(run, 200)
 
 
