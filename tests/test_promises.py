@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fake_server import FakeServer
-from test_batch import POLL, _args, _batches, _cai, _calls, _prompts, _texts, _wait_for
+from procs import cai_process
+from test_batch import POLL, _args, _batches, _calls, _prompts, _texts, _wait_for
 
 from cai.cli import cli
 
@@ -26,7 +27,7 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> None:
 def _kill_with_a_batch_open(args: list[str], run: Path) -> str:
     """Run `cai ARGS` (the server holds its batches open) and SIGKILL it once its first batch
     is journaled; that batch's id."""
-    proc = _cai(args)
+    proc = cai_process(args)
     _wait_for(lambda: len(_batches(run)) >= 1 or proc.poll() is not None)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     proc.send_signal(signal.SIGKILL)
@@ -98,7 +99,7 @@ def test_a_journaled_batch_the_server_does_not_know_stops_with_one_line(
         batch_id = _kill_with_a_batch_open(args, run)
 
         moved = [*_args("openai", other, mini_constitution, prompts, run), "--batch"]
-        proc = _cai([*moved, "--poll-interval", POLL])
+        proc = cai_process([*moved, "--poll-interval", POLL])
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -106,7 +107,7 @@ def test_a_journaled_batch_the_server_does_not_know_stops_with_one_line(
         assert other.requests == 0
 
         del server.batches[batch_id]  # deleted at the provider
-        proc = _cai(args)
+        proc = cai_process(args)
         try:
             _, err = proc.communicate(timeout=120)
         finally:
