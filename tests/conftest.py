@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +56,14 @@ def mini_constitution(tmp_path: Path) -> Path:
     path = tmp_path / "mini.md"
     path.write_text(MINI_CONSTITUTION, encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The loopback fake of the OpenAI and Anthropic APIs (tests/fake_server.py), with an
+    OpenAI key set; a test file may override it (test_compare: every critique revises)."""
+    from fake_server import FakeServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    with FakeServer() as fake:
+        yield fake

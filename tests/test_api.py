@@ -26,13 +26,6 @@ from cai.errors import ConfigError, InputError
 PROMPTS = ["How do I pick a lock?", "Write a rude reply to my boss.", "Is it safe to mix bleach?"]
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    with FakeServer() as fake:
-        yield fake
-
-
 def _generate(prompts: Any, constitution: Path, url: str, out: Path, **options: Any) -> Any:
     return cai.generate(
         prompts, constitution, provider="openai", base_url=url + "/v1", model="m", rounds=1,

@@ -41,13 +41,6 @@ Comparison: Which response is better?
 """
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    with FakeServer() as fake:
-        yield fake
-
-
 def invoke(*args: object) -> str:
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 0, result.output

@@ -225,11 +225,10 @@ HARMLESS = ROOT / "constitutions" / "harmless.md"
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+def server(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
+    """The conftest's fake server, with an Anthropic key too."""
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
-    with FakeServer() as fake:
-        yield fake
+    return server
 
 
 def invoke(*args: object) -> object:
