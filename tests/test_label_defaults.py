@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from fake_server import FakeServer
 
 import cai
@@ -24,13 +24,23 @@ def prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def _generate(server: FakeServer, prompts: Path, constitution: Path, out: Path) -> None:
+def _generate(server: FakeServer, prompts: Path, constitution: Path, tmp_path: Path) -> Path:
+    """A run in tmp_path/run made with MODEL on `server`."""
+    out = tmp_path / "run"
     result = CliRunner().invoke(cli, [
         "generate", "--constitution", str(constitution), "--prompts", str(prompts),
         "--provider", "openai", "--model", MODEL, "--base-url", server.url + "/v1",
         "--rounds", "1", "--max-tokens", "64", "--out", str(out),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
+    return out
+
+
+def _label(run: Path, out: Path, *flags: str) -> Result:
+    """`cai label RUN --out OUT --votes 1 FLAGS`, which succeeds."""
+    result = CliRunner().invoke(cli, ["label", str(run), "--out", str(out), "--votes", "1", *flags])
+    assert result.exit_code == 0, result.output
+    return result
 
 
 def _models(server: FakeServer, since: int) -> list[str]:
@@ -41,12 +51,10 @@ def test_label_with_no_provider_flags_uses_the_runs_server(
     tmp_path: Path, prompts: Path, mini_constitution: Path
 ) -> None:
     with FakeServer() as server:
-        run = tmp_path / "run"
-        _generate(server, prompts, mini_constitution, run)
+        run = _generate(server, prompts, mini_constitution, tmp_path)
         before = len(server.log)
         out = tmp_path / "labels"
-        result = CliRunner().invoke(cli, ["label", str(run), "--out", str(out), "--votes", "1"])
-        assert result.exit_code == 0, result.output
+        result = _label(run, out)
         sent = _models(server, before)
     labels = (out / "labels.jsonl").read_text().splitlines()
     # 1 vote a pair, asked in both orders: every call to the run's server and model.
@@ -64,14 +72,9 @@ def test_label_flags_override_the_runs_model(
     tmp_path: Path, prompts: Path, mini_constitution: Path
 ) -> None:
     with FakeServer() as server:
-        run = tmp_path / "run"
-        _generate(server, prompts, mini_constitution, run)
+        run = _generate(server, prompts, mini_constitution, tmp_path)
         before = len(server.log)
-        out = tmp_path / "labels"
-        result = CliRunner().invoke(
-            cli, ["label", str(run), "--out", str(out), "--votes", "1", "--model", "judge-x"]
-        )
-        assert result.exit_code == 0, result.output
+        result = _label(run, tmp_path / "labels", "--model", "judge-x")
         sent = _models(server, before)
     # The model flag wins; the provider and URL still come from the run.
     assert sent and set(sent) == {"judge-x"}
@@ -82,8 +85,7 @@ def test_python_label_defaults_to_the_runs_model(
     tmp_path: Path, prompts: Path, mini_constitution: Path
 ) -> None:
     with FakeServer() as server:
-        run = tmp_path / "run"
-        _generate(server, prompts, mini_constitution, run)
+        run = _generate(server, prompts, mini_constitution, tmp_path)
         before = len(server.log)
         labelled = cai.label(cai.load(run), out=tmp_path / "labels", votes=1, progress=False)
         sent = _models(server, before)
