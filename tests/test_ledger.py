@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from fake_server import FakeServer
 
 from cai.cli import cli
@@ -123,6 +123,19 @@ def _prompts(path: Path, n: int) -> Path:
     return path
 
 
+def _generate(
+    server: FakeServer, constitution: Path, prompts: Path, run: Path, *flags: str
+) -> Result:
+    """`cai generate` of one round with MODEL on `server` into `run`, and FLAGS; it succeeds."""
+    result = CliRunner().invoke(cli, [
+        "generate", "--constitution", str(constitution), "--prompts", str(prompts),
+        "--provider", "openai", "--model", MODEL, "--base-url", server.url + "/v1",
+        "--rounds", "1", "--out", str(run), *flags,
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def _invocation(
     server: FakeServer, run: Path, constitution: Path, prompts: Path, stop_after: int | None
 ) -> None:
@@ -189,13 +202,10 @@ def test_stats_card_and_report_agree_with_the_journal_over_every_invocation(
         _invocation(server, run, mini_constitution, prompts, stop_after=3)
         _invocation(server, run, mini_constitution, prompts, stop_after=3)
         interactive = len((run / "calls.jsonl").read_text().splitlines())
-        result = CliRunner().invoke(cli, [
-            "generate", "--constitution", str(mini_constitution), "--prompts", str(prompts),
-            "--provider", "openai", "--model", MODEL, "--base-url", server.url + "/v1",
-            "--rounds", "1", "--concurrency", "2", "--out", str(run),
-            "--batch", "--poll-interval", "0.05",
-        ])  # fmt: skip
-    assert result.exit_code == 0, result.output
+        result = _generate(
+            server, mini_constitution, prompts, run,
+            "--concurrency", "2", "--batch", "--poll-interval", "0.05",
+        )  # fmt: skip
     lines = [json.loads(x) for x in (run / "calls.jsonl").read_text().splitlines()]
     assert interactive < len(lines), "the batch invocation made no call"
     inp, out, calls, cost = _journal_sum(lines, interactive)
@@ -249,12 +259,7 @@ def test_merged_shards_count_every_call_of_every_shard(
     with FakeServer() as server:
         for k in (1, 2):
             run = tmp_path / f"shard{k}"
-            result = CliRunner().invoke(cli, [
-                "generate", "--constitution", str(mini_constitution), "--prompts", str(prompts),
-                "--provider", "openai", "--model", MODEL, "--base-url", server.url + "/v1",
-                "--rounds", "1", "--shard", f"{k}/2", "--out", str(run),
-            ])  # fmt: skip
-            assert result.exit_code == 0, result.output
+            _generate(server, mini_constitution, prompts, run, "--shard", f"{k}/2")
             runs.append(run)
     merged = tmp_path / "merged"
     merge_runs(runs, merged)
@@ -339,12 +344,7 @@ def test_settings_sent_are_recorded_as_sent(
     prompts = _prompts(tmp_path / "p.jsonl", 2)
     run = tmp_path / "run"
     with FakeServer() as server:
-        result = CliRunner().invoke(cli, [
-            "generate", "--constitution", str(mini_constitution), "--prompts", str(prompts),
-            "--provider", "openai", "--model", MODEL, "--base-url", server.url + "/v1",
-            "--rounds", "1", "--temperature", "0.3", "--out", str(run),
-        ])  # fmt: skip
-        assert result.exit_code == 0, result.output
+        _generate(server, mini_constitution, prompts, run, "--temperature", "0.3")
         assert all(e.body["temperature"] == 0.3 for e in server.log if isinstance(e.body, dict))
     sent = json.loads((run / "manifest.json").read_text())["config"]["sampling_sent"]
     assert sent["sent"] == {"temperature": 0.3, "max_tokens": 512, "seed": "per call, drawn from 0"}
