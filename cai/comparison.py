@@ -454,6 +454,63 @@ def _table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _judge_lines(judge: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
+    """`format_comparison`'s judge section: the judge's model and cost, each later run against
+    the first, and by principle."""
+    from cai.pricing import format_cost
+
+    lines = [
+        "",
+        f"Judge: {judge.get('provider')} {judge.get('model')}, {judge.get('votes')} votes "
+        f"each in both orders ({judge.get('mode')}); votes in {judge.get('dir')}",
+        f"Judge cost: {judge.get('calls', 0)} calls over {judge.get('pairs', 0)} pairs, "
+        + (
+            "unknown (no price for the model)"
+            if judge.get("cost_usd") is None
+            else format_cost(judge["cost_usd"])
+        ),
+    ]
+    first = runs[0]["name"]
+    jrows = [["", *(f"{run['name']} vs {first}" for run in runs[1:])]]
+    others = [run["judge"] for run in runs[1:]]
+
+    def jrow(label: str, value: Callable[[dict[str, Any]], str]) -> list[str]:
+        return [label, *(value(j) for j in others)]
+
+    def interval(j: dict[str, Any]) -> str:
+        ci = j["win_rate_ci"]
+        return f"{_pct(j['win_rate'])}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "")
+
+    def unjudged(j: dict[str, Any]) -> str:
+        missing = sum(j["unjudged"].values())
+        return f"{j['judged']} ({j['identical']} identical, {missing} not judged)"
+
+    jrows += [
+        jrow("judged prompts", unjudged),
+        jrow("wins/ties/losses", lambda j: f"{j['wins']}/{j['ties']}/{j['losses']}"),
+        jrow("win rate [95% CI]", interval),
+        jrow("mean preference", lambda j: _num(j["mean_preference"])),
+        jrow("position consistency", lambda j: _pct(j["position_consistency"])),
+    ]
+    lines += _table(jrows)
+    names = sorted({n for j in others for n in j["by_principle"]})
+    if names:
+        lines += ["", "By principle (win rate, mean preference, votes):"]
+        prow = [["PRINCIPLE", *(run["name"] for run in runs[1:])]]
+        for name in names:
+            cells = []
+            for j in others:
+                c = j["by_principle"].get(name)
+                cells.append(
+                    "-"
+                    if c is None
+                    else f"{_pct(c['win_rate'])} {c['mean_preference']:.2f} n={c['votes']}"
+                )
+            prow.append([name, *cells])
+        lines += _table(prow)
+    return lines
+
+
 def format_comparison(data: dict[str, Any]) -> str:
     """`compare_runs`'s data as the text `cai compare` prints."""
     from cai.pricing import format_cost
@@ -528,55 +585,7 @@ def format_comparison(data: dict[str, Any]) -> str:
         lines += ["", "Flagged:", *(f"  {name}: {message}" for name, message in flags)]
     judge = data.get("judge")
     if judge is not None:
-        lines += [
-            "",
-            f"Judge: {judge.get('provider')} {judge.get('model')}, {judge.get('votes')} votes "
-            f"each in both orders ({judge.get('mode')}); votes in {judge.get('dir')}",
-            f"Judge cost: {judge.get('calls', 0)} calls over {judge.get('pairs', 0)} pairs, "
-            + (
-                "unknown (no price for the model)"
-                if judge.get("cost_usd") is None
-                else format_cost(judge["cost_usd"])
-            ),
-        ]
-        first = runs[0]["name"]
-        jrows = [["", *(f"{run['name']} vs {first}" for run in runs[1:])]]
-        others = [run["judge"] for run in runs[1:]]
-
-        def jrow(label: str, value: Callable[[dict[str, Any]], str]) -> list[str]:
-            return [label, *(value(j) for j in others)]
-
-        def interval(j: dict[str, Any]) -> str:
-            ci = j["win_rate_ci"]
-            return f"{_pct(j['win_rate'])}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "")
-
-        def unjudged(j: dict[str, Any]) -> str:
-            missing = sum(j["unjudged"].values())
-            return f"{j['judged']} ({j['identical']} identical, {missing} not judged)"
-
-        jrows += [
-            jrow("judged prompts", unjudged),
-            jrow("wins/ties/losses", lambda j: f"{j['wins']}/{j['ties']}/{j['losses']}"),
-            jrow("win rate [95% CI]", interval),
-            jrow("mean preference", lambda j: _num(j["mean_preference"])),
-            jrow("position consistency", lambda j: _pct(j["position_consistency"])),
-        ]
-        lines += _table(jrows)
-        names = sorted({n for j in others for n in j["by_principle"]})
-        if names:
-            lines += ["", "By principle (win rate, mean preference, votes):"]
-            prow = [["PRINCIPLE", *(run["name"] for run in runs[1:])]]
-            for name in names:
-                cells = []
-                for j in others:
-                    c = j["by_principle"].get(name)
-                    cells.append(
-                        "-"
-                        if c is None
-                        else f"{_pct(c['win_rate'])} {c['mean_preference']:.2f} n={c['votes']}"
-                    )
-                prow.append([name, *cells])
-            lines += _table(prow)
+        lines += _judge_lines(judge, runs)
     return "\n".join(lines)
 
 
