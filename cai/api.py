@@ -48,6 +48,7 @@ from cai.pipeline import GenerateConfig, RunStats, build_manifest, run_generatio
 from cai.providers import Provider, create_provider, default_model
 from cai.rundir import Manifest, RunStore, choose_run_dir, read_manifest, redact_secrets
 from cai.sources import MemorySource, PromptSource, memory_spec
+from cai.words import plural
 
 __all__ = [
     "Comparison",
@@ -328,11 +329,11 @@ def prepare_generate(opts: GenerateOptions, made: list[Provider]) -> Prepared | 
     notes = []
     if source.skipped:
         notes.append(
-            f"Skipping {len(source.skipped)} bad line(s) (--skip-bad-lines), the first: "
+            f"Skipping {plural(len(source.skipped), 'bad line')} (--skip-bad-lines), the first: "
             f"{source.skipped[0]}"
         )
     if total == 0:
-        why = f"no usable prompt ({len(source.skipped)} bad lines skipped)"
+        why = f"no usable prompt ({plural(len(source.skipped), 'bad line')} skipped)"
         if isinstance(source, MemorySource):
             raise InputError("prompts", None, why if source.skipped else "no prompts given")
         raise InputError(source.spec, None, why if source.skipped else "no prompts in the file")

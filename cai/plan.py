@@ -18,6 +18,7 @@ from cai.pricing import Price, batch_price, estimate_tokens, format_cost
 from cai.prompts import build_critique_messages, build_initial_messages
 from cai.providers.base import Usage
 from cai.sources import PromptItem
+from cai.words import plural
 
 __all__ = ["MIN_CACHED_PREFIX", "TYPICAL_REPLY_TOKENS", "RunPlan", "format_plan", "plan_run"]
 
@@ -148,7 +149,7 @@ def format_plan(plan: RunPlan) -> str:
     u = plan.usage
     lines = [
         "Dry run: no model was called and no run directory was made.",
-        f"Prompts: {plan.prompts:,} ({plan.rounds} round(s) each)",
+        f"Prompts: {plan.prompts:,} ({plural(plan.rounds, 'round')} each)",
         f"Calls: at most {plan.calls:,} ({plan.initial_calls:,} initial, "
         f"{plan.critique_calls:,} critiques, {plan.revision_calls:,} revisions; "
         "fewer when a critique finds nothing to change)",

@@ -47,6 +47,7 @@ from cai.records import (
     record_problem,
 )
 from cai.redact import redact_secrets, secret_values
+from cai.words import plural
 
 __all__ = [
     "BATCHES_FILE",
@@ -228,7 +229,7 @@ def open_run_file(
             raise _not_regular(path, _kind_of(info.st_mode))
         if mode != "rb" and info.st_nlink > 1:
             raise ConfigError(
-                f"{path} has {info.st_nlink - 1} other hard link(s), so writing it would change "
+                f"{path} has {plural(info.st_nlink - 1, 'other hard link')}, so writing it would change "
                 "another file too; cai writes only its own files: copy it to a file of its own"
             )
         os.set_blocking(fd, True)
@@ -1075,9 +1076,9 @@ class RunStore:
                 (raw for lineno, raw, _ in read_jsonl(self.records_path) if lineno in keep),
             )
             self.notices.append(
-                f"{self.records_path}: dropped {bad} line(s) that are unreadable or not of the "
+                f"{self.records_path}: dropped {plural(bad, 'line')} unreadable or not of the "
                 f"shape cai writes (their prompts are made again) and "
-                f"{duplicates} duplicate record(s)"
+                f"{plural(duplicates, 'duplicate record')}"
             )
         return {record_id: status for record_id, (_, _, status) in best.items()}
 

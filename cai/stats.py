@@ -16,6 +16,7 @@ from cai.ledger import Ledger, format_ledger, read_ledger
 from cai.pricing import format_cost, run_cost
 from cai.records import Record, clean_count
 from cai.rundir import describe_status, load_run
+from cai.words import plural
 
 __all__ = ["compute_stats", "format_stats", "run_stats"]
 
@@ -251,7 +252,7 @@ def format_stats(data: dict[str, Any]) -> str:
     changed = data["answer_changed"]
     ok = data["status"].get("ok", 0)
     lines.append(
-        f"Final answer differs from the first: {changed['records']} of {ok} records "
+        f"Final answer differs from the first: {changed['records']} of {plural(ok, 'record')} "
         f"({_pct(changed['records'], ok)})"
     )
     rows = [["PRINCIPLE", "ROUNDS", "REVISED", "CHANGED", "NO CHANGE", "PROBLEM"]]

@@ -282,7 +282,7 @@ def test_skip_bad_lines_skips_and_counts(work: Path) -> None:
         result = against(server, work, "--prompts", prompts, "--skip-bad-lines")
     assert result.exit_code == 0, result.output
     assert (
-        "Skipping 2 bad line(s) (--skip-bad-lines), the first: p.jsonl:1: not valid JSON"
+        "Skipping 2 bad lines (--skip-bad-lines), the first: p.jsonl:1: not valid JSON"
         in result.stderr
     )
     assert ", 2 bad lines skipped" in result.stderr

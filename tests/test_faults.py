@@ -242,7 +242,7 @@ def test_dry_run_calls_nothing_and_writes_nothing(
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mini.md", "p.txt"]
     lines = result.stdout.splitlines()
-    assert lines[1] == "Prompts: 7 (3 round(s) each)"
+    assert lines[1] == "Prompts: 7 (3 rounds each)"
     assert lines[2].startswith("Calls: at most 49 (7 initial, 21 critiques, 21 revisions;")
     plan = plan_run(
         PromptSource(str(prompts)),

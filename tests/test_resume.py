@@ -196,8 +196,8 @@ def test_duplicate_and_foreign_lines_are_compacted_to_one_per_prompt(tmp_path: P
     (run / "records.jsonl").write_text(failed_copy + "\n" + text + first + "\n[1, 2]\n")
     stats, events = generate(run, FakeProvider(respond=echo_reply), PROMPTS[:4])
     assert [d for k, d in events if k == "notice"] == [
-        f"{run / 'records.jsonl'}: dropped 1 line(s) that are unreadable or not of the shape "
-        "cai writes (their prompts are made again) and 2 duplicate record(s)"
+        f"{run / 'records.jsonl'}: dropped 1 line unreadable or not of the shape "
+        "cai writes (their prompts are made again) and 2 duplicate records"
     ]
     assert stats.already_done == 4 and stats.calls == 0
     assert lines(run / "records.jsonl") == text.splitlines()  # the ok lines, in their order
