@@ -1024,6 +1024,37 @@ def finished_items(statuses: dict[str, str], job: Job, retry_failed: bool) -> se
     }
 
 
+def _running_manifest(
+    manifest: Manifest | dict[str, Any] | None,
+    previous: Manifest | None,
+    job: Job,
+    config: CallConfig,
+    engine: Any,
+) -> Manifest:
+    """The manifest of a run starting (status "running"): the job's kind and settings, this
+    process as the writer, the engine, and the sampling settings each model is sent; a resumed
+    run keeps its first creation time."""
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.from_dict({"cai_version": __version__, **(manifest or {})})
+    if previous is not None:
+        manifest.created = previous.created
+    manifest.kind = job.kind
+    manifest.settings, manifest.status = job.settings, "running"
+    manifest.writer = writer_info(job.kind)
+    manifest.config.update(engine.info if engine is not None else {"engine": "default"})
+    sampling = job.settings.get("sampling")
+    if isinstance(sampling, dict):
+        manifest.config["sampling_sent"] = sent_sampling(
+            job.provider, Sampling(**sampling), config.seed
+        )
+    policy, policy_sampling = job.others.get("policy"), job.settings.get("policy_sampling")
+    if policy is not None and isinstance(policy_sampling, dict):
+        manifest.config["policy_sampling_sent"] = sent_sampling(
+            policy, Sampling(**policy_sampling), config.seed
+        )
+    return manifest
+
+
 async def _run_locked(
     items: Any,
     job: Job,
@@ -1054,24 +1085,7 @@ async def _run_locked(
     done = finished_items(statuses, job, config.retry_failed)
     del statuses
     journal = store.journal(done)
-    if not isinstance(manifest, Manifest):
-        manifest = Manifest.from_dict({"cai_version": __version__, **(manifest or {})})
-    if previous is not None:
-        manifest.created = previous.created
-    manifest.kind = job.kind
-    manifest.settings, manifest.status = job.settings, "running"
-    manifest.writer = writer_info(job.kind)
-    manifest.config.update(engine.info if engine is not None else {"engine": "default"})
-    sampling = job.settings.get("sampling")
-    if isinstance(sampling, dict):
-        manifest.config["sampling_sent"] = sent_sampling(
-            job.provider, Sampling(**sampling), config.seed
-        )
-    policy, policy_sampling = job.others.get("policy"), job.settings.get("policy_sampling")
-    if policy is not None and isinstance(policy_sampling, dict):
-        manifest.config["policy_sampling_sent"] = sent_sampling(
-            policy, Sampling(**policy_sampling), config.seed
-        )
+    manifest = _running_manifest(manifest, previous, job, config, engine)
     pricer = run_pricer(manifest)
     budget = _budget(config, store, manifest, pricer)
     stats.budget = budget
