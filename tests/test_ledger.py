@@ -349,3 +349,24 @@ def test_settings_sent_are_recorded_as_sent(
     sent = json.loads((run / "manifest.json").read_text())["config"]["sampling_sent"]
     assert sent["sent"] == {"temperature": 0.3, "max_tokens": 512, "seed": "per call, drawn from 0"}
     assert sent["not_sent"] == {"top_p": "unset: the provider's default applies"}
+
+
+def test_a_label_runs_report_shows_the_votes_settings_as_sent(
+    tmp_path: Path, mini_constitution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vote is sent its own few tokens, not the run's --max-tokens: the label run's report
+    shows what was sent (it showed 512)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    run, labels = tmp_path / "run", tmp_path / "labels"
+    with FakeServer() as server:
+        _generate(server, mini_constitution, prompts, run)
+        result = CliRunner().invoke(cli, ["label", str(run), "--out", str(labels)])
+        assert result.exit_code == 0, result.output
+        votes = [e.body["max_tokens"] for e in server.log if "logprobs" in (e.body or {})]
+    sent = json.loads((labels / "manifest.json").read_text())["config"]["sampling_sent"]
+    assert votes and set(votes) == {sent["sent"]["max_tokens"]} and votes[0] != 512
+    page = tmp_path / "r.html"
+    assert CliRunner().invoke(cli, ["report", str(labels), "--out", str(page)]).exit_code == 0
+    html = page.read_text()
+    assert f"max_tokens {votes[0]}" in html and "max_tokens 512" not in html

@@ -383,8 +383,11 @@ def build_report_data(
     sampling = {
         k: cfg[k] for k in ("temperature", "top_p", "max_tokens", "rounds", "seed") if k in cfg
     } or (dict(first.sampling) if first else {})
-    # As the provider was sent them: a setting the model takes none of says so.
-    not_sent = (cfg.get("sampling_sent") or {}).get("not_sent") or {}
+    # As the provider was sent them (a label run's votes are sent their own few tokens, not
+    # the run's --max-tokens); a setting the model takes none of says so.
+    sent_sampling = cfg.get("sampling_sent") or {}
+    sampling.update(sent_sampling.get("sent") or {})
+    not_sent = sent_sampling.get("not_sent") or {}
     sampling.update({k: f"not sent ({why})" for k, why in not_sent.items() if k in sampling})
     summary = {
         "name": name,
