@@ -105,7 +105,7 @@ class CallPricer:
 def run_pricer(manifest: Manifest | Mapping[str, Any] | None) -> CallPricer:
     """The pricer of a run: the bundled table plus the user's (`config.price_table`), or the
     bundled one alone when the user's has moved since the run."""
-    config = _config_of(manifest)
+    config = _part_of(manifest, "config")
     try:
         table = load_price_table(config.get("price_table"))
     except CaiError:
@@ -113,20 +113,13 @@ def run_pricer(manifest: Manifest | Mapping[str, Any] | None) -> CallPricer:
     return CallPricer(table)
 
 
-def _config_of(manifest: Manifest | Mapping[str, Any] | None) -> dict[str, Any]:
+def _part_of(manifest: Manifest | Mapping[str, Any] | None, part: str) -> dict[str, Any]:
+    """A copy of the manifest's `config` or `settings`, from a `Manifest` or its JSON."""
     if manifest is None:
         return {}
     if isinstance(manifest, Manifest):
-        return dict(manifest.config)
-    return dict(manifest.get("config") or {})
-
-
-def _settings_of(manifest: Manifest | Mapping[str, Any] | None) -> dict[str, Any]:
-    if manifest is None:
-        return {}
-    if isinstance(manifest, Manifest):
-        return dict(manifest.settings)
-    return dict(manifest.get("settings") or {})
+        return dict(getattr(manifest, part))
+    return dict(manifest.get(part) or {})
 
 
 @dataclass
@@ -219,7 +212,7 @@ def _journal(
     """
     if manifest is None:
         manifest = read_manifest(run_dir)
-    config, settings = _config_of(manifest), _settings_of(manifest)
+    config, settings = _part_of(manifest, "config"), _part_of(manifest, "settings")
     provider = str(config.get("provider") or settings.get("provider") or "")
     model = str(config.get("model") or settings.get("model") or "")
     policy = (

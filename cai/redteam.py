@@ -571,22 +571,16 @@ def parse_reply(text: str, finish_reason: str = "stop") -> tuple[str, list[Any]]
         return "ok", items
     if _REFUSAL.match(body):
         return "refusal", []
-    start, end = body.find("["), body.rfind("]")
-    if 0 <= start < end:
-        try:
-            items = _array_of(json.loads(body[start : end + 1]))
-        except (ValueError, RecursionError):
-            items = None
-        if items is not None:
-            return "ok", items
-    brace, close = body.find("{"), body.rfind("}")
-    if 0 <= brace < close:
-        try:
-            items = _array_of(json.loads(body[brace : close + 1]))
-        except (ValueError, RecursionError):
-            items = None
-        if items is not None:
-            return "ok", items
+    # The widest [...] span, then the widest {...} span, as JSON.
+    for opening, closing in (("[", "]"), ("{", "}")):
+        start, end = body.find(opening), body.rfind(closing)
+        if 0 <= start < end:
+            try:
+                items = _array_of(json.loads(body[start : end + 1]))
+            except (ValueError, RecursionError):
+                items = None
+            if items is not None:
+                return "ok", items
     if finish_reason == "length":
         salvaged = _salvage(body)
         if salvaged:
