@@ -415,12 +415,8 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
         LabelStats,
         plan_labels,
         policy_factory,
-        prompt_pairs,
         run_labels,
-        run_pairs,
-        run_source,
     )  # fmt: skip
-    from cai.filters import FilterConfig
     from cai.rundir import check_run_dir, is_run_dir
 
     source = opts.source.dir if isinstance(opts.source, Run) else opts.source
@@ -436,39 +432,10 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
     )
     check_run_dir(opts.out, "label")
     notes = [judge_note] if judge_note else []
-    constitution = opts.constitution
-    if from_run:
-        filters = FilterConfig(**opts.filter_fields())
-        source_manifest, items, left_out = run_pairs(source, filters)
-        # The run and filters the pairs come from: a resume with others is refused.
-        pairs_from: dict[str, Any] | None = run_source(source, source_manifest, filters)
-        prompts: Any = os.fspath(source)
-        if constitution is None:
-            constitution = Path(source) / "constitution.md"
-            if not constitution.is_file():
-                raise ConfigError(
-                    f"{source} holds no constitution.md; pass --constitution with the file the "
-                    "run was made with"
-                )
-        if left_out:
-            notes.append(
-                "Not labelled (no pair for export): "
-                + ", ".join(f"{k} {n}" for k, n in sorted(left_out.items()))
-                + ("" if items else "; the matching --keep-* flags label them anyway")
-            )
-        total: int | None = len(items)
-    else:
-        if constitution is None:
-            raise ConfigError(f"--constitution is needed to label the prompts in {source}")
-        prompts = _prompt_source(source, opts.prompt_field, opts.skip_bad_lines)
-        count = count_prompts(prompts)
-        if count == 0:
-            raise InputError(prompts.spec, None, "no prompts in the file")
-        items = prompt_pairs(prompts)
-        pairs_from = None
-        pairs = math.comb(config.responses, 2)
-        total = None if count is None else min(count, opts.limit or count) * pairs
-    parsed = _constitution(constitution)
+    pairs = _label_pairs(source, from_run, opts, config.responses)
+    items, prompts, total, pairs_from = pairs.items, pairs.prompts, pairs.total, pairs.source
+    notes += pairs.notes
+    parsed = _constitution(pairs.constitution)
     make_feedback = _model_factory(opts)
     backend = make_feedback(connections=config.concurrency)
     made.append(backend)
@@ -546,6 +513,59 @@ def _votes_cot(config: Any, backend: Provider, asked: bool) -> tuple[bool, list[
         f"Note: {backend.name} gives no log-probabilities; the votes use chain of thought, "
         f"clamped to {low:g}-{high:g} (--clamp)."
     ]
+
+
+@dataclass
+class _LabelPairs:
+    """What a label job labels: its `items`, the `prompts` (a run's path, or a prompt source)
+    they come from, how many (`total`, None when unknown), the constitution whose principles
+    the votes draw, the run's `source` (`feedback.run_source`; None for prompts) and notes."""
+
+    items: Any
+    prompts: Any
+    total: int | None
+    constitution: Any
+    source: dict[str, Any] | None
+    notes: list[str]
+
+
+def _label_pairs(source: Any, from_run: bool, opts: LabelOptions, responses: int) -> _LabelPairs:
+    """A run's pairs (its first answer against the revision export would choose, with the
+    --keep-* filters), or a prompt source's (every pair of `responses` answers a prompt)."""
+    from cai.feedback import prompt_pairs, run_pairs, run_source
+    from cai.filters import FilterConfig
+
+    constitution = opts.constitution
+    if not from_run:
+        if constitution is None:
+            raise ConfigError(f"--constitution is needed to label the prompts in {source}")
+        prompts = _prompt_source(source, opts.prompt_field, opts.skip_bad_lines)
+        count = count_prompts(prompts)
+        if count == 0:
+            raise InputError(prompts.spec, None, "no prompts in the file")
+        items = prompt_pairs(prompts)
+        pairs = math.comb(responses, 2)
+        total = None if count is None else min(count, opts.limit or count) * pairs
+        return _LabelPairs(items, prompts, total, constitution, None, [])
+    filters = FilterConfig(**opts.filter_fields())
+    source_manifest, items, left_out = run_pairs(source, filters)
+    # The run and filters the pairs come from: a resume with others is refused.
+    pairs_from = run_source(source, source_manifest, filters)
+    if constitution is None:
+        constitution = Path(source) / "constitution.md"
+        if not constitution.is_file():
+            raise ConfigError(
+                f"{source} holds no constitution.md; pass --constitution with the file the "
+                "run was made with"
+            )
+    notes = []
+    if left_out:
+        notes.append(
+            "Not labelled (no pair for export): "
+            + ", ".join(f"{k} {n}" for k, n in sorted(left_out.items()))
+            + ("" if items else "; the matching --keep-* flags label them anyway")
+        )
+    return _LabelPairs(items, os.fspath(source), len(items), constitution, pairs_from, notes)
 
 
 def _feedback_model(opts: LabelOptions, run_dir: Path | None) -> tuple[LabelOptions, str | None]:
