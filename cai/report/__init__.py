@@ -273,33 +273,17 @@ def _messages(prompt: Any) -> list[list[str]]:
     return out
 
 
-def build_report_data(
+def _viewer_records(
     records: list[Record],
-    manifest: dict[str, Any] | None = None,
-    *,
-    calls: Iterable[dict[str, Any]] = (),
-    labels: list[dict[str, Any]] | None = None,
-    constitution_text: str | None = None,
-    name: str = "",
-    filters: FilterConfig | None = None,
-    ledger: Ledger | None = None,
-) -> dict[str, Any]:
-    """Everything the report shows, as plain JSON-ready data.
-
-    `summary` and `plots` are drawn by Python; `viewer` is embedded for the page's script.
-    Tokens, calls and cost are the run's `ledger` (`cai.ledger.read_ledger`) when given.
-    """
-    manifest = manifest or {}
-    config = filters or FilterConfig()
-    labels = labels or []
-    # A generate run's labels (its own, or a label run of it) judge each principle's revisions.
-    stats = compute_stats(
-        records, manifest, config, ledger=ledger, labels=labels if records and labels else None
-    )
-    verdicts = _verdicts(records, config)
-    names, texts = _Table(), _Table()
+    verdicts: list[tuple[str, str, int]],
+    labels: list[dict[str, Any]],
+    names: _Table,
+    texts: _Table,
+) -> tuple[list[dict[str, Any]], dict[str, list[int]], dict[int, list[float]]]:
+    """The viewer's entry of each record (with its label, where there is one); the word counts
+    of each ok record's first and chosen answer; each round's similarity to the answer before
+    it, by round index."""
     label_by_id = {str(x.get("id")): x for x in labels}
-
     viewer_records = []
     lengths: dict[str, list[int]] = {"first": [], "chosen": []}
     change: dict[int, list[float]] = {}
@@ -350,8 +334,13 @@ def build_report_data(
             lengths["first"].append(_words(record.initial_response))
             lengths["chosen"].append(_words(chosen))
         viewer_records.append(item)
+    return viewer_records, lengths, change
 
-    record_ids = {r.id for r in records}
+
+def _label_only(
+    labels: list[dict[str, Any]], record_ids: set[str], names: _Table
+) -> list[dict[str, Any]]:
+    """The viewer's entry of each label whose pair is not one of the page's records."""
     label_only = []
     for label in labels:
         if str(label.get("id")) in record_ids:
@@ -368,6 +357,36 @@ def build_report_data(
         if label.get("chosen_round") is not None:
             entry["rev"] = 1  # B is the revision
         label_only.append(entry)
+    return label_only
+
+
+def build_report_data(
+    records: list[Record],
+    manifest: dict[str, Any] | None = None,
+    *,
+    calls: Iterable[dict[str, Any]] = (),
+    labels: list[dict[str, Any]] | None = None,
+    constitution_text: str | None = None,
+    name: str = "",
+    filters: FilterConfig | None = None,
+    ledger: Ledger | None = None,
+) -> dict[str, Any]:
+    """Everything the report shows, as plain JSON-ready data.
+
+    `summary` and `plots` are drawn by Python; `viewer` is embedded for the page's script.
+    Tokens, calls and cost are the run's `ledger` (`cai.ledger.read_ledger`) when given.
+    """
+    manifest = manifest or {}
+    config = filters or FilterConfig()
+    labels = labels or []
+    # A generate run's labels (its own, or a label run of it) judge each principle's revisions.
+    stats = compute_stats(
+        records, manifest, config, ledger=ledger, labels=labels if records and labels else None
+    )
+    verdicts = _verdicts(records, config)
+    names, texts = _Table(), _Table()
+    viewer_records, lengths, change = _viewer_records(records, verdicts, labels, names, texts)
+    label_only = _label_only(labels, {r.id for r in records}, names)
 
     calls_data = _call_stats(records, calls, [] if records else labels)
     calls_data["unit"] = "records" if records or not labels else "pairs"
