@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from fake_server import FakeServer
+from procs import count_lines
 
 PROMPTS = 45
 # (what to wait for, how much) before each SIGKILL: new journal lines, new records, the
@@ -40,10 +41,6 @@ KILL_POINTS = [
     ("manifest", 0),
     ("calls", 1),
 ]
-
-
-def _count_lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 def _mtime(path: Path) -> int:
@@ -98,15 +95,15 @@ def _wait_and_kill(process: subprocess.Popen, run_dir: Path, what: str, amount: 
         run_dir / "records.jsonl",
         run_dir / "manifest.json",
     )
-    calls_at, records_at, manifest_at = _count_lines(calls), _count_lines(records), _mtime(manifest)
+    calls_at, records_at, manifest_at = count_lines(calls), count_lines(records), _mtime(manifest)
     started = time.monotonic()
     while time.monotonic() - started < 300:
         if process.poll() is not None:
             raise AssertionError(f"the run ended by itself before kill point {what} {amount}")
         if (
             (what == "seconds" and time.monotonic() - started >= amount)
-            or (what == "calls" and _count_lines(calls) >= calls_at + amount)
-            or (what == "records" and _count_lines(records) >= records_at + amount)
+            or (what == "calls" and count_lines(calls) >= calls_at + amount)
+            or (what == "records" and count_lines(records) >= records_at + amount)
             or (what == "manifest" and _mtime(manifest) != manifest_at)
         ):
             process.send_signal(signal.SIGKILL)
@@ -131,7 +128,7 @@ def test_sigkill_at_many_points_then_resume_equals_a_clean_run(tmp_path: Path, j
     journaled: list[int] = []  # journal lines after each kill
     for what, amount in KILL_POINTS:
         _wait_and_kill(start(run_dir), run_dir, what, amount)
-        journaled.append(_count_lines(run_dir / "calls.jsonl"))
+        journaled.append(count_lines(run_dir / "calls.jsonl"))
         for name in ("records.jsonl", "calls.jsonl"):
             path = run_dir / name
             torn += (

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from fake_server import PREFERENCE, PREFERRED, FakeServer
+from procs import count_lines
 
 from cai.constitution import load_constitution
 from cai.errors import ConfigError
@@ -202,15 +203,11 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
-def _count_lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
 def _sigkill_after(command: list[str], env: dict, journal: Path, calls: int) -> None:
     """Run `command` until `journal` holds `calls` lines, then SIGKILL it."""
     first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
-    while _count_lines(journal) < calls and first.poll() is None:
+    while count_lines(journal) < calls and first.poll() is None:
         assert time.monotonic() < deadline, "the first run made no progress"
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
@@ -233,7 +230,7 @@ def test_a_killed_driver_resumes_with_the_same_command(
             "--engine", "ray", "--ray-address", cluster, "--workers", "2",
         ]  # fmt: skip
         _sigkill_after(command, env, out / "calls.jsonl", 300)
-        before = _count_lines(out / "records.jsonl")
+        before = count_lines(out / "records.jsonl")
         assert 0 < before < PROMPTS, "killed mid-run"
         journaled = _journal_steps(out)
         requests_before = fake.requests
@@ -452,7 +449,7 @@ def test_label_from_prompts_killed_driver_resumes_on_ray_with_its_policy_model(
             "--engine", "ray", "--ray-address", cluster, "--workers", "2",
         ]  # fmt: skip
         _sigkill_after(command, env, out / "calls.jsonl", 100)
-        before = _count_lines(out / "labels.jsonl")
+        before = count_lines(out / "labels.jsonl")
         assert 0 < before < 80, "killed mid-run"
         journaled = _journal_steps(out)
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
