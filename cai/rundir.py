@@ -119,6 +119,15 @@ RUN_FILES = frozenset(
         PROMPTS_FILE,
     }
 )
+# What each kind of run writes besides the files every run has: a folder with no manifest
+# may hold only these (a run killed before its manifest), so a user's own prompts.jsonl is
+# never taken for a prompts run's when a generate run is pointed at its folder.
+_COMMON_FILES = frozenset({CALLS_FILE, MANIFEST_FILE, LOCK_FILE, CONSTITUTION_COPY, BATCHES_FILE})
+_KIND_FILES = {
+    "generate": frozenset({RECORDS_FILE}),
+    "label": frozenset({LABELS_FILE}),
+    "prompts": frozenset({GENERATIONS_FILE, PROMPTS_FILE}),
+}
 OUTPUTS = Path("outputs")
 
 # -- secrets ------------------------------------------------------------------------------
@@ -803,8 +812,9 @@ def check_run_dir(run_dir: Path, kind: str = "generate") -> Manifest | None:
             )
         return manifest
     if run_dir.is_dir():
+        own = _COMMON_FILES | _KIND_FILES.get(kind, RUN_FILES)
         foreign = sorted(
-            p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not _is_temp(p.name)
+            p.name for p in run_dir.iterdir() if p.name not in own and not _is_temp(p.name)
         )
         if foreign:
             listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
