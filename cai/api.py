@@ -276,6 +276,30 @@ def _price(opts: Any, model: str) -> tuple[Any, Any]:
     return prices, FREE if _provider_name(opts.provider) == "local" else prices.lookup(model)
 
 
+def _manifest(
+    parsed: Constitution,
+    prompts: Any,
+    config: Any,
+    backend: Provider,
+    opts: Any,
+    prices: Any,
+    count: int | None = None,
+) -> Manifest:
+    """`build_manifest` with the base URL, timeout and price table of `opts` (a command's
+    options) and the date of the `prices` the run is priced at."""
+    return build_manifest(
+        parsed,
+        prompts,
+        config,
+        backend,
+        count=count,
+        base_url=opts.base_url,
+        timeout=opts.timeout,
+        price_table=opts.price_table,
+        prices_as_of=prices.as_of,
+    )
+
+
 def batch_backend(
     backend: Provider, run_dir: Path, manifest: Manifest, price: Any, opts: Any
 ) -> tuple[Provider, Any]:
@@ -369,17 +393,7 @@ def prepare_generate(opts: GenerateOptions, made: list[Provider]) -> Prepared | 
         source=source.spec,
         shard=config.shard,
     )
-    manifest = build_manifest(
-        parsed,
-        source,
-        config,
-        backend,
-        count=total,
-        base_url=opts.base_url,
-        timeout=opts.timeout,
-        price_table=opts.price_table,
-        prices_as_of=prices.as_of,
-    )
+    manifest = _manifest(parsed, source, config, backend, opts, prices, count=total)
     if config.limit is not None and total is not None:
         total = min(total, config.limit)
     backend, price = batch_backend(backend, run_dir, manifest, price, opts)
@@ -472,17 +486,7 @@ def prepare_label(opts: LabelOptions, made: list[Provider]) -> Prepared | Plan:
         for model in made:
             model.close()
         return Plan(text, notes)
-    manifest = build_manifest(
-        parsed,
-        prompts,
-        config,
-        backend,
-        count=total,
-        base_url=opts.base_url,
-        timeout=opts.timeout,
-        price_table=opts.price_table,
-        prices_as_of=prices.as_of,
-    )
+    manifest = _manifest(parsed, prompts, config, backend, opts, prices, count=total)
     if policy is not None and policy is not backend:
         manifest.config.update(policy_provider=policy.name, policy_model=policy.model)
     direct = backend
@@ -644,16 +648,7 @@ def prepare_prompts(opts: PromptsOptions, made: list[Provider]) -> Prepared | Pl
         source=info["source"],
         shard=None,
     )
-    manifest = build_manifest(
-        parsed,
-        info["source"],
-        config,
-        backend,
-        base_url=opts.base_url,
-        timeout=opts.timeout,
-        price_table=opts.price_table,
-        prices_as_of=prices.as_of,
-    )
+    manifest = _manifest(parsed, info["source"], config, backend, opts, prices)
     manifest.prompts = info
     backend, price = batch_backend(backend, run_dir, manifest, price, opts)
     store = RunStore(run_dir, GENERATIONS_FILE)
@@ -1027,17 +1022,7 @@ def prepare_compare(opts: CompareOptions, made: list[Provider]) -> Prepared | Pl
         return Plan(text, notes)
     # Not a run's path: `find_label_run` must never take the judge for a label run of a run.
     source = "cai compare"
-    manifest = build_manifest(
-        parsed,
-        source,
-        config,
-        backend,
-        count=len(items),
-        base_url=judge.base_url,
-        timeout=opts.timeout,
-        price_table=opts.price_table,
-        prices_as_of=prices.as_of,
-    )
+    manifest = _manifest(parsed, source, config, backend, judge, prices, count=len(items))
     manifest.config["compare"] = {"runs": [os.fspath(run.dir) for run in runs]}
     backend, price = batch_backend(backend, out, manifest, price, judge)
     store = RunStore(out, LABELS_FILE)
