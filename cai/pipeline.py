@@ -1055,17 +1055,12 @@ def _running_manifest(
     return manifest
 
 
-async def _run_locked(
-    items: Any,
-    job: Job,
-    config: CallConfig,
-    store: RunStore,
-    manifest: Manifest | dict[str, Any] | None,
-    on_event: Callable[[str, Any], None],
-    stop: asyncio.Event | None,
-    stats: RunStats,
-    engine: Any = None,
-) -> RunStats:
+def _take_run(
+    job: Job, config: CallConfig, store: RunStore, on_event: Callable[[str, Any], None]
+) -> tuple[Manifest | None, set[str], dict[tuple[str, str], dict[str, Any]]]:
+    """Take the run in `store` (its lock held): refuse other settings, say "start" (and that the
+    last run was killed, if so), copy the constitution, repair and compact the files. The
+    previous manifest (None for a new run), the items done, the journal of the rest."""
     previous = check_resumable(store, job.settings)
     on_event("start", store.dir)
     if previous is not None and previous.status == "running":
@@ -1084,7 +1079,21 @@ async def _run_locked(
         on_event("notice", notice)
     done = finished_items(statuses, job, config.retry_failed)
     del statuses
-    journal = store.journal(done)
+    return previous, done, store.journal(done)
+
+
+async def _run_locked(
+    items: Any,
+    job: Job,
+    config: CallConfig,
+    store: RunStore,
+    manifest: Manifest | dict[str, Any] | None,
+    on_event: Callable[[str, Any], None],
+    stop: asyncio.Event | None,
+    stats: RunStats,
+    engine: Any = None,
+) -> RunStats:
+    previous, done, journal = _take_run(job, config, store, on_event)
     manifest = _running_manifest(manifest, previous, job, config, engine)
     pricer = run_pricer(manifest)
     budget = _budget(config, store, manifest, pricer)
