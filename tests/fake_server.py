@@ -273,7 +273,9 @@ _SYLLABLES = ("ka", "lo", "mi", "ren", "tu", "sa", "vo", "del", "pri", "gan", "f
               "cor", "tam", "nis", "ep", "zu", "hal", "mor")  # fmt: skip
 # Repeated items are drawn from this many, so later calls repeat earlier ones.
 REDTEAM_POOL = 60
-REDTEAM_REFUSAL = "I'm sorry, but I can't help write prompts meant to get around an assistant's safeguards."
+REDTEAM_REFUSAL = (
+    "I'm sorry, but I can't help write prompts meant to get around an assistant's safeguards."
+)
 
 
 def _sentence(*key: object, words: int = 10) -> str:
