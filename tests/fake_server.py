@@ -63,7 +63,8 @@ that reply (a body of any shape; `trickle` sends it one byte at a time), e.g. to
 of the wrong shape, `x-should-retry` or `retry-after` headers, or a body that never ends.
 
 `latency` seconds are added to every request. While `hold_replies` is true, requests
-wait for it to turn false before they are answered (`held` counts them), so a test can have
+wait for it to turn false before they are answered (`held` counts them; with `hold_after`
+set to N, the first N requests are answered as usual), so a test can have
 calls in flight for as long as it needs, whatever the machine's load. With `api_key` set, a request without
 that key gets 401; with `basic_auth=(user, password)`, one without that HTTP basic auth. Request headers are never stored. Request n (1-based) carries the header
 `x-request-id` (OpenAI) or `request-id` (Anthropic) `req_fake_<n:06d>`, and reply ids
@@ -456,6 +457,7 @@ class FakeServer:
             raise ValueError(f"unknown hostile kinds {sorted(set(hostile) - set(HOSTILE))}")
         self.hostile = set(hostile)
         self.hold_replies = False
+        self.hold_after = 0  # hold_replies holds only the requests after this many
         self.held = 0  # requests waiting on hold_replies
         self.paid: Counter[str] = Counter()
         self.files: dict[str, bytes] = {}
@@ -612,7 +614,7 @@ class FakeServer:
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
-            if self.hold_replies:
+            if self.hold_replies and n > self.hold_after:
                 self.held += 1
                 while self.hold_replies:
                     await asyncio.sleep(0.005)

@@ -291,14 +291,15 @@ def test_ctrl_c_stops_as_the_cli_does_and_the_same_out_resumes(
             "    print('KeyboardInterrupt:', e, flush=True)\n"
             "    sys.exit(130)\n"
         )
+        # After the first 6 replies, calls stay in flight until the test lets them go (so the
+        # run cannot finish before the signal lands): they must finish and be kept.
+        server.hold_after, server.hold_replies = 6, True
         process = subprocess.Popen(
             [sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         calls = tmp_path / "run" / "calls.jsonl"
         _wait_until(lambda: calls.exists() and calls.read_bytes().count(b"\n") >= 6)
-        # Calls stay in flight until the test lets them go: they must finish and be kept.
-        server.hold_replies = True
         _wait_until(lambda: server.held > 0)
         process.send_signal(signal.SIGINT)
         server.hold_replies = False

@@ -358,11 +358,12 @@ def test_ctrl_c_once_stops_cleanly_twice_quits_now(
         args = ["generate", "--constitution", "mini.md", "--prompts", "p.jsonl", "--out", "run",
                 "--rounds", "1", "--concurrency", "8", "--provider", "openai",
                 "--base-url", server.url + "/v1"]  # fmt: skip
+        # After the first 6 replies, calls stay in flight until the test lets them go, so
+        # "at once" is an event (the process ended while calls were held), not a guess at how
+        # long a reply takes, and the run cannot finish before the signals land.
+        server.hold_after, server.hold_replies = 6, True
         process = _cli(*args, cwd=tmp_path, env=cli_env)
         _wait_for_lines(tmp_path / "run" / "calls.jsonl", 6)
-        # Calls stay in flight until the test lets them go, so "at once" is an event (the
-        # process ended while calls were held), not a guess at how long a reply takes.
-        server.hold_replies = True
         _wait_until(lambda: server.held > 0)
         for signum in signals:
             process.send_signal(signum)
