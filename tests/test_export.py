@@ -473,6 +473,49 @@ def test_push_to_hub_without_a_token_stops_before_writing(
     assert not (mixed_run / "dpo.jsonl").exists()
 
 
+def test_push_error_never_shows_a_stored_hub_token(
+    mixed_run: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No HF_TOKEN: the token comes from a stored login (HF_HOME/token), and the Hub answers
+    every request with an error that quotes the Authorization header it was sent. The push
+    fails in one line that names no token."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stored = "hf_storedLoginTokenForPushTest77"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    (tmp_path / "hf-home").mkdir()
+    (tmp_path / "hf-home" / "token").write_text(stored + "\n")
+
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _refuse(self) -> None:
+            body = json.dumps({"error": f"token refused: {self.headers.get('authorization')}"})
+            self.send_response(403)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        do_GET = do_POST = do_PUT = do_HEAD = _refuse
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        code, output = export(mixed_run, "--format", "dpo", "--push-to-hub", "someone/cai-data")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 2, output
+    assert output.strip().splitlines()[-1].startswith("Error: could not push"), output
+    assert stored not in output
+
+
 def test_export_run_api_returns_counts(mixed_run: Path) -> None:
     result = export_run(mixed_run, None, ExportOptions(fmt="dpo"))
     assert result.out == mixed_run / "dpo.jsonl" and result.card == mixed_run / "dpo.README.md"
