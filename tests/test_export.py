@@ -488,6 +488,17 @@ def test_push_error_never_shows_a_stored_hub_token(
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     (tmp_path / "hf-home").mkdir()
     (tmp_path / "hf-home" / "token").write_text(stored + "\n")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HOME once, when it is first imported (by an earlier test).
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token")
+    )
+    monkeypatch.setattr(
+        huggingface_hub.constants,
+        "HF_STORED_TOKENS_PATH",
+        str(tmp_path / "hf-home" / "stored_tokens"),
+    )
 
     class Echo(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
