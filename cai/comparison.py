@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.effectiveness import find_label_run, principle_effectiveness
+from cai.effectiveness import find_label_run
 from cai.errors import ConfigError
 from cai.feedback import PairItem, p_a_of, read_labels
 from cai.filters import FilterConfig, Verdict, for_run, judge_record, similarity
@@ -255,20 +255,21 @@ def run_figures(run: RunSide, ids: Sequence[str]) -> dict[str, Any]:
     shared_only = {k: v for k, v in manifest.items() if k not in ("stats", "cost_usd")}
     # Tokens and cost: the journal's calls for these records, each at its own mode.
     ledger = read_ledger(run.dir, run.manifest, ids=set(ids))
-    stats = compute_stats(records, shared_only, run.filters, ledger=ledger)
+    label_dir = find_label_run(run.dir)
+    stats = compute_stats(
+        records,
+        shared_only,
+        run.filters,
+        ledger=ledger,
+        labels=read_labels(label_dir) if label_dir is not None else None,
+    )
     ok = [r for r in records if r.status == "ok"]
     finals = [run.final_answer(r.id) or "" for r in ok]
     revised = sum(any(r.state == "revised" for r in record.rounds) for record in ok)
     final_is_revision = sum(run.verdict(r.id).use == "pref" for r in ok)
     sims = [similarity(final, r.initial_response) for final, r in zip(finals, ok, strict=True)]
-    constitution = run.filters.constitution
-    label_dir = find_label_run(run.dir)
-    effectiveness = principle_effectiveness(
-        records,
-        config=run.filters,
-        labels=read_labels(label_dir) if label_dir is not None else None,
-        principles=[p.name for p in constitution.principles] if constitution else (),
-    )
+    # Per principle, labels included: what `cai stats` says of these records.
+    effectiveness = stats["effectiveness"]
     return {
         "dir": str(run.dir),
         "name": run.name,
