@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError
+from cai.rundir import GENERATIONS_FILE, PROMPTS_FILE
 
 __all__ = [
     "MemorySource",
@@ -38,8 +39,6 @@ _BLANK_LETTERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
 # Fields of a row kept with its prompt as tags (`PromptItem.tags`), so users can balance or
 # filter on them after export.
 TAG_FIELDS = ("principle", "style", "kind")
-# What `cai prompts generate` writes in its run directory; `--prompts DIR` reads it.
-PROMPTS_RUN_FILE = "prompts.jsonl"
 # What JSON's "\\ud800" reads as: half of a pair, no character of its own, and no UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -181,10 +180,10 @@ class PromptSource:
         if not path.exists():
             raise InputError(self.spec, None, "no such file or directory; check the --prompts path")
         is_dataset = (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
-        if path.is_dir() and not is_dataset and (path / PROMPTS_RUN_FILE).is_file():
-            self.spec = str(path / PROMPTS_RUN_FILE)  # a `cai prompts generate` run
+        if path.is_dir() and not is_dataset and (path / PROMPTS_FILE).is_file():
+            self.spec = str(path / PROMPTS_FILE)  # a `cai prompts generate` run
             return
-        if path.is_dir() and not is_dataset and (path / "generations.jsonl").is_file():
+        if path.is_dir() and not is_dataset and (path / GENERATIONS_FILE).is_file():
             raise InputError(
                 self.spec,
                 None,
