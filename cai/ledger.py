@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import CaiError, ConfigError
-from cai.pricing import FREE, Price, PriceTable, batch_price, format_cost, load_price_table
+from cai.pricing import Price, PriceTable, call_price, format_cost, run_price_table
 from cai.providers.base import Usage
 from cai.rundir import BATCHES_FILE, CALLS_FILE, Manifest, read_jsonl, read_manifest
 
@@ -95,22 +95,14 @@ class CallPricer:
     def price(self, provider: str, model: str, mode: str = INTERACTIVE) -> Price | None:
         key = (provider, model, mode)
         if key not in self._cache:
-            price = FREE if provider == "local" else self.table.lookup(model)
-            if price is not None and mode == BATCH:
-                price = batch_price(price)
-            self._cache[key] = price
+            self._cache[key] = call_price(self.table, provider, model, mode == BATCH)
         return self._cache[key]
 
 
 def run_pricer(manifest: Manifest | Mapping[str, Any] | None) -> CallPricer:
     """The pricer of a run: the bundled table plus the user's (`config.price_table`), or the
     bundled one alone when the user's has moved since the run."""
-    config = _part_of(manifest, "config")
-    try:
-        table = load_price_table(config.get("price_table"))
-    except CaiError:
-        table = load_price_table()
-    return CallPricer(table)
+    return CallPricer(run_price_table(_part_of(manifest, "config").get("price_table")))
 
 
 def _part_of(manifest: Manifest | Mapping[str, Any] | None, part: str) -> dict[str, Any]:

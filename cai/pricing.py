@@ -23,11 +23,13 @@ __all__ = [
     "Price",
     "PriceTable",
     "batch_price",
+    "call_price",
     "estimate_tokens",
     "find_cost",
     "format_cost",
     "load_price_table",
     "run_cost",
+    "run_price_table",
 ]
 
 PRICES_FILE = Path(__file__).parent / "data" / "prices.json"
@@ -126,6 +128,22 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
     return PriceTable(models, as_of)
 
 
+def run_price_table(path: str | Path | None) -> PriceTable:
+    """The price table of a run made with the user's table at `path`: `load_price_table`, or
+    the bundled table alone when the user's has moved since the run."""
+    try:
+        return load_price_table(path)
+    except CaiError:
+        return load_price_table()
+
+
+def call_price(table: PriceTable, provider: str, model: str, batch: bool = False) -> Price | None:
+    """The price of a call to `model` through `provider` (a local model is free), at the batch
+    rate when `batch`; None when `table` has no price for `model`."""
+    price = FREE if provider == "local" else table.lookup(model)
+    return batch_price(price) if price is not None and batch else price
+
+
 def estimate_tokens(messages: Iterable[dict[str, str]] | str) -> int:
     """A tokenizer-free estimate: about four characters a token, plus framing per turn."""
     if isinstance(messages, str):
@@ -155,17 +173,13 @@ def run_cost(records: Iterable[Record], manifest: dict[str, Any]) -> float | Non
     by_model: dict[tuple[str, str], Usage] = {}
     for r in records:
         by_model.setdefault((r.provider, r.model), Usage()).add(Usage.from_dict(r.usage))
-    table_path = (manifest.get("config") or {}).get("price_table")
-    try:
-        table = load_price_table(table_path)
-    except CaiError:
-        table = load_price_table()  # the user's table has moved since the run
+    config = manifest.get("config") or {}
+    table = run_price_table(config.get("price_table"))
     total = 0.0
     for (provider, model), usage in by_model.items():
-        price = FREE if provider == "local" else table.lookup(model)
+        # At the batch rate when the run's last invocation used a batch API.
+        price = call_price(table, provider, model, bool(config.get("batch")))
         if price is None:
             return find_cost(manifest)
-        if (manifest.get("config") or {}).get("batch"):
-            price = batch_price(price)  # the run's last invocation used a batch API
         total += price.cost(usage)
     return total if by_model else find_cost(manifest)
