@@ -31,6 +31,7 @@ from cai.errors import CaiError
 from cai.filters import FilterConfig, FilterResult, Verdict, apply_filters, similar
 from cai.records import Record
 from cai.rundir import LABELS_FILE, read_manifest
+from cai.words import plural
 
 __all__ = ["FLAGS", "find_label_run", "format_effectiveness", "principle_effectiveness"]
 
@@ -148,7 +149,7 @@ def _flags(rows: dict[str, dict[str, Any]], known: set[str]) -> list[dict[str, A
             ]
             flag(
                 "never_changes",
-                f"'{name}' never changed an answer in {_count(row['drawn'], 'round')} "
+                f"'{name}' never changed an answer in {plural(row['drawn'], 'round')} "
                 f"({', '.join(ended)})",
             )
         own = sum(row["dropped"].get(k, 0) for k in _REVISION_FILTERS)
@@ -169,10 +170,6 @@ def _flags(rows: dict[str, dict[str, Any]], known: set[str]) -> list[dict[str, A
                 f"p(revision better) {labels['mean_preference']:.2f})",
             )
     return flags
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def principle_effectiveness(
