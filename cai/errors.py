@@ -214,7 +214,6 @@ def status_error_class(status: int) -> type[ProviderError]:
 
 def os_error_reason(e: OSError) -> str:
     """Why an OS call failed, in words (never a bare `[Errno N]`)."""
-    import errno
     from pathlib import Path
 
     reason = (e.strerror or str(e) or type(e).__name__).rstrip(".")
