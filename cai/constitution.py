@@ -495,10 +495,11 @@ class _Parser:
             rest = rest[2:-2].strip()  # "## Principle: **kind**" names 'kind'
         lower = word.casefold()
         exact = lower in _SECTIONS
-        kind = lower if exact else _plural_of(lower, _SECTIONS) or _near(lower, _SECTIONS)
+        singular = None if exact else _plural_of(lower, _SECTIONS)
+        kind = lower if exact else singular or _near(lower, _SECTIONS)
         if kind is None:
             return None
-        plural = not exact and kind == _plural_of(lower, _SECTIONS)
+        plural = singular is not None
         if exact and level == 2 and (colon or not rest) and not unspaced:
             if kind != "system" and not rest:
                 self.error(lineno, f"'## {word}' needs a name: '## {word}: <name>'")
