@@ -758,20 +758,17 @@ class _Collector:
         self.rows: list[dict[str, Any]] = []
         self.drops: Counter[str] = Counter()
         self.asked = 0  # items asked for by the calls whose lines are in
-        self.refusals = 0
-        self.calls = Counter[str]()
+        self.calls = Counter[str]()  # the calls' lines by status
 
     def add(self, line: dict[str, Any]) -> int:
         """Take one call's line; returns how many of its items were kept."""
         status = str(line.get("status", "ok"))
         self.calls[status] += 1
-        self.asked += int(line.get("asked") or self.config.per_call)
-        if status == "refused":
-            self.refusals += 1
+        asked = int(line.get("asked") or self.config.per_call)
+        self.asked += asked
         if status != "ok":
             return 0
         kept = 0
-        asked = int(line.get("asked") or self.config.per_call)
         for j, item in enumerate(line.get("items") or []):
             if j >= asked:
                 self.drops["over_count"] += 1
@@ -1152,7 +1149,7 @@ def _write_prompts(
                 "planned_calls": sum(collector.calls.values()),
                 "planned_by_status": dict(collector.calls),
                 "asked": collector.asked,
-                "refusals": collector.refusals,
+                "refusals": collector.calls["refused"],
                 "drops": {reason: collector.drops.get(reason, 0) for reason in DROP_REASONS},
                 "call_cap": config.call_cap,
                 "cap_reached": stats.cap_reached,
