@@ -21,37 +21,28 @@ EXIT_INTERRUPTED = 130
 EXIT_BUDGET = 4
 
 
-def _run_with_progress(
-    start: Any,
-    backend: Any,
-    store: Any,
-    stats: Any,
-    *,
-    unit: str = "prompt",
-    desc: str = "generate",
-    others: tuple[Any, ...] = (),
-) -> Any:
-    """Run a job under a progress bar; the first Ctrl-C stops taking prompts, the second quits.
+def _run_with_progress(job: Any, *, unit: str, desc: str) -> Any:
+    """Run a prepared job under a progress bar; the first Ctrl-C stops taking prompts, the
+    second quits.
 
-    `start(on_event=..., stop=...)` is the job's coroutine (`run_generation`, `run_labels`);
-    `cai.api.execute` runs it and closes `backend` and `others` (e.g. a label job's policy
-    model) when it ends; a failed write into the run directory becomes an error that says to
-    pass another --out.
+    `job.start(on_event=..., stop=...)` is the job's coroutine (`run_generation`,
+    `run_labels`); `cai.api.execute` runs it and closes `job.backend` and `job.others` (e.g. a
+    label job's policy model) when it ends; a failed write into the run directory becomes an
+    error that says to pass another --out.
     """
     import asyncio
     from functools import partial
 
     from tqdm import tqdm
 
-    from cai.api import Prepared, Progress, execute
+    from cai.api import Progress, execute
 
-    job = Prepared(desc, store.dir, start, backend, store, stats, None, others)
     # A log file, CI or nohup gets plain lines, not redraws.
     plain = not sys.stderr.isatty()
     bar_class = PlainBar if plain else partial(tqdm, dynamic_ncols=True)
     waves = _WaveBars(plain)
     progress = Progress(
-        stats,
+        job.stats,
         unit=unit,
         desc=desc,
         bar_class=bar_class,
@@ -62,7 +53,9 @@ def _run_with_progress(
 
     async def run() -> Any:
         stop = asyncio.Event()
-        _stop_on_signals(stop, store, progress, backend.batched, has_fresh=desc == "generate")
+        _stop_on_signals(
+            stop, job.store, progress, job.backend.batched, has_fresh=desc == "generate"
+        )
         return await execute(job, on_event=progress.on_event, stop=stop)
 
     try:
@@ -82,9 +75,7 @@ def _run_job(job: Any, *, unit: str = "prompt", desc: str = "generate") -> Any:
     if isinstance(job, Plan):
         click.echo(job.text)
         return None
-    return _run_with_progress(
-        job.start, job.backend, job.store, job.stats, unit=unit, desc=desc, others=job.others
-    )
+    return _run_with_progress(job, unit=unit, desc=desc)
 
 
 def _stop_on_signals(
