@@ -556,13 +556,14 @@ def marked_processes(marker: str) -> list[int]:
 def mark_ray_instance() -> tuple[str, Path | None]:
     """Before starting a Ray instance: put this driver's marker in the environment its
     processes inherit, and note it; (the marker, the note's path)."""
-    marker = f"{os.getpid()}-{_started(os.getpid())}"
+    started = _started(os.getpid())
+    marker = f"{os.getpid()}-{started}"
     os.environ[OWNER_VARIABLE] = marker
     folder = ray_notes_dir()
     if folder is None:
         return marker, None
     note = folder / f"{os.getpid()}.json"
-    data = {"driver": os.getpid(), "started": _started(os.getpid()), "marker": marker}
+    data = {"driver": os.getpid(), "started": started, "marker": marker}
     try:
         note.write_text(json.dumps(data))
     except OSError:
@@ -583,7 +584,8 @@ def end_orphaned_ray() -> list[int]:
             driver, marker = int(data["driver"]), str(data["marker"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if _started(driver) is not None and _started(driver) == data.get("started"):
+        started = _started(driver)
+        if started is not None and started == data.get("started"):
             continue  # its driver runs: the instance is in use
         for pid in marked_processes(marker):
             with contextlib.suppress(OSError):
