@@ -1197,7 +1197,7 @@ def prompts_stats(run_dir: str | Path) -> dict[str, Any]:
     return {
         "kind": KIND,
         # A run whose writer died (SIGKILL) shows as interrupted, not running.
-        "status": describe_status(run_dir, manifest) or manifest.status,
+        "status": describe_status(run_dir, manifest),
         "prompts": n,
         "wanted": summary.get("wanted"),
         "benign": benign,
