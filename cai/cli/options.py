@@ -56,9 +56,16 @@ def from_fields(cls: type, *, skip: tuple[str, ...] = ()) -> Any:
     return _options(*decorators)
 
 
-def from_params(cls: type, params: dict[str, Any]) -> Any:
-    """An instance of a `cai.options` dataclass from a command's click parameters."""
-    return cls(**{f.name: params[f.metadata.get("param") or f.name] for f in option_fields(cls)})
+def from_params(cls: type, params: dict[str, Any], *, skip: tuple[str, ...] = ()) -> Any:
+    """An instance of a `cai.options` dataclass from a command's click parameters (those of
+    `from_fields(cls, skip=skip)`)."""
+    return cls(
+        **{
+            f.name: params[f.metadata.get("param") or f.name]
+            for f in option_fields(cls)
+            if f.name not in skip
+        }
+    )
 
 
 # Export's quality filters; `cai label` picks a run's pairs with the same ones.

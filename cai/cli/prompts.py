@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from cai.cli._output import plural
-from cai.cli.options import _redact, from_fields
+from cai.cli.options import _redact, from_fields, from_params
 from cai.cli.progress import _exit_unfinished, _print_batch_summary, _run_job
-from cai.options import PromptsOptions, option_fields
+from cai.options import PromptsOptions
 
 # Every field of PromptsOptions is a flag; --limit and --shard mean nothing here.
 _SKIPPED = ("limit", "shard")
@@ -41,18 +41,14 @@ def generate(**params: Any) -> None:
     """
     from cai.api import prepare_prompts
 
-    given = {
-        f.name: params[f.metadata.get("param") or f.name]
-        for f in option_fields(PromptsOptions)
-        if f.name not in _SKIPPED
-    }
-    job = prepare_prompts(PromptsOptions(**given))
+    opts = from_params(PromptsOptions, params, skip=_SKIPPED)
+    job = prepare_prompts(opts)
     stats = _run_job(job, unit="call", desc="prompts")
     if stats is None:  # --dry-run: the plan was printed
         return
-    _print_summary(stats, job.dir, given["out"] is not None)
-    if given["batch"]:
-        _print_batch_summary(job.backend, stats, job.dir, given["out"] is None)
+    _print_summary(stats, job.dir, opts.out is not None)
+    if opts.batch:
+        _print_batch_summary(job.backend, stats, job.dir, opts.out is None)
     _exit_unfinished(stats)
 
 
