@@ -614,9 +614,9 @@ def prepare_prompts(opts: PromptsOptions, made: list[Provider]) -> Prepared | Pl
     )  # fmt: skip
 
     # No --limit, --shard or --engine: a prompts run decides its calls as answers come.
-    fields = call_config(SimpleNamespace(**{**vars(opts), "engine": "default"}))
+    in_process = SimpleNamespace(**{**vars(opts), "engine": "default"})
     config = RedteamConfig(
-        **fields,
+        **call_config(in_process),
         n=opts.n,
         per_call=opts.per_call,
         shots=opts.shots,
@@ -629,7 +629,7 @@ def prepare_prompts(opts: PromptsOptions, made: list[Provider]) -> Prepared | Pl
     parsed = _constitution(opts.constitution)
     styles = load_styles(opts.styles)
     seeds = load_seeds(opts.seeds, parsed)
-    make_provider = _model_factory(SimpleNamespace(**{**vars(opts), "engine": "default"}))
+    make_provider = _model_factory(in_process)
     if opts.dry_run:
         name = opts.model or default_model(_provider_name(opts.provider)) or opts.model_path
         prices, price = _price(opts, name or "the bundled model")
