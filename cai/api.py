@@ -144,14 +144,13 @@ class Run:
 def export_options(fmt: str, options: dict[str, Any]) -> Any:
     """`ExportOptions` from `cai export`'s option names (keep_* and similarity included)."""
     from cai.export import ExportOptions
-    from cai.filters import FilterConfig
     from cai.options import FilterOptions
 
     names = {f.name for f in dataclasses.fields(FilterOptions)}
     filters = FilterOptions(**{k: v for k, v in options.items() if k in names})
     rest = {k: v for k, v in options.items() if k not in names}
     _check_keywords("export", rest, {f.name for f in dataclasses.fields(ExportOptions)} - {"fmt"})
-    return ExportOptions(fmt=fmt, filters=FilterConfig(**filters.filter_fields()), **rest)
+    return ExportOptions(fmt=fmt, filters=filters.filter_config(), **rest)
 
 
 def load(run_dir: str | Path) -> Run:
@@ -537,7 +536,6 @@ def _label_pairs(source: Any, from_run: bool, opts: LabelOptions, responses: int
     """A run's pairs (its first answer against the revision export would choose, with the
     --keep-* filters), or a prompt source's (every pair of `responses` answers a prompt)."""
     from cai.feedback import prompt_pairs, run_pairs, run_source
-    from cai.filters import FilterConfig
 
     constitution = opts.constitution
     if not from_run:
@@ -551,7 +549,7 @@ def _label_pairs(source: Any, from_run: bool, opts: LabelOptions, responses: int
         pairs = math.comb(responses, 2)
         total = None if count is None else min(count, opts.limit or count) * pairs
         return _LabelPairs(items, prompts, total, constitution, None, [])
-    filters = FilterConfig(**opts.filter_fields())
+    filters = opts.filter_config()
     source_manifest, items, left_out = run_pairs(source, filters)
     # The run and filters the pairs come from: a resume with others is refused.
     pairs_from = run_source(source, source_manifest, filters)
@@ -992,10 +990,9 @@ def prepare_compare(opts: CompareOptions, made: list[Provider]) -> Prepared | Pl
     from cai.comparison import default_judge_dir, judge_items, judge_pairs, load_runs, shared_ids
     from cai.engines import make_engine
     from cai.feedback import LABELS_FILE, LabelConfig, LabelStats, plan_labels, run_labels
-    from cai.filters import FilterConfig
     from cai.rundir import CONSTITUTION_COPY, check_run_dir
 
-    runs = load_runs(opts.runs, FilterConfig(**opts.filter_fields()))
+    runs = load_runs(opts.runs, opts.filter_config())
     judge = _judge_model(opts, runs[0].manifest.config)
     config = LabelConfig(**call_config(judge), votes=opts.votes, cot=opts.cot, clamp=opts.clamp)
     out = opts.judge_out or default_judge_dir([run.dir for run in runs])
@@ -1053,10 +1050,9 @@ def compare_result(
     `judge_dir` (default: `opts.judge_out`, if given; without either, no judge)."""
     from cai.comparison import compare_runs, judge_info, load_runs
     from cai.feedback import load_labels
-    from cai.filters import FilterConfig
 
     if runs is None:
-        runs = load_runs(opts.runs, FilterConfig(**opts.filter_fields()))
+        runs = load_runs(opts.runs, opts.filter_config())
     judge_dir = judge_dir or opts.judge_out
     labels = info = None
     if judge_dir is not None:

@@ -258,18 +258,20 @@ class FilterOptions:
         metadata=meta("Word similarity at or above which a revision counts as unchanged."),
     )
 
-    def filter_fields(self) -> dict[str, Any]:
-        """`FilterConfig`'s keyword arguments: each filter on unless its --keep-* is set."""
-        return {
-            "truncated": not self.keep_truncated,
-            "empty": not self.keep_empty,
-            "meta": not self.keep_meta,
-            "commentary": not self.keep_commentary,
-            "copied": not self.keep_copied,
-            "unchanged": not self.keep_unchanged,
-            "duplicate": not self.keep_duplicates,
-            "similarity": self.similarity,
-        }
+    def filter_config(self) -> Any:
+        """The `cai.filters.FilterConfig`: each filter on unless its --keep-* is set."""
+        from cai.filters import FilterConfig
+
+        return FilterConfig(
+            truncated=not self.keep_truncated,
+            empty=not self.keep_empty,
+            meta=not self.keep_meta,
+            commentary=not self.keep_commentary,
+            copied=not self.keep_copied,
+            unchanged=not self.keep_unchanged,
+            duplicate=not self.keep_duplicates,
+            similarity=self.similarity,
+        )
 
 
 @dataclass(kw_only=True)

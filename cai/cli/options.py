@@ -74,10 +74,8 @@ _FILTER_OPTIONS = from_fields(FilterOptions)
 
 def _filter_config(*keeps: Any) -> Any:
     """`FilterConfig` from the `_FILTER_OPTIONS` values, in their order."""
-    from cai.filters import FilterConfig
-
     names = [f.name for f in option_fields(FilterOptions)]
-    return FilterConfig(**FilterOptions(**dict(zip(names, keeps, strict=True))).filter_fields())
+    return FilterOptions(**dict(zip(names, keeps, strict=True))).filter_config()
 
 
 def _redact(text: str) -> str:
